@@ -1,0 +1,22 @@
+//! Hono's Tenant, Credentials and Device Registration APIs as Rust traits.
+//!
+//! The types mirror Hono's JSON objects (hono-api.md §7–§9). [`Cached`] wraps any backend with a
+//! moka cache that follows Hono's cache directives and drops entries the moment the registry
+//! reports a change ([`ChangeListener`]). The embedded registry implements the traits in-process.
+
+mod api;
+mod cache;
+mod credentials;
+mod ids;
+mod registration;
+mod tenant;
+
+pub use api::{
+    CacheDirective, ChangeListener, CredentialsApi, DeviceRegistry, RegistrationApi,
+    RegistryChange, RegistryError, Response, TenantApi,
+};
+pub use cache::{CacheConfig, Cached};
+pub use credentials::{CredentialType, CredentialsObject, Secret};
+pub use ids::{DeviceId, InvalidId, TenantId};
+pub use registration::RegistrationAssertion;
+pub use tenant::{AdapterAccess, AdapterConfig, TenantObject, TrustedCa};
