@@ -1,0 +1,171 @@
+//! Wiring: starts the embedded registry and its Management API, the northbound endpoint and the
+//! protocol adapters in one process, and stops them in one way (cancel, stop accepting, drain).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use ferry_adapter_core::{AdapterContext, Northbound};
+use ferry_adapter_http::HttpAdapter;
+use ferry_northbound::EmbeddedNorthbound;
+use ferry_registry::Registry;
+use ferry_registry_client::{Cached, ChangeListener, DeviceRegistry};
+
+use crate::config::Config;
+use crate::tls;
+
+/// How long in-flight work may take to finish after shutdown was requested.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The addresses a running gateway listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    /// Management API (HTTP, `/v1`).
+    pub management: SocketAddr,
+    /// Northbound AMQP 1.0 endpoint.
+    pub northbound: SocketAddr,
+    /// HTTP adapter, plain.
+    pub http: SocketAddr,
+    /// HTTP adapter, TLS.
+    pub https: SocketAddr,
+}
+
+/// A running Ferry: every component started from one [`Config`].
+pub struct Gateway {
+    addresses: Addresses,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Gateway {
+    /// Opens the registry, binds every listener and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        check_protected_mode(&config)?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        let registry = Registry::open(
+            &config.data_dir.join("registry.sqlite"),
+            config.registry.clone(),
+        )
+        .await
+        .context("cannot open the device registry")?;
+        let cached = Arc::new(Cached::new(registry.clone(), config.cache.to_cache_config()));
+        registry.add_change_listener(cached.clone() as Arc<dyn ChangeListener>);
+        let device_registry: Arc<dyn DeviceRegistry> = cached;
+
+        let management = tokio::net::TcpListener::bind(config.management.bind)
+            .await
+            .with_context(|| format!("cannot bind the Management API to {}", config.management.bind))?;
+        let management_addr = management.local_addr()?;
+        let router = registry.management_api();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(management, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .context("Management API failed")
+        });
+
+        let mut northbound_config = config.northbound.clone();
+        northbound_config.allow_anonymous = northbound_config.users.is_empty();
+        if northbound_config.event_store.is_none() {
+            northbound_config.event_store = Some(config.data_dir.join("events.sqlite"));
+        }
+        let northbound = EmbeddedNorthbound::bind(northbound_config, shutdown.clone())
+            .await
+            .context("cannot start the northbound endpoint")?;
+        let northbound_addr = northbound.local_addr();
+        let sender: Arc<dyn Northbound> = northbound.clone();
+        tasks.spawn(async move { northbound.run().await.context("northbound failed") });
+
+        let tls = tls::server_config(&config.tls, &config.data_dir)?;
+        let context = AdapterContext::new(
+            &config.adapter,
+            "hono-http",
+            device_registry.clone(),
+            sender.clone(),
+            shutdown.clone(),
+        );
+        let http = HttpAdapter::bind(&config.http, Some(tls), context)
+            .await
+            .context("cannot start the HTTP adapter")?;
+        let addresses = Addresses {
+            management: management_addr,
+            northbound: northbound_addr,
+            http: http.local_addr(),
+            https: http.tls_local_addr().context("the HTTP adapter has no TLS listener")?,
+        };
+        tasks.spawn(async move { http.run().await.context("HTTP adapter failed") });
+
+        tracing::info!(address = %addresses.management, "Management API (Hono device registry /v1) listening");
+        tracing::info!(address = %addresses.northbound, "northbound AMQP 1.0 endpoint listening");
+        tracing::info!(address = %addresses.http, "HTTP adapter listening");
+        tracing::info!(address = %addresses.https, "HTTP adapter (TLS) listening");
+        Ok(Gateway {
+            addresses,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Where everything listens.
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
+    /// Waits until a component fails or `stop` fires, then shuts everything down.
+    pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let outcome = tokio::select! {
+            () = stop => Ok(()),
+            Some(done) = self.tasks.join_next() => match done {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("a component panicked: {e}")),
+            },
+        };
+        self.shutdown().await;
+        outcome
+    }
+
+    /// Stops accepting, lets in-flight work finish (within a deadline) and returns.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        let drain = async {
+            while let Some(done) = self.tasks.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %e, "component stopped with an error");
+                }
+            }
+        };
+        if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
+            tracing::warn!("shutdown deadline passed; aborting the remaining tasks");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Anonymous application access is only allowed while nobody but local users can connect.
+fn check_protected_mode(config: &Config) -> anyhow::Result<()> {
+    if config.northbound.users.is_empty() && !config.northbound.bind.ip().is_loopback() {
+        bail!(
+            "protected mode: the northbound endpoint would listen on {} without any application \
+             user; configure [[northbound.users]] or bind it to a loopback address",
+            config.northbound.bind
+        );
+    }
+    if config.registry.users.is_empty() && !config.management.bind.ip().is_loopback() {
+        bail!(
+            "protected mode: the Management API would listen on {} without any user; configure \
+             [[registry.users]] or bind it to a loopback address",
+            config.management.bind
+        );
+    }
+    Ok(())
+}
