@@ -128,16 +128,12 @@ impl Authenticator {
             return Err(AuthError::CredentialsDisabled);
         }
         let now = Utc::now();
-        let mut valid = credentials
-            .secrets
-            .iter()
-            .filter(|s| s.is_valid_at(now))
-            .peekable();
-        if valid.peek().is_none() {
+        if !credentials.secrets.iter().any(|s| s.is_valid_at(now)) {
             return Err(AuthError::NoValidSecret);
         }
-        for secret in valid {
-            if self.matches(secret, password, &credentials.auth_id).await {
+        for secret in &credentials.secrets {
+            if secret.is_valid_at(now) && self.matches(secret, password, &credentials.auth_id).await
+            {
                 return Ok(());
             }
         }
