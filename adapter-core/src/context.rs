@@ -42,3 +42,51 @@ impl AdapterContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use ferry_registry_client::{DeviceId, TenantId};
+
+    use super::*;
+    use crate::message::{Endpoint, Qos, Upload};
+    use crate::test_util::{FakeNorthbound, FakeRegistry};
+
+    fn spawnable<F: std::future::Future + Send + 'static>(_: &F) {}
+
+    /// Adapters spawn a task per connection: the pipeline's futures must be `Send + 'static`
+    /// when they own a clone of the context.
+    #[test]
+    fn pipeline_futures_can_be_spawned() -> Result<(), Box<dyn std::error::Error>> {
+        let ctx = AdapterContext::new(
+            &CoreConfig::default(),
+            "hono-http",
+            Arc::new(FakeRegistry::new()),
+            Arc::new(FakeNorthbound::new()),
+            CancellationToken::new(),
+        );
+        let (tenant, device) = (TenantId::parse("t")?, DeviceId::parse("d")?);
+        let future = async move {
+            let sender = ctx
+                .authenticator
+                .authenticate_password("a@t", "p")
+                .await
+                .ok();
+            let upload = Upload {
+                endpoint: Endpoint::Telemetry,
+                qos: Qos::AtMostOnce,
+                content_type: None,
+                ttl: None,
+                ttd: None,
+                orig_address: String::new(),
+                retain: false,
+                payload: Bytes::new(),
+            };
+            ctx.forwarder
+                .forward(sender.as_ref(), &tenant, &device, upload)
+                .await
+        };
+        spawnable(&future);
+        Ok(())
+    }
+}

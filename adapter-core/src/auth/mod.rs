@@ -3,7 +3,7 @@
 //! Username/password (HTTP Basic, MQTT CONNECT, AMQP SASL PLAIN): the username `auth-id@tenant`
 //! is split at the first `@`, the `hashed-password` credentials are fetched through the (cached)
 //! registry, disabled credentials and secrets outside their validity window are skipped, and the
-//! password is checked against each remaining secret ([`password`] has the formats).
+//! password is checked against each remaining secret (module `password` has the formats).
 //!
 //! bcrypt is deliberately slow, so it runs on tokio's blocking pool behind a semaphore (at most one
 //! check per core at a time), hashes above a configured cost are refused without computing them,

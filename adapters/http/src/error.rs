@@ -1,9 +1,10 @@
 //! The HTTP adapter's errors, and the one exhaustive mapping from refusals to HTTP status codes.
 //!
-//! [`status_for`] turns the pipeline's protocol-neutral [`ErrorKind`] into a status; request
+//! `status_for` turns the pipeline's protocol-neutral [`ErrorKind`] into a status; request
 //! errors that only HTTP knows (routing, headers, Basic auth syntax) get theirs in
-//! [`RequestError::status`]. Neither match has a catch-all arm.
+//! `RequestError::status`. Neither match has a catch-all arm.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use ferry_adapter_core::{AuthError, ErrorKind, ForwardError};
@@ -112,6 +113,24 @@ impl RequestError {
             RequestError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
+
+    /// The reason told to the client. Authentication failures all read the same, so a client
+    /// cannot probe which auth-ids exist; internal failure details stay in the log.
+    pub(crate) fn client_message(&self) -> Cow<'static, str> {
+        match self {
+            RequestError::Auth(AuthError::RegistryUnavailable(_)) => {
+                Cow::Borrowed("temporarily unavailable, retry later")
+            }
+            RequestError::Auth(_) => Cow::Borrowed("bad credentials"),
+            RequestError::Forward(ForwardError::NoConsumer(_)) => {
+                Cow::Borrowed("no consumer is attached for the tenant")
+            }
+            RequestError::Forward(e) if e.kind() == ErrorKind::Unavailable => {
+                Cow::Borrowed("temporarily unavailable, retry later")
+            }
+            other => Cow::Owned(other.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,5 +158,15 @@ mod tests {
             401
         );
         assert_eq!(RequestError::BadQos.status().as_u16(), 400);
+    }
+
+    #[test]
+    fn clients_learn_no_account_details_or_internals() {
+        let unknown = RequestError::Auth(AuthError::UnknownCredentials).client_message();
+        let wrong = RequestError::Auth(AuthError::WrongPassword).client_message();
+        assert_eq!(unknown, wrong);
+        let storage = RequestError::Forward(ForwardError::NorthboundStorage("disk /var/x".into()));
+        assert!(!storage.client_message().contains("/var/x"));
+        assert!(RequestError::BadQos.client_message().contains("qos-level"));
     }
 }

@@ -12,10 +12,10 @@
 //! (also as query parameters). Answers: 202 once the northbound took the message; errors as
 //! plain text with the status of [`error`]'s single mapping.
 //!
-//! Structure: [`HttpAdapter`] binds the ports ([`listener`]), each accepted connection runs as a
-//! task ([`connection`]: TLS handshake under a timeout, then HTTP/1.1 with keep-alive), and each
-//! request is handled by [`service`], which parses with [`request`] and calls the device pipeline
-//! of `ferry-adapter-core` through the [`ferry_adapter_core::AdapterContext`].
+//! Structure: [`HttpAdapter`] binds the ports (`listener.rs`), each accepted connection runs as a
+//! task (`connection.rs`: TLS handshake under a timeout, then HTTP/1.1 with keep-alive), and each
+//! request is handled by `service.rs`, which parses with `request.rs` and calls the device
+//! pipeline of `ferry-adapter-core` through the [`ferry_adapter_core::AdapterContext`].
 //!
 //! ```no_run
 //! # async fn start(ctx: ferry_adapter_core::AdapterContext) -> Result<(), ferry_adapter_http::HttpError> {

@@ -73,7 +73,10 @@ fn status_only(status: StatusCode) -> Response<Full<Bytes>> {
 }
 
 fn refusal(error: &RequestError, status: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
+    let mut response = Response::new(Full::new(Bytes::from(format!(
+        "{}\n",
+        error.client_message()
+    ))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
