@@ -20,6 +20,10 @@ use tracing::Instrument;
 
 use crate::service::{self, Shared};
 
+/// hyper's read buffer limit per connection: bounds the memory a client can make us hold for
+/// request headers and for one piece of body (bodies are further capped at the payload limit).
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// Per-connection settings.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectionConfig {
@@ -92,6 +96,7 @@ async fn serve_http<I>(
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
+        .max_buf_size(MAX_READ_BUFFER)
         .header_read_timeout(config.idle_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);

@@ -101,6 +101,12 @@ async fn authenticate(
     who: &mut Who,
 ) -> Result<AuthenticatedDevice, RequestError> {
     who.user = Some(credentials.username.chars().take(128).collect());
+    if who.tenant.is_none() {
+        who.tenant = credentials
+            .username
+            .split_once('@')
+            .and_then(|(_, tenant)| TenantId::parse(tenant).ok());
+    }
     let device = shared
         .ctx
         .authenticator
