@@ -1,6 +1,7 @@
 //! Parsing what a request says, without any I/O: the route, the Basic credentials and the upload
 //! parameters (hono-api.md §2). Ids are parsed here, once, at the edge.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use base64::Engine;
@@ -49,15 +50,14 @@ impl Route {
         let (target, allowed) = match rest {
             [None, None, None] => (Target::Own, Method::POST),
             [Some(tenant), Some(device), None] => {
+                let malformed = |e: ferry_registry_client::InvalidId| {
+                    RequestError::MalformedPath(e.to_string())
+                };
                 let tenant = match tenant {
                     "" => None,
-                    t => Some(
-                        TenantId::parse(t)
-                            .map_err(|e| RequestError::MalformedPath(e.to_string()))?,
-                    ),
+                    t => Some(TenantId::parse(&percent_decode(t)?).map_err(malformed)?),
                 };
-                let device = DeviceId::parse(device)
-                    .map_err(|e| RequestError::MalformedPath(e.to_string()))?;
+                let device = DeviceId::parse(&percent_decode(device)?).map_err(malformed)?;
                 (Target::Device { tenant, device }, Method::PUT)
             }
             _ => return Err(RequestError::UnknownUri),
@@ -72,6 +72,31 @@ impl Route {
         }
         Ok(Route { endpoint, target })
     }
+}
+
+/// Decodes `%XX` escapes in a path segment (a client may escape `:` or `=` in a device id).
+fn percent_decode(segment: &str) -> Result<Cow<'_, str>, RequestError> {
+    if !segment.contains('%') {
+        return Ok(Cow::Borrowed(segment));
+    }
+    let malformed = || RequestError::MalformedPath("invalid percent-encoding".to_owned());
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or_else(malformed)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| malformed())?;
+            decoded.push(u8::from_str_radix(hex, 16).map_err(|_| malformed())?);
+            i += 3;
+        } else {
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(decoded)
+        .map(Cow::Owned)
+        .map_err(|_| malformed())
 }
 
 /// Username and password from a Basic `authorization` header.

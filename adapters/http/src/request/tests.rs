@@ -51,6 +51,22 @@ fn routing_errors() {
     assert_eq!(status(Method::PUT, "/telemetry/t1/d1/x"), Some(404));
     assert_eq!(status(Method::PUT, "/telemetry/t1/"), Some(400));
     assert_eq!(status(Method::PUT, "/telemetry/t%201/d1"), Some(400));
+    assert_eq!(status(Method::PUT, "/telemetry/t1/d%2"), Some(400));
+    assert_eq!(status(Method::PUT, "/telemetry/t1/d%zz"), Some(400));
+    assert_eq!(status(Method::PUT, "/telemetry/t1/d%2F1"), Some(400));
+}
+
+#[test]
+fn percent_encoded_ids_are_decoded() -> TestResult {
+    let target = route(Method::PUT, "/event/t1/urn%3Adev%3D1")?.target;
+    assert_eq!(
+        target,
+        Target::Device {
+            tenant: Some(TenantId::parse("t1")?),
+            device: DeviceId::parse("urn:dev=1")?
+        }
+    );
+    Ok(())
 }
 
 fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
