@@ -117,6 +117,40 @@ async fn authenticate(
     Ok(device)
 }
 
+/// Who sends, and for which device: authenticates where credentials are given or required.
+async fn identify(
+    target: Target,
+    credentials: Option<BasicCredentials>,
+    shared: &Shared,
+    who: &mut Who,
+) -> Result<(Option<AuthenticatedDevice>, TenantId, DeviceId), RequestError> {
+    match (target, credentials) {
+        (Target::Own, None) => Err(RequestError::MissingCredentials),
+        (Target::Own, Some(credentials)) => {
+            let sender = authenticate(shared, credentials, who).await?;
+            let (tenant, device) = (sender.tenant_id.clone(), sender.device_id.clone());
+            Ok((Some(sender), tenant, device))
+        }
+        (Target::Device { tenant, device }, Some(credentials)) => {
+            who.device = Some(device.clone());
+            let sender = authenticate(shared, credentials, who).await?;
+            let tenant = tenant.unwrap_or_else(|| sender.tenant_id.clone());
+            who.tenant = Some(tenant.clone());
+            who.device = Some(device.clone());
+            Ok((Some(sender), tenant, device))
+        }
+        (Target::Device { .. }, None) if shared.authentication_required => {
+            Err(RequestError::MissingCredentials)
+        }
+        (Target::Device { tenant, device }, None) => {
+            who.device = Some(device.clone());
+            let tenant = tenant.ok_or(RequestError::TenantRequired)?;
+            who.tenant = Some(tenant.clone());
+            Ok((None, tenant, device))
+        }
+    }
+}
+
 async fn upload(
     req: Request<Incoming>,
     shared: &Shared,
@@ -125,31 +159,7 @@ async fn upload(
     let (parts, body) = req.into_parts();
     let route = Route::parse(&parts.method, parts.uri.path())?;
     let credentials = BasicCredentials::from_headers(&parts.headers)?;
-    let (sender, tenant, device) = match (route.target, credentials) {
-        (Target::Own, None) => return Err(RequestError::MissingCredentials),
-        (Target::Own, Some(credentials)) => {
-            let sender = authenticate(shared, credentials, who).await?;
-            let (tenant, device) = (sender.tenant_id.clone(), sender.device_id.clone());
-            (Some(sender), tenant, device)
-        }
-        (Target::Device { tenant, device }, Some(credentials)) => {
-            who.device = Some(device.clone());
-            let sender = authenticate(shared, credentials, who).await?;
-            let tenant = tenant.unwrap_or_else(|| sender.tenant_id.clone());
-            who.tenant = Some(tenant.clone());
-            who.device = Some(device.clone());
-            (Some(sender), tenant, device)
-        }
-        (Target::Device { .. }, None) if shared.authentication_required => {
-            return Err(RequestError::MissingCredentials);
-        }
-        (Target::Device { tenant, device }, None) => {
-            who.device = Some(device.clone());
-            let tenant = tenant.ok_or(RequestError::TenantRequired)?;
-            who.tenant = Some(tenant.clone());
-            (None, tenant, device)
-        }
-    };
+    let (sender, tenant, device) = identify(route.target, credentials, shared, who).await?;
     let params = Params::parse(route.endpoint, &parts.headers, parts.uri.query())?;
     let payload = read_body(body, shared.max_payload_size, shared.body_timeout).await?;
     let upload = Upload {
