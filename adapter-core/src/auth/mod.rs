@@ -44,7 +44,7 @@ pub struct Authenticator {
 
 struct Inner {
     registry: Arc<dyn DeviceRegistry>,
-    bcrypt_permits: Semaphore,
+    bcrypt_permits: Arc<Semaphore>,
     bcrypt_max_cost: u32,
     verified: moka::sync::Cache<[u8; 32], ()>,
 }
@@ -76,7 +76,7 @@ impl Authenticator {
         Self {
             inner: Arc::new(Inner {
                 registry,
-                bcrypt_permits: Semaphore::new(cores),
+                bcrypt_permits: Arc::new(Semaphore::new(cores)),
                 bcrypt_max_cost: config.bcrypt_max_cost,
                 verified: moka::sync::Cache::builder()
                     .max_capacity(100_000)
@@ -176,11 +176,18 @@ impl Authenticator {
         if self.inner.verified.contains_key(&key) {
             return true;
         }
-        let Ok(_permit) = self.inner.bcrypt_permits.acquire().await else {
+        let Ok(permit) = Arc::clone(&self.inner.bcrypt_permits).acquire_owned().await else {
             return false;
         };
         let (hash, candidate) = (hash.to_owned(), password.to_owned());
-        let outcome = tokio::task::spawn_blocking(move || bcrypt::verify(candidate, &hash)).await;
+        // The permit moves into the blocking task: if the caller gives up (the device hung up),
+        // the computation still counts against the bound until it really ends.
+        let outcome = tokio::task::spawn_blocking(move || {
+            let outcome = bcrypt::verify(candidate, &hash);
+            drop(permit);
+            outcome
+        })
+        .await;
         match outcome {
             Ok(Ok(true)) => {
                 self.inner.verified.insert(key, ());

@@ -287,3 +287,31 @@ async fn registry_outage_is_not_a_wrong_password() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn abandoned_bcrypt_checks_keep_their_permit_until_done() -> TestResult {
+    let f = fixture()?;
+    f.credentials(true, vec![bcrypt_secret("secret", 10)?]);
+    let auth = f.authenticator(12);
+    let permits = auth.inner.bcrypt_permits.available_permits();
+    let attempt = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.authenticate_password("sensor@t1", "guess").await }
+    });
+    // Wait until the check holds its permit, then abandon it.
+    for _ in 0..5000 {
+        if auth.inner.bcrypt_permits.available_permits() < permits {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    attempt.abort();
+    assert_eq!(auth.inner.bcrypt_permits.available_permits(), permits - 1);
+    for _ in 0..5000 {
+        if auth.inner.bcrypt_permits.available_permits() == permits {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Err("the permit was never returned".into())
+}
