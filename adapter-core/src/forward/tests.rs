@@ -419,9 +419,51 @@ fn every_cause_has_a_kind() -> TestResult {
             ForwardError::RegistryUnavailable(String::new()),
             ErrorKind::Unavailable,
         ),
+        (
+            ForwardError::RegistrationForbidden(String::new()),
+            ErrorKind::Forbidden,
+        ),
+        (
+            ForwardError::RegistryBadRequest(String::new()),
+            ErrorKind::BadRequest,
+        ),
+        (
+            ForwardError::NoConsumer(String::new()),
+            ErrorKind::Unavailable,
+        ),
+        (
+            ForwardError::NorthboundRejected(String::new()),
+            ErrorKind::Unavailable,
+        ),
+        (
+            ForwardError::NorthboundUnavailable(String::new()),
+            ErrorKind::Unavailable,
+        ),
+        (
+            ForwardError::NorthboundStorage(String::new()),
+            ErrorKind::Unavailable,
+        ),
     ];
     for (error, kind) in cases {
         assert_eq!(error.kind(), kind, "{error}");
     }
     Ok(())
+}
+
+#[test]
+fn every_auth_failure_is_unauthorized_except_an_outage() {
+    use crate::AuthError;
+    for e in [
+        AuthError::MalformedUsername,
+        AuthError::UnknownCredentials,
+        AuthError::CredentialsDisabled,
+        AuthError::NoValidSecret,
+        AuthError::WrongPassword,
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    }
+    assert_eq!(
+        AuthError::RegistryUnavailable(String::new()).kind(),
+        ErrorKind::Unavailable
+    );
 }
