@@ -467,3 +467,25 @@ fn every_auth_failure_is_unauthorized_except_an_outage() {
         ErrorKind::Unavailable
     );
 }
+
+#[tokio::test]
+async fn cheap_checks_come_before_any_registry_call() -> TestResult {
+    let f = fixture()?;
+    f.registry.set_unavailable(true);
+    let too_big = upload(Endpoint::Telemetry, None, b"01234567890123456");
+    let e = f.send(Some(&f.dev), &f.dev, too_big).await.err();
+    assert!(matches!(e, Some(ForwardError::PayloadTooLarge { .. })));
+    let other = device(&TenantId::parse("t2")?, &f.dev);
+    let e = f
+        .forwarder
+        .forward(
+            Some(&other),
+            &f.t1,
+            &f.dev,
+            upload(Endpoint::Telemetry, None, b"x"),
+        )
+        .await
+        .err();
+    assert!(matches!(e, Some(ForwardError::OtherTenant { .. })));
+    Ok(())
+}
