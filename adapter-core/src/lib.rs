@@ -2,11 +2,26 @@
 //!
 //! An adapter decodes its protocol, asks the [`Authenticator`] who the device is, and hands each
 //! upload to the [`Forwarder`], which checks tenant, adapter, registration and limits before the
-//! [`Northbound`] takes the message. Failures come back as typed errors whose [`ErrorKind`] each
-//! adapter maps to its protocol's codes in one place.
+//! [`Northbound`] takes the message. Failures come back as typed errors ([`AuthError`],
+//! [`ForwardError`]) whose [`ErrorKind`] each adapter maps to its protocol's codes in one place.
+//! Everything a listener needs travels in one cheap-to-clone [`AdapterContext`].
 
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod forward;
 pub mod message;
 pub mod northbound;
+mod ttl;
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
+
+pub use auth::{AuthenticatedDevice, Authenticator};
+pub use config::CoreConfig;
+pub use context::AdapterContext;
+pub use error::{AuthError, ErrorKind, ForwardError};
+pub use forward::Forwarder;
 pub use message::{DownstreamMessage, Endpoint, Qos, Upload};
 pub use northbound::{Northbound, NorthboundError};
