@@ -1,0 +1,81 @@
+//! The task that owns one consumer link (our AMQP sender).
+//!
+//! It takes messages from the link's bounded queue one at a time and writes each as an unsettled
+//! transfer; writing waits for link credit, so a consumer without credit fills its queue and
+//! callers move on to other consumers or time out. The settlement future goes back to whoever
+//! asked, so the task itself never waits for dispositions. The task ends when the consumer
+//! detaches, the connection goes away or the northbound shuts down, and then unregisters the link.
+
+use std::sync::Arc;
+
+use fe2o3_amqp::Sender;
+use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumers::{Node, Outgoing, Registry};
+
+/// Runs a consumer link until it ends.
+pub(crate) async fn run(
+    mut sender: Sender,
+    mut queue: mpsc::Receiver<Outgoing>,
+    node: Node,
+    id: u64,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) {
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                closing = true;
+                break;
+            }
+            error = sender.on_detach() => {
+                tracing::info!(%node, %error, "consumer link detached");
+                break;
+            }
+            item = queue.recv() => {
+                let Some(Outgoing { message, reply }) = item else { break };
+                if reply.as_ref().is_some_and(|r| r.is_closed()) {
+                    // The caller gave up waiting (timeout): do not send what it reported as failed.
+                    continue;
+                }
+                let sent = tokio::select! {
+                    () = shutdown.cancelled() => { closing = true; break; }
+                    sent = sender.send_batchable(*message) => sent,
+                };
+                match sent {
+                    Ok(settlement) => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(settlement));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::info!(%node, %error, "sending to a consumer failed; dropping the link");
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(error.to_string()));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    registry.remove(&node, id);
+    // Messages still queued are dropped with their reply channels, which their senders see as
+    // a failure (events are then redelivered).
+    queue.close();
+    if closing {
+        let error = AmqpErrorBody::new(
+            AmqpError::IllegalState,
+            "Ferry is shutting down".to_owned(),
+            None,
+        );
+        if let Err(error) = sender.close_with_error(error).await {
+            tracing::debug!(%node, %error, "closing consumer link failed");
+        }
+    }
+    tracing::debug!(%node, "consumer link task ended");
+}
