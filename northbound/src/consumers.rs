@@ -164,6 +164,11 @@ impl Registry {
         }
     }
 
+    /// Number of links attached to `node`.
+    pub(crate) fn count(&self, node: &Node) -> usize {
+        self.lock().groups.get(node).map_or(0, |g| g.links.len())
+    }
+
     /// The links of `node`, starting with the next one in round-robin order.
     pub(crate) fn rotation(&self, node: &Node) -> Vec<LinkHandle> {
         let mut state = self.lock();

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fe2o3_amqp::types::messaging::Outcome;
 use ferry_adapter_core::{DownstreamMessage, Endpoint, Northbound, NorthboundError, Qos};
+use ferry_registry_client::TenantId;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -90,6 +91,14 @@ impl EmbeddedNorthbound {
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Number of consumer links currently attached to `ENDPOINT/TENANT`.
+    pub fn consumer_count(&self, endpoint: Endpoint, tenant: &TenantId) -> usize {
+        self.shared.registry.count(&Node {
+            endpoint,
+            tenant: tenant.clone(),
+        })
     }
 
     /// Accepts application connections until `shutdown` is cancelled, then closes every
