@@ -6,7 +6,9 @@
 //! AMQP 1.0 prescribes (attach with a null source, then detach with `amqp:not-found` or
 //! `amqp:not-allowed`). Errors caused by the peer end the connection, never the process.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +17,11 @@ use fe2o3_amqp::acceptor::{
     ListenerSessionHandle, SessionAcceptor, SupportedReceiverSettleModes,
     SupportedSenderSettleModes,
 };
+use fe2o3_amqp::link::DetachError;
 use fe2o3_amqp::types::definitions::{
     AmqpError, Error as AmqpErrorBody, ErrorCondition, ReceiverSettleMode, Role, SenderSettleMode,
 };
+use fe2o3_amqp::types::messaging::TargetArchetype;
 use fe2o3_amqp::types::performatives::Attach;
 use ferry_adapter_core::Endpoint;
 use tokio::net::TcpStream;
@@ -30,6 +34,8 @@ use crate::server::Shared;
 const MAX_SESSIONS: u16 = 32;
 /// Most links one session may attach.
 const MAX_LINKS: u32 = 64;
+/// How long closing a session or connection waits for the peer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a refused link waits for the peer's detach.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -57,8 +63,10 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         };
         tracing::debug!("application connected");
         run_connection(&mut connection, &shared).await;
-        if let Err(error) = connection.close().await {
-            tracing::debug!(%error, "connection closed with error");
+        match tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "connection closed with error"),
+            Err(_) => tracing::debug!("peer did not answer the connection close"),
         }
         tracing::debug!("application connection ended");
     }
@@ -102,21 +110,24 @@ async fn run_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) {
         let Some(attach) = attach else { break };
         handle_attach(attach, &mut session, &shared).await;
     }
-    if let Err(error) = session.end().await {
-        tracing::debug!(%error, "session ended with error");
+    match tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "session ended with error"),
+        Err(_) => tracing::debug!("peer did not answer the session end"),
     }
 }
 
-async fn handle_attach(
-    mut attach: Attach,
-    session: &mut ListenerSessionHandle,
-    shared: &Arc<Shared>,
-) {
-    let address = attach
-        .source
-        .as_ref()
-        .and_then(|s| s.address.clone())
-        .unwrap_or_default();
+async fn handle_attach(attach: Attach, session: &mut ListenerSessionHandle, shared: &Arc<Shared>) {
+    let address = match attach.role {
+        Role::Receiver => attach.source.as_ref().and_then(|s| s.address.clone()),
+        Role::Sender => attach.target.as_deref().and_then(|t| match t {
+            TargetArchetype::Target(t) => t.address.clone(),
+            #[allow(unreachable_patterns)]
+            // other archetypes exist with fe2o3's `transaction` feature
+            _ => None,
+        }),
+    }
+    .unwrap_or_default();
     let refusal = if attach.role == Role::Sender {
         Some((
             AmqpError::NotAllowed,
@@ -135,30 +146,34 @@ async fn handle_attach(
         return;
     };
     tracing::warn!(link = %attach.name, %address, %description, "link refused");
-    // A null local terminus tells the peer the node does not exist; the detach carries the reason.
-    attach.source = None;
-    if attach.role == Role::Sender {
-        attach.target = None;
-    }
+    // The link is attached as asked and closed at once with the reason. (AMQP also allows an
+    // attach with a null terminus before the detach, but fe2o3-amqp clients answer that with a
+    // second detach whose handle may already belong to their next link, which breaks the session;
+    // a null target makes fe2o3-amqp's own receiver side end the session.)
     match LinkAcceptor::new()
         .accept_incoming_attach(attach, session)
         .await
     {
         Ok(link) => {
             let error = AmqpErrorBody::new(ErrorCondition::AmqpError(condition), description, None);
-            tokio::spawn(async move {
-                let closed = match link {
-                    LinkEndpoint::Sender(sender) => {
-                        tokio::time::timeout(DETACH_TIMEOUT, sender.close_with_error(error)).await
-                    }
-                    LinkEndpoint::Receiver(receiver) => {
-                        tokio::time::timeout(DETACH_TIMEOUT, receiver.close_with_error(error)).await
-                    }
+            let mut closing: Pin<Box<dyn Future<Output = Result<(), DetachError>> + Send>> =
+                match link {
+                    LinkEndpoint::Sender(sender) => Box::pin(sender.close_with_error(error)),
+                    LinkEndpoint::Receiver(receiver) => Box::pin(receiver.close_with_error(error)),
                 };
-                if !matches!(closed, Ok(Ok(()))) {
-                    tracing::debug!("refused link did not close cleanly");
-                }
-            });
+            // The detach must follow the attach at once: a peer that sees the null terminus
+            // detaches by itself, and if its detach arrived first, ours would name a link that is
+            // already gone. Polling once queues our detach now; the reply is awaited elsewhere.
+            if futures_util::poll!(closing.as_mut()).is_pending() {
+                tokio::spawn(async move {
+                    if !matches!(
+                        tokio::time::timeout(DETACH_TIMEOUT, closing).await,
+                        Ok(Ok(()))
+                    ) {
+                        tracing::debug!("refused link did not close cleanly");
+                    }
+                });
+            }
         }
         Err(error) => tracing::debug!(%error, "refused link attach ended with error"),
     }

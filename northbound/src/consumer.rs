@@ -7,15 +7,16 @@
 //! lets the caller choose the outcome itself.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), ferry_northbound::consumer::ConsumerError> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use ferry_northbound::consumer::Consumer;
-//! let tenant = "DEFAULT_TENANT".parse().map_err(|_| ferry_northbound::consumer::ConsumerError::Closed)?;
+//! let tenant = ferry_registry_client::TenantId::parse("DEFAULT_TENANT")?;
 //! let mut consumer = Consumer::connect("127.0.0.1:15672", None).await?;
 //! let mut subscription = consumer.subscribe(&tenant).await?;
-//! while let Ok(message) = subscription.recv().await {
+//! loop {
+//!     let message = subscription.recv().await?;
 //!     println!("{} from {}: {} bytes", message.endpoint.as_str(), message.device_id, message.payload.len());
 //! }
-//! # Ok(()) }
+//! # }
 //! ```
 
 use std::collections::BTreeMap;

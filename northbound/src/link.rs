@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumers::{Node, Outgoing, Registry};
 
+/// How long a closing link waits for the consumer's detach.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs a consumer link until it ends.
 pub(crate) async fn run(
     mut sender: Sender,
@@ -73,8 +76,10 @@ pub(crate) async fn run(
             "Ferry is shutting down".to_owned(),
             None,
         );
-        if let Err(error) = sender.close_with_error(error).await {
-            tracing::debug!(%node, %error, "closing consumer link failed");
+        match tokio::time::timeout(CLOSE_TIMEOUT, sender.close_with_error(error)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%node, %error, "closing consumer link failed"),
+            Err(_) => tracing::debug!(%node, "consumer did not answer the link close"),
         }
     }
     tracing::debug!(%node, "consumer link task ended");
