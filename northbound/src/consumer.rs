@@ -281,9 +281,19 @@ pub struct Subscription {
 impl Subscription {
     /// Receives and accepts the next telemetry message or event, whichever comes first.
     pub async fn recv(&mut self) -> Result<ReceivedMessage, ConsumerError> {
+        // Only the (cancel-safe) receiving races; the winner is settled afterwards, so a message
+        // is never lost because the other link won.
         tokio::select! {
-            message = self.telemetry.recv() => message,
-            message = self.event.recv() => message,
+            received = self.telemetry.recv_unsettled() => {
+                let (message, delivery) = received?;
+                self.telemetry.settle(delivery, Settle::Accept).await?;
+                Ok(message)
+            }
+            received = self.event.recv_unsettled() => {
+                let (message, delivery) = received?;
+                self.event.settle(delivery, Settle::Accept).await?;
+                Ok(message)
+            }
         }
     }
 }

@@ -34,7 +34,9 @@ pub(crate) type SentReply = Result<Settlement, String>;
 pub(crate) struct Outgoing {
     /// The encoded message (boxed: messages move through queues).
     pub message: Box<Message<Data>>,
-    /// Where to report that the transfer was written (absent for QoS 0 telemetry).
+    /// Where to report that the transfer was written. Absent for QoS 0 telemetry, which is sent
+    /// pre-settled when the link allows it (at most once; no unsettled state piles up when a
+    /// consumer settles slowly or never).
     pub reply: Option<oneshot::Sender<SentReply>>,
 }
 

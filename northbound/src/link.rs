@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use fe2o3_amqp::Sender;
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody};
+use fe2o3_amqp::{Sendable, Sender};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumers::{Node, Outgoing, Registry};
+use crate::consumers::{Node, Outgoing, Registry, SentReply};
 
 /// How long a closing link waits for the consumer's detach.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -40,14 +40,21 @@ pub(crate) async fn run(
                 break;
             }
             item = queue.recv() => {
-                let Some(Outgoing { message, reply }) = item else { break };
+                let Some(Outgoing { message, mut reply }) = item else { break };
                 if reply.as_ref().is_some_and(|r| r.is_closed()) {
                     // The caller gave up waiting (timeout): do not send what it reported as failed.
                     continue;
                 }
+                let sendable = Sendable::builder()
+                    .message(*message)
+                    .settled(reply.is_none())
+                    .build();
                 let sent = tokio::select! {
                     () = shutdown.cancelled() => { closing = true; break; }
-                    sent = sender.send_batchable(*message) => sent,
+                    // Waiting for credit, the caller may give up: then the message is dropped
+                    // rather than delivered after its sender was told it failed.
+                    () = caller_gone(&mut reply) => continue,
+                    sent = sender.send_batchable(sendable) => sent,
                 };
                 match sent {
                     Ok(settlement) => {
@@ -83,4 +90,12 @@ pub(crate) async fn run(
         }
     }
     tracing::debug!(%node, "consumer link task ended");
+}
+
+/// Resolves when the caller waiting for `reply` gave up; never for messages without a reply.
+async fn caller_gone(reply: &mut Option<tokio::sync::oneshot::Sender<SentReply>>) {
+    match reply {
+        Some(reply) => reply.closed().await,
+        None => std::future::pending().await,
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{TestResult, config, credentials, message, start, within};
+use fe2o3_amqp::link::CreditMode;
 use fe2o3_amqp::types::messaging::{Body, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use fe2o3_amqp::{Connection, Delivery, Receiver, Session};
@@ -288,5 +289,86 @@ async fn two_consumers_share_the_load() -> TestResult {
     assert_eq!(seen_a.len() + seen_b.len(), 100);
     let all: HashSet<String> = seen_a.into_iter().chain(seen_b).collect();
     assert_eq!(all.len(), 100);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_consumer_without_credit_is_not_buffered_for_without_bound() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = start(config(dir.path())).await?;
+    let mut connection = Connection::builder()
+        .container_id("no-credit")
+        .sasl_profile((common::USER, common::PASSWORD))
+        .open_with_stream(tokio::net::TcpStream::connect(server.addr()).await?)
+        .await?;
+    let mut session = Session::begin(&mut connection).await?;
+    let mut receiver = Receiver::builder()
+        .name("no-credit")
+        .source("telemetry/stingy")
+        .credit_mode(CreditMode::Manual)
+        .attach(&mut session)
+        .await?;
+    server
+        .wait_for_consumers(Endpoint::Telemetry, "stingy", 1)
+        .await?;
+
+    // QoS 1 without credit: Unavailable after the send timeout.
+    let result = server
+        .northbound
+        .send(message(
+            Endpoint::Telemetry,
+            Qos::AtLeastOnce,
+            "stingy",
+            "d",
+            b"x",
+        )?)
+        .await;
+    assert!(
+        matches!(result, Err(NorthboundError::Unavailable(_))),
+        "{result:?}"
+    );
+
+    // QoS 0 fills the link's small queue, then is refused instead of piling up.
+    let mut accepted = 0;
+    let mut refused = 0;
+    for _ in 0..40 {
+        match server
+            .northbound
+            .send(message(
+                Endpoint::Telemetry,
+                Qos::AtMostOnce,
+                "stingy",
+                "d",
+                b"x",
+            )?)
+            .await
+        {
+            Ok(()) => accepted += 1,
+            Err(NorthboundError::Unavailable(_)) => {
+                refused += 1;
+                if refused == 2 {
+                    break;
+                }
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    assert_eq!(refused, 2);
+    assert!(
+        accepted <= 20,
+        "{accepted} messages queued for a consumer without credit"
+    );
+
+    // Granting credit lets the queued messages through.
+    receiver.set_credit(100).await?;
+    let delivery: Delivery<Body<Value>> = within(receiver.recv()).await??;
+    receiver.accept(&delivery).await?;
+    // The QoS 1 message whose sender was told "unavailable" is not delivered after all.
+    let qos = delivery
+        .message()
+        .application_properties
+        .as_ref()
+        .and_then(|p| p.0.get("qos").cloned());
+    assert_eq!(qos, Some(SimpleValue::Int(0)));
     server.stop().await
 }
