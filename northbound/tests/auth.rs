@@ -164,3 +164,25 @@ async fn garbage_and_vanishing_peers_do_not_hurt_the_server() -> TestResult {
     assert_eq!(within(receiver.recv()).await??.payload.as_ref(), b"ok");
     server.stop().await
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut limited = config(dir.path());
+    limited.max_connections = 1;
+    let server = start(limited).await?;
+    let first = Consumer::connect(server.addr(), credentials()).await?;
+    let second = tokio::time::timeout(
+        Duration::from_millis(300),
+        Consumer::connect(server.addr(), credentials()),
+    )
+    .await;
+    assert!(
+        second.is_err(),
+        "a second connection was served beyond max_connections"
+    );
+    first.close().await?;
+    let third = within(Consumer::connect(server.addr(), credentials())).await??;
+    third.close().await?;
+    server.stop().await
+}
