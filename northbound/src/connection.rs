@@ -128,22 +128,16 @@ async fn handle_attach(attach: Attach, session: &mut ListenerSessionHandle, shar
         }),
     }
     .unwrap_or_default();
-    let refusal = if attach.role == Role::Sender {
-        Some((
+    let (condition, description) = if attach.role == Role::Sender {
+        (
             AmqpError::NotAllowed,
             format!("sending to {address:?} is not allowed: this endpoint only serves consumers"),
-        ))
+        )
     } else {
         match Node::parse(&address) {
-            Ok(node) => {
-                attach_consumer(node, attach, session, shared).await;
-                return;
-            }
-            Err(reason) => Some((AmqpError::NotFound, reason)),
+            Ok(node) => return attach_consumer(node, attach, session, shared).await,
+            Err(reason) => (AmqpError::NotFound, reason),
         }
-    };
-    let Some((condition, description)) = refusal else {
-        return;
     };
     tracing::warn!(link = %attach.name, %address, %description, "link refused");
     // The link is attached as asked and closed at once with the reason. (AMQP also allows an
@@ -161,9 +155,8 @@ async fn handle_attach(attach: Attach, session: &mut ListenerSessionHandle, shar
                     LinkEndpoint::Sender(sender) => Box::pin(sender.close_with_error(error)),
                     LinkEndpoint::Receiver(receiver) => Box::pin(receiver.close_with_error(error)),
                 };
-            // The detach must follow the attach at once: a peer that sees the null terminus
-            // detaches by itself, and if its detach arrived first, ours would name a link that is
-            // already gone. Polling once queues our detach now; the reply is awaited elsewhere.
+            // The detach follows the attach at once, before this session handles anything else
+            // of the peer: polling once queues it now; the peer's reply is awaited elsewhere.
             if futures_util::poll!(closing.as_mut()).is_pending() {
                 tokio::spawn(async move {
                     if !matches!(

@@ -7,7 +7,8 @@
 //! [`ferry_adapter_core::Northbound`] trait:
 //!
 //! * telemetry goes straight to one consumer link of the tenant (round-robin); QoS 0 returns once
-//!   the message is queued on the link, QoS 1 once the consumer accepted it;
+//!   the message is queued on the link (it is sent pre-settled, at most once, when the consumer's
+//!   settle mode allows), QoS 1 once the consumer accepted it;
 //! * events are written to a SQLite store first (durable before `send` returns) and delivered at
 //!   least once by a per-tenant task, also after a restart.
 //!

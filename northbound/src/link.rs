@@ -1,13 +1,15 @@
 //! The task that owns one consumer link (our AMQP sender).
 //!
-//! It takes messages from the link's bounded queue one at a time and writes each as an unsettled
-//! transfer; writing waits for link credit, so a consumer without credit fills its queue and
+//! It takes messages from the link's bounded queue one at a time and writes each as a transfer
+//! (unsettled, except QoS 0 telemetry, which goes pre-settled when the consumer's settle mode
+//! allows it); writing waits for link credit, so a consumer without credit fills its queue and
 //! callers move on to other consumers or time out. The settlement future goes back to whoever
 //! asked, so the task itself never waits for dispositions. The task ends when the consumer
 //! detaches, the connection goes away or the northbound shuts down, and then unregisters the link.
 
 use std::sync::Arc;
 
+use fe2o3_amqp::link::SendError;
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody};
 use fe2o3_amqp::{Sendable, Sender};
 use tokio::sync::mpsc;
@@ -60,6 +62,13 @@ pub(crate) async fn run(
                     Ok(settlement) => {
                         if let Some(reply) = reply {
                             let _ = reply.send(Ok(settlement));
+                        }
+                    }
+                    Err(SendError::MessageSizeExceeded(error)) => {
+                        // Nothing was sent; the link stays usable for smaller messages.
+                        tracing::warn!(%node, %error, "message exceeds the consumer's max-message-size");
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(error.to_string()));
                         }
                     }
                     Err(error) => {
