@@ -194,3 +194,43 @@ async fn events_are_shared_between_consumers_and_all_delivered() -> TestResult {
     assert!(!a.is_empty() && !b.is_empty(), "{} / {}", a.len(), b.len());
     server.stop().await
 }
+
+#[tokio::test]
+async fn concurrent_events_are_all_stored_and_expired_ones_dropped() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = start(config(dir.path())).await?;
+    let mut sends = Vec::new();
+    for i in 0..200 {
+        let msg = message(
+            Endpoint::Event,
+            Qos::AtLeastOnce,
+            "conc",
+            "d",
+            format!("{i}").as_bytes(),
+        )?;
+        sends.push(common::spawn_send(&server, msg));
+    }
+    for send in sends {
+        within(send).await???;
+    }
+    let mut expired = message(Endpoint::Event, Qos::AtLeastOnce, "conc", "d", b"expired")?;
+    expired.creation_time = chrono::Utc::now().timestamp_millis() - 10_000;
+    expired.ttl_ms = Some(1_000);
+    server.northbound.send(expired).await?;
+
+    let mut consumer = Consumer::connect(server.addr(), credentials()).await?;
+    let mut receiver = consumer
+        .receiver(Endpoint::Event, &TenantId::parse("conc")?)
+        .await?;
+    let mut seen = std::collections::HashSet::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(800), receiver.recv()).await {
+        assert_ne!(
+            m.payload.as_ref(),
+            b"expired",
+            "an expired event was delivered"
+        );
+        assert!(seen.insert(m.payload), "duplicate delivery");
+    }
+    assert_eq!(seen.len(), 200);
+    server.stop().await
+}
