@@ -39,6 +39,8 @@ use crate::encode::RETAIN_ANNOTATION;
 
 /// Credit a receiver grants (refilled automatically).
 const CREDIT: u32 = 100;
+/// How long [`Consumer::connect`] waits for the AMQP and SASL handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The consumer could not connect, attach, or receive.
 #[derive(Debug, thiserror::Error)]
@@ -135,11 +137,17 @@ impl Consumer {
             Some((username, password)) => SaslProfile::Plain { username, password },
             None => SaslProfile::Anonymous,
         };
-        let mut connection = Connection::builder()
+        let open = Connection::builder()
             .container_id(format!("ferry-consumer-{}", uuid::Uuid::new_v4()))
             .sasl_profile(profile)
-            .open_with_stream(stream)
+            .open_with_stream(stream);
+        let mut connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, open)
             .await
+            .map_err(|_| {
+                ConsumerError::Open(format!(
+                    "no answer to the AMQP handshake within {HANDSHAKE_TIMEOUT:?}"
+                ))
+            })?
             .map_err(|e| ConsumerError::Open(e.to_string()))?;
         let session = Session::begin(&mut connection)
             .await
