@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_adapter_core::{AdapterContext, Northbound};
 use ferry_adapter_http::HttpAdapter;
-use ferry_northbound::EmbeddedNorthbound;
+use ferry_northbound::{EmbeddedNorthbound, NorthboundConfig};
 use ferry_registry::Registry;
 use ferry_registry_client::{Cached, ChangeListener, DeviceRegistry};
 
@@ -28,10 +28,10 @@ pub struct Addresses {
     pub management: SocketAddr,
     /// Northbound AMQP 1.0 endpoint.
     pub northbound: SocketAddr,
-    /// HTTP adapter, plain.
-    pub http: SocketAddr,
+    /// HTTP adapter, plain (absent when the insecure port is disabled).
+    pub http: Option<SocketAddr>,
     /// HTTP adapter, TLS.
-    pub https: SocketAddr,
+    pub https: Option<SocketAddr>,
 }
 
 /// A running Ferry: every component started from one [`Config`].
@@ -74,16 +74,21 @@ impl Gateway {
         });
 
         let mut northbound_config = config.northbound.clone();
+        // Protected mode (checked above) guarantees that anonymous access stays on loopback.
         northbound_config.allow_anonymous = northbound_config.users.is_empty();
-        if northbound_config.event_store.is_none() {
-            northbound_config.event_store = Some(config.data_dir.join("events.sqlite"));
+        if northbound_config.data_dir == NorthboundConfig::default().data_dir {
+            northbound_config.data_dir = config.data_dir.clone();
         }
-        let northbound = EmbeddedNorthbound::bind(northbound_config, shutdown.clone())
+        let northbound = EmbeddedNorthbound::bind(northbound_config)
             .await
             .context("cannot start the northbound endpoint")?;
         let northbound_addr = northbound.local_addr();
         let sender: Arc<dyn Northbound> = northbound.clone();
-        tasks.spawn(async move { northbound.run().await.context("northbound failed") });
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            northbound.run(token).await;
+            Ok(())
+        });
 
         let tls = tls::server_config(&config.tls, &config.data_dir)?;
         let context = AdapterContext::new(
@@ -100,14 +105,18 @@ impl Gateway {
             management: management_addr,
             northbound: northbound_addr,
             http: http.local_addr(),
-            https: http.tls_local_addr().context("the HTTP adapter has no TLS listener")?,
+            https: http.tls_local_addr(),
         };
         tasks.spawn(async move { http.run().await.context("HTTP adapter failed") });
 
         tracing::info!(address = %addresses.management, "Management API (Hono device registry /v1) listening");
         tracing::info!(address = %addresses.northbound, "northbound AMQP 1.0 endpoint listening");
-        tracing::info!(address = %addresses.http, "HTTP adapter listening");
-        tracing::info!(address = %addresses.https, "HTTP adapter (TLS) listening");
+        if let Some(address) = addresses.http {
+            tracing::info!(%address, "HTTP adapter listening");
+        }
+        if let Some(address) = addresses.https {
+            tracing::info!(%address, "HTTP adapter (TLS) listening");
+        }
         Ok(Gateway {
             addresses,
             shutdown,
