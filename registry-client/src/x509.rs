@@ -216,7 +216,7 @@ fn decode_string(tag: u8, content: &[u8]) -> Option<String> {
         0x14 => Some(content.iter().map(|&b| char::from(b)).collect()),
         // BMPString: UTF-16BE.
         0x1e => {
-            if content.len() % 2 != 0 {
+            if !content.len().is_multiple_of(2) {
                 return None;
             }
             let units: Vec<u16> = content
