@@ -20,17 +20,29 @@ async fn setup() -> Result<Server, Box<dyn std::error::Error>> {
     Ok(s)
 }
 
-async fn lookup(s: &Server, kind: CredentialType, auth_id: &str) -> Result<ferry_registry_client::CredentialsObject, RegistryError> {
+async fn lookup(
+    s: &Server,
+    kind: CredentialType,
+    auth_id: &str,
+) -> Result<ferry_registry_client::CredentialsObject, RegistryError> {
     let t = TenantId::parse("t").map_err(|e| RegistryError::BadRequest(e.to_string()))?;
-    let r = s.registry.get_credentials(&t, kind, auth_id, &Map::new()).await?;
+    let r = s
+        .registry
+        .get_credentials(&t, kind, auth_id, &Map::new())
+        .await?;
     Ok((*r.payload).clone())
 }
 
 #[tokio::test]
 async fn plain_password_is_bcrypt_2a_and_never_returned() -> TestResult {
     let s = setup().await?;
-    s.credentials("t", "d1", json!([{"type": "hashed-password", "auth-id": "sensor1",
-        "secrets": [{"pwd-plain": "hunter2", "not-after": "2037-01-01T00:00:00+01:00"}]}])).await?;
+    s.credentials(
+        "t",
+        "d1",
+        json!([{"type": "hashed-password", "auth-id": "sensor1",
+        "secrets": [{"pwd-plain": "hunter2", "not-after": "2037-01-01T00:00:00+01:00"}]}]),
+    )
+    .await?;
     let got = s.get("/credentials/t/d1").await?;
     expect(got.status, StatusCode::OK, &got.body)?;
     assert!(got.etag.is_some());
@@ -64,13 +76,28 @@ async fn given_sha_hashes_are_stored_as_sent() -> TestResult {
     ])).await?;
     let c = lookup(&s, CredentialType::HashedPassword, "a256").await?;
     let sec = &c.secrets[0];
-    assert!(verify("pw256", sec.pwd_hash.as_deref().ok_or("hash")?, sec.hash_function.as_deref(), sec.salt.as_deref()));
+    assert!(verify(
+        "pw256",
+        sec.pwd_hash.as_deref().ok_or("hash")?,
+        sec.hash_function.as_deref(),
+        sec.salt.as_deref()
+    ));
     let c = lookup(&s, CredentialType::HashedPassword, "a512").await?;
     let sec = &c.secrets[0];
     assert_eq!(sec.hash_function.as_deref(), Some("sha-512"));
-    assert!(verify("pw512", sec.pwd_hash.as_deref().ok_or("hash")?, sec.hash_function.as_deref(), sec.salt.as_deref()));
+    assert!(verify(
+        "pw512",
+        sec.pwd_hash.as_deref().ok_or("hash")?,
+        sec.hash_function.as_deref(),
+        sec.salt.as_deref()
+    ));
     let c = lookup(&s, CredentialType::HashedPassword, "abc").await?;
-    assert!(verify("U*U", c.secrets[0].pwd_hash.as_deref().ok_or("hash")?, Some("bcrypt"), None));
+    assert!(verify(
+        "U*U",
+        c.secrets[0].pwd_hash.as_deref().ok_or("hash")?,
+        Some("bcrypt"),
+        None
+    ));
 
     for bad in [
         json!([{"type": "hashed-password", "auth-id": "x", "secrets": [{"pwd-hash": h256, "hash-function": "md5"}]}]),
@@ -85,7 +112,11 @@ async fn given_sha_hashes_are_stored_as_sent() -> TestResult {
         json!({"type": "psk"}),
     ] {
         let r = s.put("/credentials/t/d2", bad.clone()).await?;
-        expect(r.status, StatusCode::BAD_REQUEST, &json!({"request": bad, "reply": r.body}))?;
+        expect(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            &json!({"request": bad, "reply": r.body}),
+        )?;
     }
     Ok(())
 }
@@ -99,71 +130,172 @@ async fn patch_semantics_of_secret_ids() -> TestResult {
     ])).await?;
     let before = lookup(&s, CredentialType::HashedPassword, "u").await?;
     let got = s.get("/credentials/t/d1").await?;
-    let pwd = got.body.as_array().ok_or("array")?.iter().find(|c| c["type"] == "hashed-password").ok_or("pwd")?;
+    let pwd = got
+        .body
+        .as_array()
+        .ok_or("array")?
+        .iter()
+        .find(|c| c["type"] == "hashed-password")
+        .ok_or("pwd")?;
     let first_id = pwd["secrets"][0]["id"].as_str().ok_or("id")?.to_owned();
-    let kept = before.secrets.iter().find(|s| s.id.as_deref() == Some(&first_id)).ok_or("stored")?;
+    let kept = before
+        .secrets
+        .iter()
+        .find(|s| s.id.as_deref() == Some(&first_id))
+        .ok_or("stored")?;
 
     // Keep the first secret by id (disabling it), drop the second, leave the psk out.
-    s.credentials("t", "d1", json!([{"type": "hashed-password", "auth-id": "u",
-        "secrets": [{"id": first_id, "enabled": false}]}])).await?;
+    s.credentials(
+        "t",
+        "d1",
+        json!([{"type": "hashed-password", "auth-id": "u",
+        "secrets": [{"id": first_id, "enabled": false}]}]),
+    )
+    .await?;
     let after = lookup(&s, CredentialType::HashedPassword, "u").await?;
     assert_eq!(after.secrets.len(), 1);
     assert_eq!(after.secrets[0].pwd_hash, kept.pwd_hash);
     assert!(!after.secrets[0].enabled);
-    assert_eq!(lookup(&s, CredentialType::Psk, "p").await.err(), Some(RegistryError::NotFound));
+    assert_eq!(
+        lookup(&s, CredentialType::Psk, "p").await.err(),
+        Some(RegistryError::NotFound)
+    );
 
-    let r = s.put("/credentials/t/d1", json!([{"type": "hashed-password", "auth-id": "u", "secrets": [{"id": "unknown"}]}])).await?;
+    let r = s
+        .put(
+            "/credentials/t/d1",
+            json!([{"type": "hashed-password", "auth-id": "u", "secrets": [{"id": "unknown"}]}]),
+        )
+        .await?;
     expect(r.status, StatusCode::BAD_REQUEST, &r.body)?;
     // A known id with a new password replaces the hash.
     s.credentials("t", "d1", json!([{"type": "hashed-password", "auth-id": "u", "secrets": [{"id": first_id, "pwd-plain": "three"}]}])).await?;
     let after = lookup(&s, CredentialType::HashedPassword, "u").await?;
     assert_eq!(after.secrets[0].id.as_deref(), Some(first_id.as_str()));
-    assert!(verify("three", after.secrets[0].pwd_hash.as_deref().ok_or("hash")?, Some("bcrypt"), None));
+    assert!(verify(
+        "three",
+        after.secrets[0].pwd_hash.as_deref().ok_or("hash")?,
+        Some("bcrypt"),
+        None
+    ));
     Ok(())
 }
 
 #[tokio::test]
 async fn conflicts_missing_devices_limits_and_etags() -> TestResult {
     let s = setup().await?;
-    s.credentials("t", "d1", json!([{"type": "psk", "auth-id": "shared", "secrets": [{"key": "AQID"}]}])).await?;
-    let r = s.put("/credentials/t/d2", json!([{"type": "psk", "auth-id": "shared", "secrets": [{"key": "AQID"}]}])).await?;
+    s.credentials(
+        "t",
+        "d1",
+        json!([{"type": "psk", "auth-id": "shared", "secrets": [{"key": "AQID"}]}]),
+    )
+    .await?;
+    let r = s
+        .put(
+            "/credentials/t/d2",
+            json!([{"type": "psk", "auth-id": "shared", "secrets": [{"key": "AQID"}]}]),
+        )
+        .await?;
     expect(r.status, StatusCode::CONFLICT, &r.body)?;
     // Same auth-id with another type is fine.
-    s.credentials("t", "d2", json!([{"type": "hashed-password", "auth-id": "shared", "secrets": [{"pwd-plain": "x"}]}])).await?;
+    s.credentials(
+        "t",
+        "d2",
+        json!([{"type": "hashed-password", "auth-id": "shared", "secrets": [{"pwd-plain": "x"}]}]),
+    )
+    .await?;
 
-    expect(s.get("/credentials/t/nope").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
-    expect(s.put("/credentials/t/nope", json!([])).await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
+    expect(
+        s.get("/credentials/t/nope").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
+    expect(
+        s.put("/credentials/t/nope", json!([])).await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
 
     let etag = s.get("/credentials/t/d1").await?.etag.ok_or("etag")?;
-    let r = s.call(Method::PUT, "/credentials/t/d1", Some(json!([])), &[("if-match", "\"old\"")]).await?;
+    let r = s
+        .call(
+            Method::PUT,
+            "/credentials/t/d1",
+            Some(json!([])),
+            &[("if-match", "\"old\"")],
+        )
+        .await?;
     expect(r.status, StatusCode::PRECONDITION_FAILED, &r.body)?;
-    let r = s.call(Method::PUT, "/credentials/t/d1", Some(json!([])), &[("if-match", &etag)]).await?;
+    let r = s
+        .call(
+            Method::PUT,
+            "/credentials/t/d1",
+            Some(json!([])),
+            &[("if-match", &etag)],
+        )
+        .await?;
     expect(r.status, StatusCode::NO_CONTENT, &r.body)?;
     assert!(r.etag.is_some_and(|e| e != etag));
     assert_eq!(s.get("/credentials/t/d1").await?.body, json!([]));
 
-    s.tenant("lim", json!({"registration-limits": {"max-credentials-per-device": 1}})).await?;
+    s.tenant(
+        "lim",
+        json!({"registration-limits": {"max-credentials-per-device": 1}}),
+    )
+    .await?;
     s.device("lim", "d", json!({})).await?;
     let two = json!([{"type": "psk", "auth-id": "a", "secrets": [{"key": "AQID"}]}, {"type": "psk", "auth-id": "b", "secrets": [{"key": "AQID"}]}]);
-    expect(s.put("/credentials/lim/d", two).await?.status, StatusCode::FORBIDDEN, &Value::Null)?;
-    s.credentials("lim", "d", json!([{"type": "psk", "auth-id": "a", "secrets": [{"key": "AQID"}]}])).await
+    expect(
+        s.put("/credentials/lim/d", two).await?.status,
+        StatusCode::FORBIDDEN,
+        &Value::Null,
+    )?;
+    s.credentials(
+        "lim",
+        "d",
+        json!([{"type": "psk", "auth-id": "a", "secrets": [{"key": "AQID"}]}]),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn x509_auth_id_from_certificate() -> TestResult {
     let s = setup().await?;
-    let (der, _) = cert(&[(DnType::OrganizationName, "ACME"), (DnType::CommonName, "device 1+x")])?;
-    s.credentials("t", "d1", json!([{"type": "x509-cert", "secrets": [{"cert": b64(&der)}]}])).await?;
+    let (der, _) = cert(&[
+        (DnType::OrganizationName, "ACME"),
+        (DnType::CommonName, "device 1+x"),
+    ])?;
+    s.credentials(
+        "t",
+        "d1",
+        json!([{"type": "x509-cert", "secrets": [{"cert": b64(&der)}]}]),
+    )
+    .await?;
     let got = s.get("/credentials/t/d1").await?;
     assert_eq!(got.body[0]["auth-id"], "CN=device 1\\+x,O=ACME");
     assert!(got.body[0]["secrets"][0].get("cert").is_none());
     let c = lookup(&s, CredentialType::X509Cert, "CN=device 1\\+x,O=ACME").await?;
     assert_eq!(c.device_id.as_str(), "d1");
-    let r = s.put("/credentials/t/d2", json!([{"type": "x509-cert", "auth-id": "CN=other", "secrets": [{"cert": b64(&der)}]}])).await?;
+    let r = s
+        .put(
+            "/credentials/t/d2",
+            json!([{"type": "x509-cert", "auth-id": "CN=other", "secrets": [{"cert": b64(&der)}]}]),
+        )
+        .await?;
     expect(r.status, StatusCode::BAD_REQUEST, &r.body)?;
-    let r = s.put("/credentials/t/d2", json!([{"type": "x509-cert", "secrets": [{"cert": STANDARD.encode(b"junk")}]}])).await?;
+    let r = s
+        .put(
+            "/credentials/t/d2",
+            json!([{"type": "x509-cert", "secrets": [{"cert": STANDARD.encode(b"junk")}]}]),
+        )
+        .await?;
     expect(r.status, StatusCode::BAD_REQUEST, &r.body)?;
-    s.credentials("t", "d2", json!([{"type": "x509-cert", "auth-id": "CN=plain"}])).await?;
+    s.credentials(
+        "t",
+        "d2",
+        json!([{"type": "x509-cert", "auth-id": "CN=plain"}]),
+    )
+    .await?;
     let c = lookup(&s, CredentialType::X509Cert, "CN=plain").await?;
     assert_eq!(c.secrets.len(), 1);
     Ok(())

@@ -26,9 +26,23 @@ async fn tenant_lifecycle_with_etags() -> TestResult {
     assert_eq!(got.etag.as_deref(), Some(created.as_str()));
     assert_eq!(got.body["ext"]["a"], 1);
 
-    let stale = s.call(Method::PUT, "/tenants/t1", Some(json!({"enabled": false})), &[("if-match", "\"nope\"")]).await?;
+    let stale = s
+        .call(
+            Method::PUT,
+            "/tenants/t1",
+            Some(json!({"enabled": false})),
+            &[("if-match", "\"nope\"")],
+        )
+        .await?;
     expect(stale.status, StatusCode::PRECONDITION_FAILED, &stale.body)?;
-    let upd = s.call(Method::PUT, "/tenants/t1", Some(json!({"enabled": false})), &[("if-match", &created)]).await?;
+    let upd = s
+        .call(
+            Method::PUT,
+            "/tenants/t1",
+            Some(json!({"enabled": false})),
+            &[("if-match", &created)],
+        )
+        .await?;
     expect(upd.status, StatusCode::NO_CONTENT, &upd.body)?;
     let new_etag = upd.etag.ok_or("no etag on update")?;
     assert_ne!(new_etag, created);
@@ -39,13 +53,32 @@ async fn tenant_lifecycle_with_etags() -> TestResult {
     let upd = s.put("/tenants/t1", json!({})).await?;
     expect(upd.status, StatusCode::NO_CONTENT, &upd.body)?;
 
-    let del = s.call(Method::DELETE, "/tenants/t1", None, &[("if-match", &created)]).await?;
+    let del = s
+        .call(
+            Method::DELETE,
+            "/tenants/t1",
+            None,
+            &[("if-match", &created)],
+        )
+        .await?;
     expect(del.status, StatusCode::PRECONDITION_FAILED, &del.body)?;
     let del = s.delete("/tenants/t1").await?;
     expect(del.status, StatusCode::NO_CONTENT, &del.body)?;
-    expect(s.get("/tenants/t1").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
-    expect(s.delete("/tenants/t1").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
-    expect(s.put("/tenants/t1", json!({})).await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
+    expect(
+        s.get("/tenants/t1").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
+    expect(
+        s.delete("/tenants/t1").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
+    expect(
+        s.put("/tenants/t1", json!({})).await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
     Ok(())
 }
 
@@ -56,9 +89,15 @@ async fn generated_ids_and_bad_requests() -> TestResult {
     expect(r.status, StatusCode::CREATED, &r.body)?;
     let id = r.body["id"].as_str().ok_or("no id")?.to_owned();
     assert_eq!(r.location, Some(format!("/v1/tenants/{id}")));
-    expect(s.get(&format!("/tenants/{id}")).await?.status, StatusCode::OK, &Value::Null)?;
+    expect(
+        s.get(&format!("/tenants/{id}")).await?.status,
+        StatusCode::OK,
+        &Value::Null,
+    )?;
 
-    let r = s.post(&format!("/devices/{id}"), json!({"enabled": true})).await?;
+    let r = s
+        .post(&format!("/devices/{id}"), json!({"enabled": true}))
+        .await?;
     expect(r.status, StatusCode::CREATED, &r.body)?;
     let dev = r.body["id"].as_str().ok_or("no device id")?;
     assert_eq!(r.location, Some(format!("/v1/devices/{id}/{dev}")));
@@ -72,50 +111,117 @@ async fn generated_ids_and_bad_requests() -> TestResult {
         .await?;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     let body: Value = malformed.json().await?;
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("JSON")), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("JSON")),
+        "{body}"
+    );
 
     for (path, body) in [
         ("/tenants/a:b", json!({})),
         ("/tenants/t2", json!([])),
         ("/tenants/t2", json!({"alias": "Upper"})),
         ("/tenants/t2", json!({"enabled": "yes"})),
-        ("/tenants/t2", json!({"adapters": [{"type": "hono-http"}, {"type": "hono-http"}]})),
-        ("/tenants/t2", json!({"trusted-ca": [{"subject-dn": "CN=x", "public-key": "AAAA"}]})),
-        ("/tenants/t2", json!({"trusted-ca": [{"cert": "bm90IGEgY2VydA=="}]})),
-        ("/tenants/t2", json!({"registration-limits": {"max-devices": "3"}})),
+        (
+            "/tenants/t2",
+            json!({"adapters": [{"type": "hono-http"}, {"type": "hono-http"}]}),
+        ),
+        (
+            "/tenants/t2",
+            json!({"trusted-ca": [{"subject-dn": "CN=x", "public-key": "AAAA"}]}),
+        ),
+        (
+            "/tenants/t2",
+            json!({"trusted-ca": [{"cert": "bm90IGEgY2VydA=="}]}),
+        ),
+        (
+            "/tenants/t2",
+            json!({"registration-limits": {"max-devices": "3"}}),
+        ),
     ] {
         let r = s.post(path, body.clone()).await?;
-        expect(r.status, StatusCode::BAD_REQUEST, &json!({"request": body, "reply": r.body}))?;
+        expect(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            &json!({"request": body, "reply": r.body}),
+        )?;
         assert!(r.body["error"].is_string());
     }
-    expect(s.get("/tenants/t2").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
+    expect(
+        s.get("/tenants/t2").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
     Ok(())
 }
 
 #[tokio::test]
 async fn too_large_body_gives_413() -> TestResult {
-    let s = start(RegistryConfig { max_body_size: 1024, ..config() }).await?;
+    let s = start(RegistryConfig {
+        max_body_size: 1024,
+        ..config()
+    })
+    .await?;
     let big = json!({"ext": {"blob": "x".repeat(2000)}});
     let r = s.post("/tenants/t1", big).await?;
     expect(r.status, StatusCode::PAYLOAD_TOO_LARGE, &r.body)?;
-    let small = s.post("/tenants/t1", json!({"ext": {"blob": "x".repeat(500)}})).await?;
+    let small = s
+        .post("/tenants/t1", json!({"ext": {"blob": "x".repeat(500)}}))
+        .await?;
     expect(small.status, StatusCode::CREATED, &small.body)
 }
 
 #[tokio::test]
 async fn basic_auth_when_users_are_configured() -> TestResult {
-    let users = vec![ManagementUser { name: "admin".into(), password: "s3cret".into() }];
+    let users = vec![ManagementUser {
+        name: "admin".into(),
+        password: "s3cret".into(),
+    }];
     let s = start(RegistryConfig { users, ..config() }).await?;
-    let none = s.client.post(format!("{}/tenants/t1", s.base)).json(&json!({})).send().await?;
+    let none = s
+        .client
+        .post(format!("{}/tenants/t1", s.base))
+        .json(&json!({}))
+        .send()
+        .await?;
     assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
-    assert!(none.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("Basic")));
-    let wrong = s.client.post(format!("{}/tenants/t1", s.base)).basic_auth("admin", Some("nope")).json(&json!({})).send().await?;
+    assert!(
+        none.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Basic"))
+    );
+    let wrong = s
+        .client
+        .post(format!("{}/tenants/t1", s.base))
+        .basic_auth("admin", Some("nope"))
+        .json(&json!({}))
+        .send()
+        .await?;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let ok = s.client.post(format!("{}/tenants/t1", s.base)).basic_auth("admin", Some("s3cret")).json(&json!({})).send().await?;
+    let ok = s
+        .client
+        .post(format!("{}/tenants/t1", s.base))
+        .basic_auth("admin", Some("s3cret"))
+        .json(&json!({}))
+        .send()
+        .await?;
     assert_eq!(ok.status(), StatusCode::CREATED);
-    let ok = s.client.post(format!("{}/devices/t1/d1", s.base)).basic_auth("admin", Some("s3cret")).json(&json!({})).send().await?;
+    let ok = s
+        .client
+        .post(format!("{}/devices/t1/d1", s.base))
+        .basic_auth("admin", Some("s3cret"))
+        .json(&json!({}))
+        .send()
+        .await?;
     assert_eq!(ok.status(), StatusCode::CREATED);
-    let dev: Value = s.client.get(format!("{}/devices/t1/d1", s.base)).basic_auth("admin", Some("s3cret")).send().await?.json().await?;
+    let dev: Value = s
+        .client
+        .get(format!("{}/devices/t1/d1", s.base))
+        .basic_auth("admin", Some("s3cret"))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(dev["status"]["last-user"], "admin");
     Ok(())
 }
@@ -123,8 +229,15 @@ async fn basic_auth_when_users_are_configured() -> TestResult {
 #[tokio::test]
 async fn trusted_ca_from_certificate_and_dn_conflicts() -> TestResult {
     let s = start(config()).await?;
-    let (der, spki) = cert(&[(DnType::OrganizationName, "ACME, Inc."), (DnType::CommonName, "Root CA")])?;
-    s.tenant("t1", json!({"trusted-ca": [{"cert": b64(&der), "auto-provisioning-enabled": true}]})).await?;
+    let (der, spki) = cert(&[
+        (DnType::OrganizationName, "ACME, Inc."),
+        (DnType::CommonName, "Root CA"),
+    ])?;
+    s.tenant(
+        "t1",
+        json!({"trusted-ca": [{"cert": b64(&der), "auto-provisioning-enabled": true}]}),
+    )
+    .await?;
     let t = s.get("/tenants/t1").await?;
     let ca = &t.body["trusted-ca"][0];
     assert_eq!(ca["subject-dn"], "CN=Root CA,O=ACME\\, Inc.");
@@ -137,13 +250,33 @@ async fn trusted_ca_from_certificate_and_dn_conflicts() -> TestResult {
         "algorithm": "EC", "not-before": "2020-01-01T00:00:00Z", "not-after": "2040-01-01T00:00:00Z"}]});
     let r = s.post("/tenants/t2", other.clone()).await?;
     expect(r.status, StatusCode::CONFLICT, &r.body)?;
-    assert!(r.body["error"].as_str().is_some_and(|e| e.contains("subject DN")));
+    assert!(
+        r.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("subject DN"))
+    );
     s.tenant("t2", json!({})).await?;
-    expect(s.put("/tenants/t2", other.clone()).await?.status, StatusCode::CONFLICT, &Value::Null)?;
+    expect(
+        s.put("/tenants/t2", other.clone()).await?.status,
+        StatusCode::CONFLICT,
+        &Value::Null,
+    )?;
     // The owning tenant may keep its DN on update, and the DN is free once it is deleted.
-    expect(s.put("/tenants/t1", other.clone()).await?.status, StatusCode::NO_CONTENT, &Value::Null)?;
-    expect(s.delete("/tenants/t1").await?.status, StatusCode::NO_CONTENT, &Value::Null)?;
-    expect(s.put("/tenants/t2", other).await?.status, StatusCode::NO_CONTENT, &Value::Null)?;
+    expect(
+        s.put("/tenants/t1", other.clone()).await?.status,
+        StatusCode::NO_CONTENT,
+        &Value::Null,
+    )?;
+    expect(
+        s.delete("/tenants/t1").await?.status,
+        StatusCode::NO_CONTENT,
+        &Value::Null,
+    )?;
+    expect(
+        s.put("/tenants/t2", other).await?.status,
+        StatusCode::NO_CONTENT,
+        &Value::Null,
+    )?;
 
     s.tenant("t3", json!({"alias": "tee"})).await?;
     let r = s.post("/tenants/t4", json!({"alias": "tee"})).await?;
@@ -156,20 +289,46 @@ async fn device_lifecycle() -> TestResult {
     let r = s.post("/devices/nope/d1", json!({})).await?;
     expect(r.status, StatusCode::NOT_FOUND, &r.body)?;
     s.tenant("t", json!({})).await?;
-    let r = s.post("/devices/t/d1", json!({"ext": {"k": "v"}, "status": {"created": "1999-01-01T00:00:00Z"}})).await?;
+    let r = s
+        .post(
+            "/devices/t/d1",
+            json!({"ext": {"k": "v"}, "status": {"created": "1999-01-01T00:00:00Z"}}),
+        )
+        .await?;
     expect(r.status, StatusCode::CREATED, &r.body)?;
     let etag = r.etag.ok_or("no etag")?;
-    expect(s.post("/devices/t/d1", json!({})).await?.status, StatusCode::CONFLICT, &Value::Null)?;
+    expect(
+        s.post("/devices/t/d1", json!({})).await?.status,
+        StatusCode::CONFLICT,
+        &Value::Null,
+    )?;
 
     let got = s.get("/devices/t/d1").await?;
     expect(got.status, StatusCode::OK, &got.body)?;
     assert_eq!(got.etag.as_deref(), Some(etag.as_str()));
-    let created = got.body["status"]["created"].as_str().ok_or("no created")?.to_owned();
+    let created = got.body["status"]["created"]
+        .as_str()
+        .ok_or("no created")?
+        .to_owned();
     assert!(!created.starts_with("1999"), "status is read-only");
 
-    let r = s.call(Method::PUT, "/devices/t/d1", Some(json!({"enabled": false})), &[("if-match", "\"x\"")]).await?;
+    let r = s
+        .call(
+            Method::PUT,
+            "/devices/t/d1",
+            Some(json!({"enabled": false})),
+            &[("if-match", "\"x\"")],
+        )
+        .await?;
     expect(r.status, StatusCode::PRECONDITION_FAILED, &r.body)?;
-    let r = s.call(Method::PUT, "/devices/t/d1", Some(json!({"enabled": false})), &[("if-match", &etag)]).await?;
+    let r = s
+        .call(
+            Method::PUT,
+            "/devices/t/d1",
+            Some(json!({"enabled": false})),
+            &[("if-match", &etag)],
+        )
+        .await?;
     expect(r.status, StatusCode::NO_CONTENT, &r.body)?;
     assert!(r.etag.is_some_and(|e| e != etag));
     let got = s.get("/devices/t/d1").await?;
@@ -185,16 +344,47 @@ async fn device_lifecycle() -> TestResult {
         json!({"command-endpoint": {"headers": {}}}),
     ] {
         let r = s.put("/devices/t/d1", body.clone()).await?;
-        expect(r.status, StatusCode::BAD_REQUEST, &json!({"request": body, "reply": r.body}))?;
+        expect(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            &json!({"request": body, "reply": r.body}),
+        )?;
     }
-    expect(s.post("/devices/t/bad%20id", json!({})).await?.status, StatusCode::BAD_REQUEST, &Value::Null)?;
-    expect(s.put("/devices/t/d9", json!({})).await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
+    expect(
+        s.post("/devices/t/bad%20id", json!({})).await?.status,
+        StatusCode::BAD_REQUEST,
+        &Value::Null,
+    )?;
+    expect(
+        s.put("/devices/t/d9", json!({})).await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
 
-    let r = s.call(Method::DELETE, "/devices/t/d1", None, &[("if-match", "\"x\"")]).await?;
+    let r = s
+        .call(
+            Method::DELETE,
+            "/devices/t/d1",
+            None,
+            &[("if-match", "\"x\"")],
+        )
+        .await?;
     expect(r.status, StatusCode::PRECONDITION_FAILED, &r.body)?;
-    expect(s.delete("/devices/t/d1").await?.status, StatusCode::NO_CONTENT, &Value::Null)?;
-    expect(s.get("/devices/t/d1").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
-    expect(s.delete("/devices/t/d1").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
+    expect(
+        s.delete("/devices/t/d1").await?.status,
+        StatusCode::NO_CONTENT,
+        &Value::Null,
+    )?;
+    expect(
+        s.get("/devices/t/d1").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
+    expect(
+        s.delete("/devices/t/d1").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
     Ok(())
 }
 
@@ -204,30 +394,69 @@ async fn delete_all_devices_and_tenant_cascade() -> TestResult {
     s.tenant("t", json!({})).await?;
     for d in ["a", "b", "c"] {
         s.device("t", d, json!({})).await?;
-        s.credentials("t", d, json!([{"type": "psk", "auth-id": d, "secrets": [{"key": "AQID"}]}])).await?;
+        s.credentials(
+            "t",
+            d,
+            json!([{"type": "psk", "auth-id": d, "secrets": [{"key": "AQID"}]}]),
+        )
+        .await?;
     }
-    expect(s.delete("/devices/t").await?.status, StatusCode::NO_CONTENT, &Value::Null)?;
-    expect(s.get("/devices/t").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
+    expect(
+        s.delete("/devices/t").await?.status,
+        StatusCode::NO_CONTENT,
+        &Value::Null,
+    )?;
+    expect(
+        s.get("/devices/t").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
     // Credentials went with the devices: the auth-id is free again.
     s.device("t", "x", json!({})).await?;
-    s.credentials("t", "x", json!([{"type": "psk", "auth-id": "a", "secrets": [{"key": "AQID"}]}])).await?;
-    expect(s.delete("/devices/nope").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
+    s.credentials(
+        "t",
+        "x",
+        json!([{"type": "psk", "auth-id": "a", "secrets": [{"key": "AQID"}]}]),
+    )
+    .await?;
+    expect(
+        s.delete("/devices/nope").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
 
-    expect(s.delete("/tenants/t").await?.status, StatusCode::NO_CONTENT, &Value::Null)?;
+    expect(
+        s.delete("/tenants/t").await?.status,
+        StatusCode::NO_CONTENT,
+        &Value::Null,
+    )?;
     s.tenant("t", json!({})).await?;
-    expect(s.get("/devices/t/x").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
-    expect(s.get("/credentials/t/x").await?.status, StatusCode::NOT_FOUND, &Value::Null)?;
+    expect(
+        s.get("/devices/t/x").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
+    expect(
+        s.get("/credentials/t/x").await?.status,
+        StatusCode::NOT_FOUND,
+        &Value::Null,
+    )?;
     Ok(())
 }
 
 #[tokio::test]
 async fn registration_limit_max_devices_gives_403() -> TestResult {
     let s = start(config()).await?;
-    s.tenant("t", json!({"registration-limits": {"max-devices": 2}})).await?;
+    s.tenant("t", json!({"registration-limits": {"max-devices": 2}}))
+        .await?;
     s.device("t", "d1", json!({})).await?;
     s.device("t", "d2", json!({})).await?;
     let r = s.post("/devices/t/d3", json!({})).await?;
     expect(r.status, StatusCode::FORBIDDEN, &r.body)?;
-    expect(s.delete("/devices/t/d1").await?.status, StatusCode::NO_CONTENT, &Value::Null)?;
+    expect(
+        s.delete("/devices/t/d1").await?.status,
+        StatusCode::NO_CONTENT,
+        &Value::Null,
+    )?;
     s.device("t", "d3", json!({})).await
 }

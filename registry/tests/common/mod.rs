@@ -44,7 +44,10 @@ impl ChangeListener for Recorder {
 impl Recorder {
     /// Takes the changes recorded so far.
     pub fn take(&self) -> Vec<RegistryChange> {
-        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
     }
 }
 
@@ -89,7 +92,13 @@ pub struct Reply {
 
 impl Server {
     /// Sends a request with an optional JSON body and headers.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Result<Reply, Box<dyn Error>> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, Box<dyn Error>> {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             req = req.json(&body);
@@ -98,10 +107,20 @@ impl Server {
             req = req.header(*k, *v);
         }
         let resp = req.send().await?;
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let (status, etag, location) = (resp.status(), header("etag"), header("location"));
         let bytes = resp.bytes().await?;
-        Ok(Reply { status, etag, location, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
+        Ok(Reply {
+            status,
+            etag,
+            location,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        })
     }
 
     /// POST.
@@ -135,7 +154,9 @@ impl Server {
 
     /// Sets credentials and fails the test if that does not give 204.
     pub async fn credentials(&self, tenant: &str, id: &str, body: Value) -> TestResult {
-        let r = self.put(&format!("/credentials/{tenant}/{id}"), body).await?;
+        let r = self
+            .put(&format!("/credentials/{tenant}/{id}"), body)
+            .await?;
         expect(r.status, StatusCode::NO_CONTENT, &r.body)
     }
 }
