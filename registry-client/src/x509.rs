@@ -23,6 +23,9 @@ pub enum X509Error {
     /// A validity time is outside what can be represented.
     #[error("certificate validity out of range")]
     Validity,
+    /// A DN string could not be parsed.
+    #[error("malformed distinguished name string: {0}")]
+    DnString(&'static str),
 }
 
 /// The algorithm of a certificate's public key, as Hono names it.
@@ -231,10 +234,11 @@ fn decode_string(tag: u8, content: &[u8]) -> Option<String> {
 
 fn escape(value: &str, out: &mut String) {
     let chars: Vec<char> = value.chars().collect();
-    let last_non_space = chars.iter().rposition(|c| *c != ' ');
-    let first_non_space = chars.iter().position(|c| *c != ' ');
+    let blank = |c: &char| matches!(c, ' ' | '\r');
+    let last_non_space = chars.iter().rposition(|c| !blank(c));
+    let first_non_space = chars.iter().position(|c| !blank(c));
     for (i, c) in chars.iter().enumerate() {
-        let edge_space = *c == ' '
+        let edge_space = blank(c)
             && (first_non_space.is_none_or(|f| i < f) || last_non_space.is_none_or(|l| i > l));
         if edge_space || ",=+<>#;\"\\".contains(*c) {
             out.push('\\');
@@ -289,6 +293,117 @@ pub fn name_rfc2253(name_der: &[u8]) -> Result<String, X509Error> {
     }
     rdns.reverse();
     Ok(rdns.join(","))
+}
+
+/// Normalizes a DN string (RFC 2253/4514, as a user may type it) to the form
+/// [`name_rfc2253`] produces for the same name: no spaces around separators, keywords in upper
+/// case (`S` becomes `ST`, `OID.2.5.4.3` and `2.5.4.3` become `CN`), values re-escaped, hex
+/// values in lower case. Attribute types without a keyword stay dotted OIDs.
+pub fn normalize_dn(dn: &str) -> Result<String, X509Error> {
+    let mut rdns = Vec::new();
+    for rdn in split_unescaped(dn, &[',', ';'])? {
+        let mut avas = Vec::new();
+        for ava in split_unescaped(&rdn, &['+'])? {
+            let (kind, value) = ava
+                .split_once('=')
+                .ok_or(X509Error::DnString("missing '='"))?;
+            let kind = kind.trim();
+            let upper = kind.to_ascii_uppercase();
+            let oid = upper.strip_prefix("OID.").unwrap_or(&upper);
+            let keyword = match oid {
+                "S" => Some("ST"),
+                o if o.starts_with(|c: char| c.is_ascii_digit()) => keyword(o),
+                o => Some(
+                    ["CN", "L", "ST", "O", "OU", "C", "STREET", "DC", "UID"]
+                        .into_iter()
+                        .find(|k| *k == o)
+                        .ok_or(X509Error::DnString("unsupported attribute type"))?,
+                ),
+            };
+            let mut text = String::from(keyword.unwrap_or(oid));
+            text.push('=');
+            let value = value.trim_start();
+            if let Some(hex_value) = value.strip_prefix('#') {
+                let hex_value = hex_value.trim_end();
+                if hex_value.is_empty() || !hex_value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(X509Error::DnString("bad hex value"));
+                }
+                text.push('#');
+                text.push_str(&hex_value.to_ascii_lowercase());
+            } else {
+                escape(&unescape(value)?, &mut text);
+            }
+            avas.push(text);
+        }
+        rdns.push(avas.join("+"));
+    }
+    Ok(rdns.join(","))
+}
+
+/// Splits at unescaped separators outside quotes; an empty input gives no parts.
+fn split_unescaped(s: &str, separators: &[char]) -> Result<Vec<String>, X509Error> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let (mut escaped, mut quoted) = (false, false);
+    for c in s.chars() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && separators.contains(&c) {
+            parts.push(std::mem::take(&mut current));
+            continue;
+        }
+        current.push(c);
+    }
+    if escaped || quoted {
+        return Err(X509Error::DnString("dangling escape or quote"));
+    }
+    if !current.trim().is_empty() || !parts.is_empty() {
+        parts.push(current);
+    }
+    if parts.iter().any(|p| p.trim().is_empty()) {
+        return Err(X509Error::DnString("empty component"));
+    }
+    Ok(parts)
+}
+
+/// Removes quotes and escapes (`\,` and `\hh` UTF-8 hex pairs); unescaped outer spaces go.
+fn unescape(value: &str) -> Result<String, X509Error> {
+    let mut bytes = Vec::new();
+    let mut keep_until = 0;
+    let mut chars = value.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '\\' => {
+                let (_, next) = chars.next().ok_or(X509Error::DnString("dangling escape"))?;
+                if next.is_ascii_hexdigit() {
+                    let (_, low) = chars.next().ok_or(X509Error::DnString("bad hex escape"))?;
+                    let pair: String = [next, low].iter().collect();
+                    bytes.push(
+                        u8::from_str_radix(&pair, 16)
+                            .map_err(|_| X509Error::DnString("bad hex escape"))?,
+                    );
+                } else {
+                    let mut buf = [0u8; 4];
+                    bytes.extend_from_slice(next.encode_utf8(&mut buf).as_bytes());
+                }
+                keep_until = bytes.len();
+            }
+            '"' => {}
+            c => {
+                let mut buf = [0u8; 4];
+                bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                if c != ' ' {
+                    keep_until = bytes.len();
+                }
+            }
+        }
+    }
+    bytes.truncate(keep_until);
+    String::from_utf8(bytes).map_err(|_| X509Error::DnString("value is not UTF-8"))
 }
 
 #[cfg(test)]
@@ -373,6 +488,34 @@ mod tests {
         name.extend(set1);
         assert_eq!(name_rfc2253(&name)?, "CN=a+O=b,C=DE");
         assert_eq!(name_rfc2253(&name[..name.len() - 1]), Err(X509Error::Name));
+        Ok(())
+    }
+
+    #[test]
+    fn normalizes_typed_dns_to_the_formatter_output() -> TestResult {
+        assert_eq!(
+            normalize_dn("cn = Device 1 , o=ACME\\, Inc.;C=DE")?,
+            "CN=Device 1,O=ACME\\, Inc.,C=DE"
+        );
+        assert_eq!(normalize_dn("OID.2.5.4.3=a+S=b")?, "CN=a+ST=b");
+        assert_eq!(
+            normalize_dn("CN=\"x,y\",2.5.4.5=#1303414243")?,
+            "CN=x\\,y,2.5.4.5=#1303414243"
+        );
+        assert_eq!(
+            normalize_dn("CN=\\ lead\\ ,O=caf\\c3\\a9")?,
+            "CN=\\ lead\\ ,O=café"
+        );
+        assert_eq!(normalize_dn("")?, "");
+        assert!(normalize_dn("CN").is_err());
+        assert!(normalize_dn("FOO=x").is_err());
+        assert!(normalize_dn("CN=a,,O=b").is_err());
+        assert!(normalize_dn("CN=a\\").is_err());
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, " spaced, \"odd\" ");
+        dn.push(DnType::CommonName, "ü+#");
+        let formatted = subject_dn_rfc2253(&cert_with(dn)?)?;
+        assert_eq!(normalize_dn(&formatted)?, formatted);
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
+use ferry_registry_client::x509::normalize_dn;
 use ferry_registry_client::{
     CacheDirective, CredentialType, CredentialsApi, CredentialsObject, DeviceId, RegistrationApi,
     RegistrationAssertion, RegistryError, Response, TenantApi, TenantId, TenantObject,
@@ -67,6 +68,8 @@ impl TenantApi for Registry {
         &self,
         subject_dn: &str,
     ) -> Result<Response<TenantObject>, RegistryError> {
+        let normalized = normalize_dn(subject_dn).unwrap_or_else(|_| subject_dn.to_owned());
+        let subject_dn = normalized.as_str();
         let t = self
             .store()
             .find_tenant_by_ca(subject_dn)
@@ -97,6 +100,11 @@ impl CredentialsApi for Registry {
         if auth_id.is_empty() {
             return Err(RegistryError::BadRequest("auth-id is empty".into()));
         }
+        let normalized = match credential_type {
+            CredentialType::X509Cert => normalize_dn(auth_id).ok(),
+            _ => None,
+        };
+        let auth_id = normalized.as_deref().unwrap_or(auth_id);
         let (device, record) = self
             .store()
             .find_credentials(tenant_id, credential_type, auth_id)

@@ -293,10 +293,13 @@ async fn x509_auth_id_from_certificate() -> TestResult {
     s.credentials(
         "t",
         "d2",
-        json!([{"type": "x509-cert", "auth-id": "CN=plain"}]),
+        json!([{"type": "x509-cert", "auth-id": "cn=plain, o=x"}]),
     )
     .await?;
-    let c = lookup(&s, CredentialType::X509Cert, "CN=plain").await?;
+    let c = lookup(&s, CredentialType::X509Cert, "CN=plain,O=x").await?;
     assert_eq!(c.secrets.len(), 1);
+    assert_eq!(c.auth_id, "CN=plain,O=x");
+    // A given auth-id equal to the certificate's subject up to formatting is accepted.
+    s.credentials("t", "d1", json!([{"type": "x509-cert", "auth-id": "CN=device 1\\+x, o=ACME", "secrets": [{"cert": b64(&der)}]}])).await?;
     Ok(())
 }

@@ -27,10 +27,16 @@ async fn device_search() -> TestResult {
     s.device("t", "gw", json!({"memberOf": ["g1"]})).await?;
     s.device("t", "gw2", json!({"memberOf": ["g2"]})).await?;
     s.device("t", "y", json!({"viaGroups": ["g2"]})).await?;
+    s.device(
+        "t",
+        "prov",
+        json!({"authorities": ["auto-provisioning-enabled"]}),
+    )
+    .await?;
 
     let all = s.get("/devices/t").await?;
     expect(all.status, StatusCode::OK, &all.body)?;
-    assert_eq!(all.body["total"], 8);
+    assert_eq!(all.body["total"], 9);
 
     let desc = q(json!({"field": "/id", "direction": "desc"}));
     let r = s
@@ -38,8 +44,8 @@ async fn device_search() -> TestResult {
             "/devices/t?pageSize=2&pageOffset=1&sortJson={desc}"
         ))
         .await?;
-    assert_eq!(r.body["total"], 8);
-    assert_eq!(ids(&r.body), vec!["x-1", "gw2"]);
+    assert_eq!(r.body["total"], 9);
+    assert_eq!(ids(&r.body), vec!["x-1", "prov"]);
 
     let by_n = q(json!({"field": "/ext/n", "direction": "desc"}));
     let odd = q(json!({"field": "/ext/kind", "op": "eq", "value": "odd"}));
@@ -77,7 +83,7 @@ async fn device_search() -> TestResult {
     )?;
 
     let gws = s.get("/devices/t?isGateway=true").await?;
-    assert_eq!(ids(&gws.body), vec!["gw", "gw2"]);
+    assert_eq!(ids(&gws.body), vec!["gw", "gw2", "prov"]);
     assert_eq!(s.get("/devices/t?isGateway=false").await?.body["total"], 6);
 
     for bad in [

@@ -71,6 +71,18 @@ async fn tenant_by_id_alias_and_ca() -> TestResult {
         s.registry.get_tenant_by_ca("CN=Unknown").await.err(),
         Some(RegistryError::NotFound)
     );
+    // A DN typed by a user is stored in the formatter's RFC 2253 form.
+    s.tenant("t2", json!({"trusted-ca": [{"subject-dn": "cn = Typed CA , o=ACME\\, Inc.", "public-key": b64(&spki),
+        "algorithm": "EC", "not-before": "2000-01-01T00:00:00Z", "not-after": "2999-01-01T00:00:00Z"}]})).await?;
+    let typed = s
+        .registry
+        .get_tenant_by_ca("CN=Typed CA,O=ACME\\, Inc.")
+        .await?;
+    assert_eq!(typed.payload.tenant_id.as_str(), "t2");
+    assert_eq!(
+        typed.payload.trusted_ca[0].subject_dn,
+        "CN=Typed CA,O=ACME\\, Inc."
+    );
     Ok(())
 }
 

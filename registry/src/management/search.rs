@@ -200,8 +200,8 @@ pub(super) fn respond(params: &SearchParams, mut items: Vec<Value>) -> Result<Re
     Ok(axum::Json(json!({ "total": total, "result": result })).into_response())
 }
 
-/// Ids of the devices that act as gateways: named in another device's `via`, or member of a
-/// group named in another device's `viaGroups`.
+/// Ids of the devices that act as gateways: named in another device's `via`, member of a
+/// gateway group (`memberOf`), or allowed to auto-provision devices (`authorities`).
 pub(super) fn gateway_ids(devices: &[Value]) -> HashSet<String> {
     let strings = |d: &Value, key: &str| -> Vec<String> {
         d.get(key)
@@ -212,16 +212,16 @@ pub(super) fn gateway_ids(devices: &[Value]) -> HashSet<String> {
             .collect()
     };
     let via: HashSet<String> = devices.iter().flat_map(|d| strings(d, "via")).collect();
-    let groups: HashSet<String> = devices
-        .iter()
-        .flat_map(|d| strings(d, "viaGroups"))
-        .collect();
     devices
         .iter()
         .filter_map(|d| {
             let id = d.get("id")?.as_str()?;
-            let member = strings(d, "memberOf").iter().any(|g| groups.contains(g));
-            (via.contains(id) || member).then(|| id.to_owned())
+            let gateway = via.contains(id)
+                || !strings(d, "memberOf").is_empty()
+                || strings(d, "authorities")
+                    .iter()
+                    .any(|a| a == "auto-provisioning-enabled");
+            gateway.then(|| id.to_owned())
         })
         .collect()
 }

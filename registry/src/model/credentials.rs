@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ferry_registry_client::x509::{certificate_info, subject_dn_rfc2253};
+use ferry_registry_client::x509::{certificate_info, normalize_dn, subject_dn_rfc2253};
 use ferry_registry_client::{CredentialType, CredentialsObject, DeviceId};
 use serde_json::{Map, Value};
 
@@ -79,7 +79,7 @@ fn prepare_one(
             let der = base64(cert.as_str().unwrap_or_default(), "cert")?;
             let dn = subject_dn_rfc2253(&der).map_err(|e| bad(format!("'cert': {e}")))?;
             match doc.get("auth-id").and_then(Value::as_str) {
-                Some(given) if given != dn => {
+                Some(given) if normalize_dn(given).unwrap_or_else(|_| given.to_owned()) != dn => {
                     return Err(bad("'auth-id' does not match the certificate's subject DN"));
                 }
                 _ => doc.insert("auth-id".into(), dn.into()),
@@ -88,12 +88,19 @@ fn prepare_one(
     } else if secrets.is_empty() {
         return Err(bad(format!("{kind} credentials need at least one secret")));
     }
-    let auth_id = doc
+    let mut auth_id = doc
         .get("auth-id")
         .and_then(Value::as_str)
         .filter(|a| !a.is_empty())
         .ok_or_else(|| bad("'auth-id' is required"))?
         .to_owned();
+    if credential_type == CredentialType::X509Cert {
+        // As Hono does: a DN auth-id is kept in RFC 2253 form (templated ids stay as they are).
+        if let Ok(dn) = normalize_dn(&auth_id) {
+            auth_id = dn;
+            doc.insert("auth-id".into(), auth_id.clone().into());
+        }
+    }
     let stored: HashMap<&str, &Map<String, Value>> = existing
         .iter()
         .filter(|r| r.credential_type == credential_type && r.auth_id == auth_id)

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
-use ferry_registry_client::x509::certificate_info;
+use ferry_registry_client::x509::{certificate_info, normalize_dn};
 use ferry_registry_client::{TenantId, TenantObject};
 use serde_json::{Map, Value};
 
@@ -144,11 +144,13 @@ fn prepare_ca(ca: &mut Map<String, Value>) -> Result<(), ManageError> {
         .get("subject-dn")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if dn.trim().is_empty() {
+    let dn = normalize_dn(dn).map_err(|e| bad(format!("'subject-dn': {e}")))?;
+    if dn.is_empty() {
         return Err(bad(
             "a trusted CA needs 'subject-dn' and 'public-key', or 'cert'",
         ));
     }
+    ca.insert("subject-dn".into(), dn.into());
     let key = ca
         .get("public-key")
         .and_then(Value::as_str)
