@@ -10,12 +10,24 @@ use ferry_registry_client::{CredentialType, CredentialsObject, DeviceId};
 use serde_json::{Map, Value};
 
 use super::{bad, base64, check_common, check_type, new_id, object, time};
+use crate::config::MAX_BCRYPT_COST;
 use crate::error::ManageError;
 use crate::password::{HASH_FUNCTIONS, bcrypt_2a};
 use crate::store::CredentialRecord;
 
-/// Secret members never returned by the Management API.
+/// Secret members a PUT with only a secret `id` keeps from the stored secret.
 const CONFIDENTIAL: &[&str] = &["pwd-plain", "pwd-hash", "salt", "key", "cert"];
+
+/// Secret members the Management API never returns: as Hono's `stripPrivateInfo`, which also
+/// removes `hash-function`.
+const STRIPPED: &[&str] = &[
+    "pwd-plain",
+    "pwd-hash",
+    "salt",
+    "key",
+    "cert",
+    "hash-function",
+];
 
 /// Checks a PUT body (an array of credentials) against the stored set and builds the new set.
 /// Blocking (bcrypt): run it off the runtime.
@@ -228,6 +240,15 @@ fn password_secret(secret: &mut Map<String, Value>, cost: u32) -> Result<(), Man
                 "a bcrypt 'pwd-hash' must be a $2a$ hash, without 'salt'",
             ));
         }
+        let hash_cost: u32 = hash
+            .get(4..6)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(u32::MAX);
+        if hash_cost > MAX_BCRYPT_COST {
+            return Err(bad(format!(
+                "the bcrypt cost of 'pwd-hash' exceeds {MAX_BCRYPT_COST}"
+            )));
+        }
     } else {
         let len = if function == "sha-256" { 32 } else { 64 };
         if base64(&hash, "pwd-hash")?.len() != len {
@@ -272,7 +293,7 @@ pub fn management_view(record: &CredentialRecord) -> Value {
     let mut doc = record.doc.clone();
     if let Some(Value::Array(secrets)) = doc.get_mut("secrets") {
         for s in secrets.iter_mut().filter_map(Value::as_object_mut) {
-            for key in CONFIDENTIAL {
+            for key in STRIPPED {
                 s.remove(*key);
             }
         }
