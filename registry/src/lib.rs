@@ -9,7 +9,7 @@
 pub mod config;
 pub mod error;
 mod management;
-pub mod model;
+mod model;
 mod ops;
 pub mod password;
 mod service;
