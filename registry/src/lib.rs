@@ -5,6 +5,20 @@
 //!
 //! Every committed change is reported synchronously to the registered
 //! [`ChangeListener`]s before the Management API answers, so caches drop stale entries at once.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use ferry_registry::{Registry, RegistryConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Creates `data/` and the database file if needed, and applies migrations.
+//! let registry = Registry::open(Path::new("data/registry.db"), RegistryConfig::default())?;
+//! // Serve this (already under `/v1`) with `axum::serve` on the Management API port.
+//! let _router: axum::Router = registry.management_api();
+//! // Adapters use `registry` (or `Cached::new(registry.clone(), ..)`) through the
+//! // `TenantApi`, `CredentialsApi` and `RegistrationApi` traits; register the cache with
+//! // `registry.add_change_listener(cache.clone())` so it drops changed entries at once.
+//! # Ok(()) }
+//! ```
 
 pub mod config;
 pub mod error;

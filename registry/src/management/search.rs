@@ -18,6 +18,8 @@ use crate::error::ManageError;
 
 const DEFAULT_PAGE_SIZE: usize = 30;
 const MAX_PAGE_SIZE: usize = 200;
+/// Longest string filter value: wildcard matching costs pattern length × value length.
+const MAX_PATTERN: usize = 256;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +98,11 @@ impl SearchParams {
                 "filterJson" => {
                     let f: Filter = serde_json::from_str(&value)
                         .map_err(|e| bad_request(format!("invalid filterJson: {e}")))?;
+                    if f.value.as_str().is_some_and(|v| v.len() > MAX_PATTERN) {
+                        return Err(bad_request(format!(
+                            "filterJson values are limited to {MAX_PATTERN} bytes"
+                        )));
+                    }
                     if f.op != "eq" {
                         return Err(bad_request("filterJson op must be \"eq\""));
                     }
