@@ -136,12 +136,11 @@ impl RegistrationApi for Registry {
             .filter(enabled)
             .ok_or(RegistryError::NotFound)?;
         let mut via_ids = via(&device);
-        let via_groups: Vec<&str> = strings(&device, "viaGroups").collect();
+        let via_groups: Vec<String> = strings(&device, "viaGroups").map(str::to_owned).collect();
         if !via_groups.is_empty() {
-            for other in self.store().list_devices(tenant_id).await? {
-                let member = strings(&other.value.doc, "memberOf").any(|g| via_groups.contains(&g));
-                if member && !via_ids.contains(&other.value.id) {
-                    via_ids.push(other.value.id);
+            for member in self.store().group_members(tenant_id, &via_groups).await? {
+                if !via_ids.contains(&member) {
+                    via_ids.push(member);
                 }
             }
         }

@@ -146,6 +146,13 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
     ) -> Result<Vec<Versioned<DeviceRecord>>, StoreError>;
 
+    /// Ids of the tenant's devices that are member (`memberOf`) of any of `groups`.
+    async fn group_members(
+        &self,
+        tenant: &TenantId,
+        groups: &[String],
+    ) -> Result<Vec<DeviceId>, StoreError>;
+
     /// A device's credential set with its version; `None` if the device does not exist.
     async fn get_credentials(
         &self,

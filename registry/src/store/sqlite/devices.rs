@@ -186,6 +186,29 @@ pub(super) fn list(
         .collect()
 }
 
+/// Members of any group in `groups` (a JSON array of strings), using SQLite's JSON functions.
+pub(super) fn group_members(
+    tx: &Transaction<'_>,
+    t: &str,
+    groups: &str,
+) -> Result<Vec<DeviceId>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT DISTINCT d.device_id FROM devices d, json_each(d.doc, '$.memberOf') g \
+             WHERE d.tenant_id = ?1 AND g.value IN (SELECT value FROM json_each(?2)) \
+             ORDER BY d.device_id",
+        )
+        .map_err(backend)?;
+    let ids = stmt
+        .query_map([t, groups], |r| r.get::<_, String>(0))
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    ids.iter()
+        .map(|id| DeviceId::parse(id).map_err(backend))
+        .collect()
+}
+
 pub(super) fn read_credentials(
     tx: &Transaction<'_>,
     t: &str,

@@ -241,6 +241,16 @@ impl Store for SqliteStore {
         self.tx(move |tx| devices::list(tx, &t)).await
     }
 
+    async fn group_members(
+        &self,
+        tenant: &TenantId,
+        groups: &[String],
+    ) -> Result<Vec<DeviceId>, StoreError> {
+        let (t, groups) = (tenant.to_string(), Value::from(groups.to_vec()).to_string());
+        self.tx(move |tx| devices::group_members(tx, &t, &groups))
+            .await
+    }
+
     async fn get_credentials(
         &self,
         tenant: &TenantId,
