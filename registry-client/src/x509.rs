@@ -471,6 +471,28 @@ mod tests {
     }
 
     #[test]
+    fn dc_and_uid_keywords() -> TestResult {
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 25]),
+            DnValue::Ia5String("example".try_into()?),
+        );
+        dn.push(
+            DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 1]),
+            DnValue::Utf8String("jdoe".into()),
+        );
+        dn.push(
+            DnType::CustomDnType(vec![2, 5, 4, 5]),
+            DnValue::PrintableString("42".try_into()?),
+        );
+        assert_eq!(
+            subject_dn_rfc2253(&cert_with(dn)?)?,
+            "2.5.4.5=#13023432,UID=jdoe,DC=example"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn multi_valued_rdn_joined_with_plus() -> TestResult {
         // SEQUENCE { SET { CN=a, O=b } , SET { C=DE } }
         let cn = [0x30, 0x08, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x01, b'a'];

@@ -303,3 +303,29 @@ async fn x509_auth_id_from_certificate() -> TestResult {
     s.credentials("t", "d1", json!([{"type": "x509-cert", "auth-id": "CN=device 1\\+x, o=ACME", "secrets": [{"cert": b64(&der)}]}])).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn rpk_key_from_certificate_and_if_match_star() -> TestResult {
+    let s = setup().await?;
+    let (der, spki) = cert(&[(DnType::CommonName, "jwt signer")])?;
+    s.credentials(
+        "t",
+        "d1",
+        json!([{"type": "rpk", "auth-id": "signer", "secrets": [{"cert": b64(&der)}]}]),
+    )
+    .await?;
+    let c = lookup(&s, CredentialType::Rpk, "signer").await?;
+    assert_eq!(c.secrets[0].key.as_deref(), Some(b64(&spki).as_str()));
+    assert_eq!(c.secrets[0].extra.get("algorithm"), Some(&json!("EC")));
+    let got = s.get("/credentials/t/d1").await?;
+    assert!(got.body[0]["secrets"][0].get("key").is_none());
+    let r = s
+        .call(
+            Method::PUT,
+            "/credentials/t/d1",
+            Some(json!([])),
+            &[("if-match", "*")],
+        )
+        .await?;
+    expect(r.status, StatusCode::NO_CONTENT, &r.body)
+}
