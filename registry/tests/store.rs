@@ -61,6 +61,12 @@ async fn data_survives_reopening_and_migrations_run_once() -> TestResult {
         .await?
         .ok_or("ca index lost")?;
     assert_eq!(by_ca.value.id.as_str(), "t");
+    drop(store);
+    // A database written by a newer Ferry is refused rather than misread.
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.execute("INSERT INTO schema_version (version) VALUES (99)", [])?;
+    drop(conn);
+    assert!(SqliteStore::open(&path).is_err());
     Ok(())
 }
 

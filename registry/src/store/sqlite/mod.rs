@@ -121,6 +121,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             |r| r.get(0),
         )
         .map_err(backend)?;
+    if usize::try_from(current).unwrap_or(usize::MAX) > MIGRATIONS.len() {
+        return Err(backend(format!(
+            "database schema version {current} is newer than this Ferry knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate() {
         let version = i64::try_from(i + 1).map_err(backend)?;
         if version > current {
