@@ -10,6 +10,7 @@ mod credentials;
 mod ids;
 mod registration;
 mod tenant;
+pub mod x509;
 
 pub use api::{
     CacheDirective, ChangeListener, CredentialsApi, DeviceRegistry, RegistrationApi,

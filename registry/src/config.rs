@@ -1,0 +1,94 @@
+//! Registry configuration: a serde tree with defaults, checked once at [`crate::Registry::open`].
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings of the embedded device registry.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// How long (seconds) adapters may cache the registry's service answers (tenant, credentials,
+    /// registration assertion): sent as `max-age`. Hono's default is 180.
+    pub cache_max_age: u64,
+    /// bcrypt cost used to hash `pwd-plain` passwords set through the Management API (4..=14;
+    /// default 10, about 75 ms per hash on a small machine). Hashes are written as `$2a$`, the
+    /// only bcrypt version Hono verifies.
+    pub bcrypt_cost: u32,
+    /// Largest Management API request body in bytes; larger bodies get 413. Default 64 KiB.
+    pub max_body_size: usize,
+    /// Management API users (HTTP Basic). Empty: the Management API needs no authentication.
+    pub users: Vec<ManagementUser>,
+}
+
+/// One Management API user.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementUser {
+    /// The user name (HTTP Basic user).
+    pub name: String,
+    /// The password, in plain text.
+    pub password: String,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            cache_max_age: 180,
+            bcrypt_cost: 10,
+            max_body_size: 64 * 1024,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// Largest accepted bcrypt cost: a higher cost would let one request block a core for seconds.
+pub const MAX_BCRYPT_COST: u32 = 14;
+
+impl RegistryConfig {
+    /// The cache directive's age.
+    pub fn cache_max_age(&self) -> Duration {
+        Duration::from_secs(self.cache_max_age)
+    }
+
+    /// Checks value ranges; the error says which field is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(4..=MAX_BCRYPT_COST).contains(&self.bcrypt_cost) {
+            return Err(format!(
+                "bcrypt_cost must be between 4 and {MAX_BCRYPT_COST}, not {}",
+                self.bcrypt_cost
+            ));
+        }
+        if self.max_body_size < 1024 {
+            return Err("max_body_size must be at least 1024 bytes".to_owned());
+        }
+        if self
+            .users
+            .iter()
+            .any(|u| u.name.is_empty() || u.name.contains(':'))
+        {
+            return Err("management user names must be non-empty and contain no ':'".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_fields() -> Result<(), Box<dyn std::error::Error>> {
+        let c: RegistryConfig = serde_json::from_str(r#"{"bcrypt_cost": 4}"#)?;
+        assert_eq!(c.bcrypt_cost, 4);
+        assert_eq!(c.cache_max_age, 180);
+        assert!(c.validate().is_ok());
+        assert!(serde_json::from_str::<RegistryConfig>(r#"{"bcrypt": 4}"#).is_err());
+        let bad = RegistryConfig {
+            bcrypt_cost: 31,
+            ..RegistryConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        Ok(())
+    }
+}

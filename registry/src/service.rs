@@ -1,0 +1,197 @@
+//! Hono's Tenant, Credentials and Device Registration APIs, answered in-process by [`Registry`].
+//!
+//! Every answer carries `max-age = cache_max_age`. The client context of a credentials lookup is
+//! accepted and not yet used: auto-provisioning will create the device and its credentials in one
+//! [`crate::store::Store::create_device`] transaction from here.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use ferry_registry_client::x509::normalize_dn;
+use ferry_registry_client::{
+    CacheDirective, CredentialType, CredentialsApi, CredentialsObject, DeviceId, RegistrationApi,
+    RegistrationAssertion, RegistryError, Response, TenantApi, TenantId, TenantObject,
+};
+use serde_json::{Map, Value};
+
+use crate::Registry;
+use crate::error::ManageError;
+use crate::model::device::{strings, via};
+use crate::model::{credentials, enabled, tenant};
+use crate::store::{StoreError, TenantRecord, Versioned};
+
+fn unavailable(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Unavailable(e.to_string())
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        unavailable(e)
+    }
+}
+
+fn internal(e: ManageError) -> RegistryError {
+    unavailable(e)
+}
+
+impl Registry {
+    fn answer<T>(&self, payload: T) -> Response<T> {
+        Response::ok(
+            payload,
+            CacheDirective::MaxAge(self.config().cache_max_age()),
+        )
+    }
+
+    fn tenant_answer(&self, t: Versioned<TenantRecord>) -> Result<TenantObject, RegistryError> {
+        tenant::tenant_object(&t.value.id, &t.value.doc, Utc::now()).map_err(internal)
+    }
+}
+
+#[async_trait]
+impl TenantApi for Registry {
+    async fn get_tenant(
+        &self,
+        tenant_id: &TenantId,
+    ) -> Result<Response<TenantObject>, RegistryError> {
+        let found = match self.store().get_tenant(tenant_id).await? {
+            Some(t) => Some(t),
+            None => {
+                self.store()
+                    .find_tenant_by_alias(tenant_id.as_str())
+                    .await?
+            }
+        };
+        let t = found.ok_or(RegistryError::NotFound)?;
+        Ok(self.answer(self.tenant_answer(t)?))
+    }
+
+    async fn get_tenant_by_ca(
+        &self,
+        subject_dn: &str,
+    ) -> Result<Response<TenantObject>, RegistryError> {
+        let normalized = normalize_dn(subject_dn).unwrap_or_else(|_| subject_dn.to_owned());
+        let subject_dn = normalized.as_str();
+        let t = self
+            .store()
+            .find_tenant_by_ca(subject_dn)
+            .await?
+            .ok_or(RegistryError::NotFound)?;
+        let object = self.tenant_answer(t)?;
+        if !object
+            .trusted_ca
+            .iter()
+            .any(|ca| ca.subject_dn == subject_dn)
+        {
+            // Every CA with this subject is outside its validity period.
+            return Err(RegistryError::NotFound);
+        }
+        Ok(self.answer(object))
+    }
+}
+
+#[async_trait]
+impl CredentialsApi for Registry {
+    async fn get_credentials(
+        &self,
+        tenant_id: &TenantId,
+        credential_type: CredentialType,
+        auth_id: &str,
+        _client_context: &Map<String, Value>,
+    ) -> Result<Response<CredentialsObject>, RegistryError> {
+        if auth_id.is_empty() {
+            return Err(RegistryError::BadRequest("auth-id is empty".into()));
+        }
+        let normalized = match credential_type {
+            CredentialType::X509Cert => normalize_dn(auth_id).ok(),
+            _ => None,
+        };
+        let auth_id = normalized.as_deref().unwrap_or(auth_id);
+        let (device, record) = self
+            .store()
+            .find_credentials(tenant_id, credential_type, auth_id)
+            .await?
+            .ok_or(RegistryError::NotFound)?;
+        if !enabled(&record.doc) {
+            return Err(RegistryError::NotFound);
+        }
+        Ok(self.answer(credentials::credentials_object(&device, &record).map_err(internal)?))
+    }
+}
+
+#[async_trait]
+impl RegistrationApi for Registry {
+    async fn assert_registration(
+        &self,
+        tenant_id: &TenantId,
+        device_id: &DeviceId,
+        gateway_id: Option<&DeviceId>,
+    ) -> Result<Response<RegistrationAssertion>, RegistryError> {
+        if self.store().get_tenant(tenant_id).await?.is_none() {
+            return Err(RegistryError::NotFound);
+        }
+        let device = self
+            .store()
+            .get_device(tenant_id, device_id)
+            .await?
+            .map(|d| d.value.doc)
+            .filter(enabled)
+            .ok_or(RegistryError::NotFound)?;
+        let mut via_ids = via(&device);
+        let via_groups: Vec<String> = strings(&device, "viaGroups").map(str::to_owned).collect();
+        if !via_groups.is_empty() {
+            for member in self.store().group_members(tenant_id, &via_groups).await? {
+                if !via_ids.contains(&member) {
+                    via_ids.push(member);
+                }
+            }
+        }
+        if let Some(gw) = gateway_id {
+            let gateway = self
+                .store()
+                .get_device(tenant_id, gw)
+                .await?
+                .map(|d| d.value.doc)
+                .ok_or_else(|| RegistryError::Forbidden(format!("gateway {gw} is unknown")))?;
+            if !enabled(&gateway) {
+                return Err(RegistryError::Forbidden(format!(
+                    "gateway {gw} is disabled"
+                )));
+            }
+            if !via_ids.contains(gw) {
+                return Err(RegistryError::Forbidden(format!(
+                    "gateway {gw} may not act for device {device_id}"
+                )));
+            }
+        }
+        Ok(self.answer(assertion(device_id, &device, via_ids)))
+    }
+}
+
+fn assertion(
+    device_id: &DeviceId,
+    device: &Map<String, Value>,
+    via: Vec<DeviceId>,
+) -> RegistrationAssertion {
+    let mut extra = Map::new();
+    for key in ["downstream-message-mapper", "upstream-message-mapper"] {
+        if let Some(v) = device.get(key).filter(|v| !v.is_null()) {
+            extra.insert(key.to_owned(), v.clone());
+        }
+    }
+    if let Some(Value::Object(endpoint)) = device.get("command-endpoint") {
+        let mut endpoint = endpoint.clone();
+        if let Some(Value::String(uri)) = endpoint.get_mut("uri") {
+            *uri = uri.replace("{{deviceId}}", device_id.as_str());
+        }
+        extra.insert("command-endpoint".into(), Value::Object(endpoint));
+    }
+    RegistrationAssertion {
+        device_id: device_id.clone(),
+        via,
+        defaults: device
+            .get("defaults")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
+        extra,
+    }
+}

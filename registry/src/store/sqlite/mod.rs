@@ -1,0 +1,292 @@
+//! The SQLite [`Store`]: one file in WAL mode, one connection used from `spawn_blocking`.
+//!
+//! Migrations live in `registry/migrations/*.sql`, are compiled in, and are applied at open in
+//! order; `schema_version` records the last one applied.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ferry_registry_client::{CredentialType, DeviceId, TenantId};
+use rusqlite::{Connection, ErrorCode, Transaction};
+use serde_json::{Map, Value};
+
+mod devices;
+mod tenants;
+
+use super::{CredentialRecord, DeviceRecord, Expected, Store, StoreError, TenantRecord, Versioned};
+
+/// Compiled-in migrations, in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/0001_init.sql")];
+
+/// SQLite storage.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Maps constraint violations to `Conflict` with a text naming what is duplicated.
+fn map_err(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, Some(msg)) = &e
+        && f.code == ErrorCode::ConstraintViolation
+    {
+        let what = if msg.contains("tenant_ca_subjects") {
+            "the trusted CA subject DN is already used by another tenant"
+        } else if msg.contains("tenants.alias") {
+            "the alias is already used by another tenant"
+        } else if msg.contains("credentials") {
+            "a credential with this type and auth-id already exists"
+        } else if msg.contains("devices") {
+            "a device with this id already exists"
+        } else if msg.contains("tenants") {
+            "a tenant with this id already exists"
+        } else {
+            "constraint violated"
+        };
+        return StoreError::Conflict(what.to_owned());
+    }
+    backend(e)
+}
+
+fn new_version() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn to_map(text: &str) -> Result<Map<String, Value>, StoreError> {
+    serde_json::from_str(text).map_err(backend)
+}
+
+fn check_version(current: Option<String>, expected: &Expected) -> Result<(), StoreError> {
+    let current = current.ok_or(StoreError::NotFound)?;
+    match expected {
+        Some(e) if *e != current => Err(StoreError::PreconditionFailed),
+        _ => Ok(()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its parent directory, and migrates it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(backend)?;
+        }
+        let mut conn = Connection::open(path).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` in a transaction on a blocking thread.
+    async fn tx<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| backend("database connection poisoned"))?;
+            let tx = conn.transaction().map_err(backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(map_err)?;
+            Ok(out)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(backend)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")
+        .map_err(backend)?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if usize::try_from(current).unwrap_or(usize::MAX) > MIGRATIONS.len() {
+        return Err(backend(format!(
+            "database schema version {current} is newer than this Ferry knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(i + 1).map_err(backend)?;
+        if version > current {
+            tx.execute_batch(sql).map_err(backend)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [version],
+            )
+            .map_err(backend)?;
+        }
+    }
+    tx.commit().map_err(backend)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_tenant(&self, tenant: TenantRecord) -> Result<String, StoreError> {
+        self.tx(move |tx| tenants::create(tx, &tenant)).await
+    }
+
+    async fn get_tenant(
+        &self,
+        id: &TenantId,
+    ) -> Result<Option<Versioned<TenantRecord>>, StoreError> {
+        let id = id.to_string();
+        self.tx(move |tx| tenants::read(tx, "id = ?1", &id)).await
+    }
+
+    async fn find_tenant_by_alias(
+        &self,
+        alias: &str,
+    ) -> Result<Option<Versioned<TenantRecord>>, StoreError> {
+        let alias = alias.to_owned();
+        self.tx(move |tx| tenants::read(tx, "alias = ?1", &alias))
+            .await
+    }
+
+    async fn find_tenant_by_ca(
+        &self,
+        subject_dn: &str,
+    ) -> Result<Option<Versioned<TenantRecord>>, StoreError> {
+        let dn = subject_dn.to_owned();
+        let clause = "id = (SELECT tenant_id FROM tenant_ca_subjects WHERE subject_dn = ?1)";
+        self.tx(move |tx| tenants::read(tx, clause, &dn)).await
+    }
+
+    async fn update_tenant(
+        &self,
+        tenant: TenantRecord,
+        expected: Expected,
+    ) -> Result<String, StoreError> {
+        self.tx(move |tx| tenants::update(tx, &tenant, &expected))
+            .await
+    }
+
+    async fn delete_tenant(&self, id: &TenantId, expected: Expected) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.tx(move |tx| tenants::delete(tx, &id, &expected)).await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Versioned<TenantRecord>>, StoreError> {
+        self.tx(tenants::list).await
+    }
+
+    async fn create_device(
+        &self,
+        tenant: &TenantId,
+        device: DeviceRecord,
+        credentials: Vec<CredentialRecord>,
+        max_devices: Option<u64>,
+    ) -> Result<String, StoreError> {
+        let t = tenant.to_string();
+        self.tx(move |tx| devices::create(tx, &t, &device, &credentials, max_devices))
+            .await
+    }
+
+    async fn get_device(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<Option<Versioned<DeviceRecord>>, StoreError> {
+        let (t, d) = (tenant.to_string(), device.clone());
+        self.tx(move |tx| devices::read(tx, &t, &d)).await
+    }
+
+    async fn update_device(
+        &self,
+        tenant: &TenantId,
+        device: DeviceRecord,
+        expected: Expected,
+    ) -> Result<String, StoreError> {
+        let t = tenant.to_string();
+        self.tx(move |tx| devices::update(tx, &t, &device, &expected))
+            .await
+    }
+
+    async fn delete_device(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        expected: Expected,
+    ) -> Result<(), StoreError> {
+        let (t, d) = (tenant.to_string(), device.to_string());
+        self.tx(move |tx| devices::delete(tx, &t, &d, &expected))
+            .await
+    }
+
+    async fn delete_all_devices(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        let t = tenant.to_string();
+        self.tx(move |tx| devices::delete_all(tx, &t)).await
+    }
+
+    async fn list_devices(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<Versioned<DeviceRecord>>, StoreError> {
+        let t = tenant.to_string();
+        self.tx(move |tx| devices::list(tx, &t)).await
+    }
+
+    async fn group_members(
+        &self,
+        tenant: &TenantId,
+        groups: &[String],
+    ) -> Result<Vec<DeviceId>, StoreError> {
+        let (t, groups) = (tenant.to_string(), Value::from(groups.to_vec()).to_string());
+        self.tx(move |tx| devices::group_members(tx, &t, &groups))
+            .await
+    }
+
+    async fn get_credentials(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<Option<Versioned<Vec<CredentialRecord>>>, StoreError> {
+        let (t, d) = (tenant.to_string(), device.to_string());
+        self.tx(move |tx| devices::read_credentials(tx, &t, &d))
+            .await
+    }
+
+    async fn set_credentials(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        credentials: Vec<CredentialRecord>,
+        expected: Expected,
+    ) -> Result<String, StoreError> {
+        let (t, d) = (tenant.to_string(), device.to_string());
+        self.tx(move |tx| devices::set_credentials(tx, &t, &d, &credentials, &expected))
+            .await
+    }
+
+    async fn find_credentials(
+        &self,
+        tenant: &TenantId,
+        credential_type: CredentialType,
+        auth_id: &str,
+    ) -> Result<Option<(DeviceId, CredentialRecord)>, StoreError> {
+        let (t, a) = (tenant.to_string(), auth_id.to_owned());
+        self.tx(move |tx| devices::find_credentials(tx, &t, credential_type, &a))
+            .await
+    }
+}
