@@ -5,14 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin=target/debug/ferry
+bin=${CARGO_TARGET_DIR:-target}/debug/ferry
 [ -x "$bin" ] || cargo build --bin ferry
 work=$(mktemp -d)
 cleanup() {
   [ -n "${ferry_pid:-}" ] && kill "$ferry_pid" 2>/dev/null || true
   [ -n "${consumer_pid:-}" ] && kill "$consumer_pid" 2>/dev/null || true
   wait 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 

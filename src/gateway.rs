@@ -54,15 +54,22 @@ impl Gateway {
             &config.data_dir.join("registry.sqlite"),
             config.registry.clone(),
         )
-        .await
         .context("cannot open the device registry")?;
-        let cached = Arc::new(Cached::new(registry.clone(), config.cache.to_cache_config()));
+        let cached = Arc::new(Cached::new(
+            registry.clone(),
+            config.cache.to_cache_config(),
+        ));
         registry.add_change_listener(cached.clone() as Arc<dyn ChangeListener>);
         let device_registry: Arc<dyn DeviceRegistry> = cached;
 
         let management = tokio::net::TcpListener::bind(config.management.bind)
             .await
-            .with_context(|| format!("cannot bind the Management API to {}", config.management.bind))?;
+            .with_context(|| {
+                format!(
+                    "cannot bind the Management API to {}",
+                    config.management.bind
+                )
+            })?;
         let management_addr = management.local_addr()?;
         let router = registry.management_api();
         let token = shutdown.clone();
@@ -107,7 +114,10 @@ impl Gateway {
             http: http.local_addr(),
             https: http.tls_local_addr(),
         };
-        tasks.spawn(async move { http.run().await.context("HTTP adapter failed") });
+        tasks.spawn(async move {
+            http.run().await;
+            Ok(())
+        });
 
         tracing::info!(address = %addresses.management, "Management API (Hono device registry /v1) listening");
         tracing::info!(address = %addresses.northbound, "northbound AMQP 1.0 endpoint listening");

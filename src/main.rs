@@ -92,7 +92,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let a = gateway.addresses();
     println!("Ferry is running. Listeners:");
     println!("  Management API   http://{}/v1", a.management);
-    println!("  HTTP adapter     http://{}  https://{}", a.http, a.https);
+    if let Some(http) = a.http {
+        println!("  HTTP adapter     http://{http}");
+    }
+    if let Some(https) = a.https {
+        println!("  HTTP adapter     https://{https}");
+    }
     println!("  Northbound AMQP  amqp://{}", a.northbound);
     println!();
     println!("Send a first message:");
@@ -101,8 +106,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
          curl -X PUT -H 'content-type: application/json' http://{}/v1/credentials/my-tenant/dev1 \\\n    \
          -d '[{{\"type\":\"hashed-password\",\"auth-id\":\"dev1\",\"secrets\":[{{\"pwd-plain\":\"secret\"}}]}}]'\n  \
          cargo run --release -- consume --tenant my-tenant     # in a second terminal\n  \
-         curl -u dev1@my-tenant:secret -H 'content-type: text/plain' -d hello http://{}/telemetry",
-        a.management, a.management, a.management, a.http
+         curl -u dev1@my-tenant:secret -H 'content-type: text/plain' -d hello {}/telemetry",
+        a.management,
+        a.management,
+        a.management,
+        a.http
+            .map(|h| format!("http://{h}"))
+            .or(a.https.map(|h| format!("https://{h}")))
+            .unwrap_or_default()
     );
     gateway.run_until(shutdown_signal()).await
 }

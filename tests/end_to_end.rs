@@ -17,7 +17,9 @@ async fn readme_flow_delivers_telemetry_to_the_consumer() -> TestResult {
     ferry.provision("t1", "dev1", "pw-1").await?;
     let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
 
-    let status = ferry.upload("/telemetry", "dev1@t1", "pw-1", "hello").await?;
+    let status = ferry
+        .upload("/telemetry", "dev1@t1", "pw-1", "hello")
+        .await?;
     assert_eq!(status, 202);
 
     let msg = consumer.next(WAIT).await?.ok_or("no telemetry arrived")?;
@@ -45,49 +47,114 @@ async fn each_status_code_comes_from_its_cause() -> TestResult {
     let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t2").await?;
 
     // 401 with a challenge: wrong password, unknown user, no credentials at all.
-    for (user, pw) in [("dev1@t2", "wrong"), ("nobody@t2", "pw"), ("dev1@nope", "pw")] {
-        let r = c.post(&url).basic_auth(user, Some(pw)).body("x").header("content-type", "text/plain").send().await?;
+    for (user, pw) in [
+        ("dev1@t2", "wrong"),
+        ("nobody@t2", "pw"),
+        ("dev1@nope", "pw"),
+    ] {
+        let r = c
+            .post(&url)
+            .basic_auth(user, Some(pw))
+            .body("x")
+            .header("content-type", "text/plain")
+            .send()
+            .await?;
         assert_eq!(r.status(), 401, "{user}");
-        let challenge = r.headers().get("www-authenticate").ok_or("no challenge")?.to_str()?;
+        let challenge = r
+            .headers()
+            .get("www-authenticate")
+            .ok_or("no challenge")?
+            .to_str()?;
         assert!(challenge.contains("Basic"), "{challenge}");
     }
     let r = c.post(&url).body("x").send().await?;
     assert_eq!(r.status(), 401);
 
     // 400: empty body without content type, bad qos-level, empty notification with a body.
-    let r = c.post(&url).basic_auth("dev1@t2", Some("pw")).send().await?;
-    assert_eq!(r.status(), 400);
-    let r = c.post(&url).basic_auth("dev1@t2", Some("pw")).header("qos-level", "2").header("content-type", "text/plain").body("x").send().await?;
+    let r = c
+        .post(&url)
+        .basic_auth("dev1@t2", Some("pw"))
+        .send()
+        .await?;
     assert_eq!(r.status(), 400);
     let r = c
         .post(&url)
         .basic_auth("dev1@t2", Some("pw"))
-        .header("content-type", "application/vnd.eclipse-hono-empty-notification")
+        .header("qos-level", "2")
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(&url)
+        .basic_auth("dev1@t2", Some("pw"))
+        .header(
+            "content-type",
+            "application/vnd.eclipse-hono-empty-notification",
+        )
         .body("x")
         .send()
         .await?;
     assert_eq!(r.status(), 400);
 
     // 413: over the default 2048-byte limit.
-    let r = c.post(&url).basic_auth("dev1@t2", Some("pw")).header("content-type", "text/plain").body(vec![b'a'; 2049]).send().await?;
+    let r = c
+        .post(&url)
+        .basic_auth("dev1@t2", Some("pw"))
+        .header("content-type", "text/plain")
+        .body(vec![b'a'; 2049])
+        .send()
+        .await?;
     assert_eq!(r.status(), 413);
     // Exactly at the limit is fine.
-    let r = c.post(&url).basic_auth("dev1@t2", Some("pw")).header("content-type", "text/plain").body(vec![b'a'; 2048]).send().await?;
+    let r = c
+        .post(&url)
+        .basic_auth("dev1@t2", Some("pw"))
+        .header("content-type", "text/plain")
+        .body(vec![b'a'; 2048])
+        .send()
+        .await?;
     assert_eq!(r.status(), 202);
-    assert_eq!(consumer.next(WAIT).await?.ok_or("no message")?.payload.len(), 2048);
+    assert_eq!(
+        consumer
+            .next(WAIT)
+            .await?
+            .ok_or("no message")?
+            .payload
+            .len(),
+        2048
+    );
 
-    // QoS 1 telemetry: 202 once the consumer accepted it.
-    let r = c.post(&url).basic_auth("dev1@t2", Some("pw")).header("qos-level", "1").header("content-type", "text/plain").body("q1").send().await?;
-    assert_eq!(r.status(), 202);
+    // QoS 1 telemetry: 202 only once the consumer accepted it, so the upload runs alongside.
+    let upload = c
+        .post(&url)
+        .basic_auth("dev1@t2", Some("pw"))
+        .header("qos-level", "1")
+        .header("content-type", "text/plain")
+        .body("q1")
+        .send();
+    let upload = tokio::spawn(upload);
     let msg = consumer.next(WAIT).await?.ok_or("no qos 1 message")?;
     assert_eq!(msg.prop("qos").as_deref(), Some("1"));
+    assert_eq!(upload.await??.status(), 202);
 
     // 404: unknown URI.
-    let r = c.post(ferry.http("/nothing")).basic_auth("dev1@t2", Some("pw")).body("x").send().await?;
+    let r = c
+        .post(ferry.http("/nothing"))
+        .basic_auth("dev1@t2", Some("pw"))
+        .body("x")
+        .send()
+        .await?;
     assert_eq!(r.status(), 404);
 
     // 403: the tenant does not allow the HTTP adapter.
-    ferry.tenant("t3", json!({"adapters": [{"type": "hono-mqtt", "enabled": true}]})).await?;
+    ferry
+        .tenant(
+            "t3",
+            json!({"adapters": [{"type": "hono-mqtt", "enabled": true}]}),
+        )
+        .await?;
     ferry.device("t3", "dev1", json!({})).await?;
     ferry.password("t3", "dev1", "pw").await?;
     assert_eq!(ferry.upload("/telemetry", "dev1@t3", "pw", "x").await?, 403);
@@ -103,22 +170,58 @@ async fn disabling_a_device_or_tenant_takes_effect_on_the_next_request() -> Test
     let ferry = TestGateway::start(dir.path()).await?;
     ferry.provision("t4", "dev1", "pw").await?;
     let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t4").await?;
-    assert_eq!(ferry.upload("/telemetry", "dev1@t4", "pw", "before").await?, 202);
+    assert_eq!(
+        ferry
+            .upload("/telemetry", "dev1@t4", "pw", "before")
+            .await?,
+        202
+    );
     assert!(consumer.next(WAIT).await?.is_some());
 
-    let r = ferry.client.put(ferry.mgmt("/devices/t4/dev1")).json(&json!({"enabled": false})).send().await?;
+    let r = ferry
+        .client
+        .put(ferry.mgmt("/devices/t4/dev1"))
+        .json(&json!({"enabled": false}))
+        .send()
+        .await?;
     assert_eq!(r.status(), 204);
-    assert_eq!(ferry.upload("/telemetry", "dev1@t4", "pw", "disabled").await?, 404);
+    assert_eq!(
+        ferry
+            .upload("/telemetry", "dev1@t4", "pw", "disabled")
+            .await?,
+        404
+    );
 
-    let r = ferry.client.put(ferry.mgmt("/devices/t4/dev1")).json(&json!({"enabled": true})).send().await?;
+    let r = ferry
+        .client
+        .put(ferry.mgmt("/devices/t4/dev1"))
+        .json(&json!({"enabled": true}))
+        .send()
+        .await?;
     assert_eq!(r.status(), 204);
-    assert_eq!(ferry.upload("/telemetry", "dev1@t4", "pw", "again").await?, 202);
-    assert_eq!(consumer.next(WAIT).await?.ok_or("no message")?.payload, b"again");
+    assert_eq!(
+        ferry.upload("/telemetry", "dev1@t4", "pw", "again").await?,
+        202
+    );
+    assert_eq!(
+        consumer.next(WAIT).await?.ok_or("no message")?.payload,
+        b"again"
+    );
 
-    let r = ferry.client.put(ferry.mgmt("/tenants/t4")).json(&json!({"enabled": false})).send().await?;
+    let r = ferry
+        .client
+        .put(ferry.mgmt("/tenants/t4"))
+        .json(&json!({"enabled": false}))
+        .send()
+        .await?;
     assert_eq!(r.status(), 204);
-    let status = ferry.upload("/telemetry", "dev1@t4", "pw", "tenant off").await?;
-    assert!(status == 403 || status == 401, "disabled tenant answered {status}");
+    let status = ferry
+        .upload("/telemetry", "dev1@t4", "pw", "tenant off")
+        .await?;
+    assert!(
+        status == 403 || status == 401,
+        "disabled tenant answered {status}"
+    );
     assert!(consumer.next(Duration::from_millis(300)).await?.is_none());
     consumer.close().await;
     ferry.stop().await;
@@ -138,16 +241,37 @@ async fn a_gateway_sends_only_for_devices_that_list_it() -> TestResult {
     let c = &ferry.client;
 
     for path in ["/telemetry/t5/behind", "/telemetry//behind"] {
-        let r = c.put(ferry.http(path)).basic_auth("gw@t5", Some("gw-pw")).header("content-type", "text/plain").body(path).send().await?;
+        let r = c
+            .put(ferry.http(path))
+            .basic_auth("gw@t5", Some("gw-pw"))
+            .header("content-type", "text/plain")
+            .body(path)
+            .send()
+            .await?;
         assert_eq!(r.status(), 202, "{path}");
-        let msg = consumer.next(WAIT).await?.ok_or("no message from the gateway")?;
+        let msg = consumer
+            .next(WAIT)
+            .await?
+            .ok_or("no message from the gateway")?;
         assert_eq!(msg.prop("device_id").as_deref(), Some("behind"));
         assert_eq!(msg.prop("gateway_id").as_deref(), Some("gw"));
         assert_eq!(msg.payload, path.as_bytes());
     }
-    let r = c.put(ferry.http("/telemetry/t5/stranger")).basic_auth("gw@t5", Some("gw-pw")).header("content-type", "text/plain").body("x").send().await?;
+    let r = c
+        .put(ferry.http("/telemetry/t5/stranger"))
+        .basic_auth("gw@t5", Some("gw-pw"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await?;
     assert_eq!(r.status(), 403);
-    let r = c.put(ferry.http("/telemetry/other/behind")).basic_auth("gw@t5", Some("gw-pw")).header("content-type", "text/plain").body("x").send().await?;
+    let r = c
+        .put(ferry.http("/telemetry/other/behind"))
+        .basic_auth("gw@t5", Some("gw-pw"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await?;
     assert_eq!(r.status(), 403);
     assert!(consumer.next(Duration::from_millis(300)).await?.is_none());
     consumer.close().await;
@@ -160,7 +284,10 @@ async fn an_event_accepted_without_consumer_survives_a_restart() -> TestResult {
     let dir = tempfile::tempdir()?;
     let ferry = TestGateway::start(dir.path()).await?;
     ferry.provision("t6", "dev1", "pw").await?;
-    assert_eq!(ferry.upload("/event", "dev1@t6", "pw", "keep me").await?, 202);
+    assert_eq!(
+        ferry.upload("/event", "dev1@t6", "pw", "keep me").await?,
+        202
+    );
     ferry.stop().await;
 
     let ferry = TestGateway::start(dir.path()).await?;

@@ -99,8 +99,10 @@ pub enum RegistryError {
 #[async_trait]
 pub trait TenantApi: Send + Sync {
     /// `get` with `{"tenant-id": ...}` (also matches tenant aliases).
-    async fn get_tenant(&self, tenant_id: &TenantId)
-    -> Result<Response<TenantObject>, RegistryError>;
+    async fn get_tenant(
+        &self,
+        tenant_id: &TenantId,
+    ) -> Result<Response<TenantObject>, RegistryError>;
 
     /// `get` with `{"subject-dn": ...}`: the tenant trusting the CA with that RFC 2253 subject DN.
     async fn get_tenant_by_ca(

@@ -121,7 +121,10 @@ impl<B: DeviceRegistry> Cached<B> {
         &self.backend
     }
 
-    fn entry<T>(&self, result: Result<Response<T>, RegistryError>) -> Result<Entry<T>, RegistryError> {
+    fn entry<T>(
+        &self,
+        result: Result<Response<T>, RegistryError>,
+    ) -> Result<Entry<T>, RegistryError> {
         let ttl = match &result {
             Ok(r) => match r.cache {
                 CacheDirective::NoCache => Duration::ZERO,
@@ -237,12 +240,14 @@ impl<B: Send + Sync> Cached<B> {
     fn drop_registrations(&self, tenant: &TenantId, device: Option<&DeviceId>) {
         let tenant = tenant.clone();
         let device = device.cloned();
-        let outcome = self.registrations.invalidate_entries_if(move |(t, d, gw), _| {
-            *t == tenant
-                && device
-                    .as_ref()
-                    .is_none_or(|dev| d == dev || gw.as_ref() == Some(dev))
-        });
+        let outcome = self
+            .registrations
+            .invalidate_entries_if(move |(t, d, gw), _| {
+                *t == tenant
+                    && device
+                        .as_ref()
+                        .is_none_or(|dev| d == dev || gw.as_ref() == Some(dev))
+            });
         if let Err(e) = outcome {
             tracing::error!(error = %e, "cannot invalidate cached registrations");
         }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
-use fe2o3_amqp::{Connection, Receiver, Session, connection::ConnectionHandle, session::SessionHandle};
+use fe2o3_amqp::{
+    Connection, Receiver, Session, connection::ConnectionHandle, session::SessionHandle,
+};
 use ferry::{Addresses, Config, Gateway};
 use serde_json::{Value as Json, json};
 
@@ -33,6 +35,19 @@ pub fn config(data_dir: &Path) -> Config {
     config.http.tls_bind = any;
     config.registry.bcrypt_cost = 4;
     config
+}
+
+pub trait ExpectOrPanicOpt<T> {
+    fn expect_or_panic_opt(self, what: &str) -> T;
+}
+
+impl<T> ExpectOrPanicOpt<T> for Option<T> {
+    fn expect_or_panic_opt(self, what: &str) -> T {
+        match self {
+            Some(v) => v,
+            None => panic!("{what} is missing"),
+        }
+    }
 }
 
 /// Panics with a message in test setup code (the workspace lints forbid bare `expect`).
@@ -69,7 +84,11 @@ impl TestGateway {
     }
 
     pub fn http(&self, path: &str) -> String {
-        format!("http://{}{}", self.addrs.http, path)
+        let addr = self
+            .addrs
+            .http
+            .expect_or_panic_opt("the plain HTTP listener");
+        format!("http://{addr}{path}")
     }
 
     /// Creates a tenant with the given body (`{}` for defaults).
@@ -81,7 +100,9 @@ impl TestGateway {
             .send()
             .await?;
         if r.status() != 201 {
-            return Err(format!("create tenant {tenant}: {} {}", r.status(), r.text().await?).into());
+            return Err(
+                format!("create tenant {tenant}: {} {}", r.status(), r.text().await?).into(),
+            );
         }
         Ok(())
     }
@@ -95,7 +116,9 @@ impl TestGateway {
             .send()
             .await?;
         if r.status() != 201 {
-            return Err(format!("create device {device}: {} {}", r.status(), r.text().await?).into());
+            return Err(
+                format!("create device {device}: {} {}", r.status(), r.text().await?).into(),
+            );
         }
         Ok(())
     }
@@ -113,7 +136,12 @@ impl TestGateway {
             .send()
             .await?;
         if r.status() != 204 {
-            return Err(format!("set password of {device}: {} {}", r.status(), r.text().await?).into());
+            return Err(format!(
+                "set password of {device}: {} {}",
+                r.status(),
+                r.text().await?
+            )
+            .into());
         }
         Ok(())
     }
@@ -166,12 +194,12 @@ impl Received {
             SimpleValue::Symbol(s) => s.0.clone(),
             SimpleValue::Int(i) => i.to_string(),
             SimpleValue::Long(i) => i.to_string(),
-            SimpleValue::UInt(i) => i.to_string(),
-            SimpleValue::ULong(i) => i.to_string(),
-            SimpleValue::UByte(i) => i.to_string(),
+            SimpleValue::Uint(i) => i.to_string(),
+            SimpleValue::Ulong(i) => i.to_string(),
+            SimpleValue::Ubyte(i) => i.to_string(),
             SimpleValue::Byte(i) => i.to_string(),
             SimpleValue::Short(i) => i.to_string(),
-            SimpleValue::UShort(i) => i.to_string(),
+            SimpleValue::Ushort(i) => i.to_string(),
             SimpleValue::Bool(b) => b.to_string(),
             other => format!("{other:?}"),
         })
@@ -193,7 +221,8 @@ impl AmqpConsumer {
             .open(format!("amqp://{}", addrs.northbound).as_str())
             .await?;
         let mut session = Session::begin(&mut connection).await?;
-        let receiver = Receiver::attach(&mut session, format!("rx-{}", uuid_like()), address).await?;
+        let receiver =
+            Receiver::attach(&mut session, format!("rx-{}", uuid_like()), address).await?;
         Ok(Self {
             connection,
             session,
@@ -214,10 +243,7 @@ impl AmqpConsumer {
             other => return Err(format!("unexpected body {other:?}").into()),
         };
         let received = Received {
-            to: message
-                .properties
-                .as_ref()
-                .and_then(|p| p.to.clone()),
+            to: message.properties.as_ref().and_then(|p| p.to.clone()),
             content_type: message
                 .properties
                 .as_ref()
@@ -244,5 +270,9 @@ impl AmqpConsumer {
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
