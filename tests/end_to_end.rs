@@ -335,3 +335,15 @@ async fn two_consumers_of_a_tenant_share_its_telemetry() -> TestResult {
     ferry.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn protected_mode_refuses_an_open_northbound_without_users() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut config = common::config(dir.path());
+    config.northbound.bind = "0.0.0.0:0".parse()?;
+    let Err(error) = ferry::Gateway::start(config).await else {
+        return Err("Ferry started with an anonymous northbound on 0.0.0.0".into());
+    };
+    assert!(format!("{error:#}").contains("protected mode"), "{error:#}");
+    Ok(())
+}

@@ -1,14 +1,14 @@
 //! Configuration of the embedded northbound (a serde tree with defaults and a validation step).
 //!
-//! Durations are written as strings with a unit (`"2s"`, `"500ms"`, `"1m"`) or as a number of
-//! milliseconds.
+//! Durations are written as a number of seconds (`2`, `0.5`), like every other Ferry setting.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use ferry_adapter_core::config::duration_secs;
+use serde::Deserialize;
 
 use crate::error::SetupError;
 
@@ -28,11 +28,11 @@ pub struct NorthboundConfig {
     /// Directory holding the durable event store (`events.sqlite`).
     pub data_dir: PathBuf,
     /// How long a QoS 1 telemetry send waits for credit and for the consumer's outcome, and how long
-    /// any send waits for room on a consumer link (default 2 s).
-    #[serde(deserialize_with = "de_duration")]
+    /// any send waits for room on a consumer link in seconds (default 2).
+    #[serde(with = "duration_secs")]
     pub send_timeout: Duration,
-    /// How long a new connection may take for the AMQP and SASL handshake (default 10 s).
-    #[serde(deserialize_with = "de_duration")]
+    /// How long a new connection may take for the AMQP and SASL handshake in seconds (default 10).
+    #[serde(with = "duration_secs")]
     pub handshake_timeout: Duration,
     /// Maximum number of concurrent application connections (default 1000). Further connections
     /// wait in the listen backlog.
@@ -43,8 +43,8 @@ pub struct NorthboundConfig {
     pub event_page_size: usize,
     /// Maximum number of events kept in the store; further events are refused (default 1,000,000).
     pub max_stored_events: u64,
-    /// How long to wait before an event released by a consumer is offered again (default 200 ms).
-    #[serde(deserialize_with = "de_duration")]
+    /// How long to wait before an event released by a consumer is offered again in seconds (default 0.2).
+    #[serde(with = "duration_secs")]
     pub redelivery_delay: Duration,
 }
 
@@ -115,59 +115,14 @@ impl fmt::Debug for UserConfig {
     }
 }
 
-/// Parses `"500ms"`, `"2s"`, `"1m"`, `"1h"` or a plain number of milliseconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. \"2s\" or \"500ms\""))?;
-    let millis = match unit.trim() {
-        "" | "ms" => Some(value),
-        "s" => value.checked_mul(1000),
-        "m" => value.checked_mul(60_000),
-        "h" => value.checked_mul(3_600_000),
-        other => return Err(format!("invalid duration unit {other:?} in {text:?}")),
-    };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Millis(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
-        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("150ms"), Ok(Duration::from_millis(150)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("42"), Ok(Duration::from_millis(42)));
-        assert!(parse_duration("2 weeks").is_err());
-        assert!(parse_duration("s").is_err());
-    }
-
-    #[test]
     fn config_deserializes_and_rejects_unknown_fields() -> Result<(), Box<dyn std::error::Error>> {
         let config: NorthboundConfig = serde_json::from_str(
-            r#"{"bind":"127.0.0.1:0","users":[{"name":"app","password":"pw"}],"send_timeout":"500ms"}"#,
+            r#"{"bind":"127.0.0.1:0","users":[{"name":"app","password":"pw"}],"send_timeout":0.5}"#,
         )?;
         assert_eq!(config.send_timeout, Duration::from_millis(500));
         assert_eq!(config.users.len(), 1);
