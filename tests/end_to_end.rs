@@ -77,7 +77,8 @@ async fn each_status_code_comes_from_its_cause() -> TestResult {
         "content-type",
         "application/vnd.eclipse-hono-empty-notification",
     );
-    let cases: [(&[(&str, &str)], Vec<u8>, u16); 5] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], Vec<u8>, u16);
+    let cases: [Case; 5] = [
         (&[], Vec::new(), 400),
         (&[("qos-level", "2"), text], b"x".to_vec(), 400),
         (&[empty_notification], b"x".to_vec(), 400),
