@@ -28,13 +28,13 @@ impl TenantConnections {
     ) -> Option<TenantGuard> {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let count = counts.entry(tenant.clone()).or_insert(0);
-        if let Some(limit) = limit.filter(|l| *l >= 0) {
-            if *count as u64 >= limit.unsigned_abs() {
-                if *count == 0 {
-                    counts.remove(tenant);
-                }
-                return None;
+        if let Some(limit) = limit.filter(|l| *l >= 0)
+            && *count as u64 >= limit.unsigned_abs()
+        {
+            if *count == 0 {
+                counts.remove(tenant);
             }
+            return None;
         }
         *count += 1;
         Some(TenantGuard {
