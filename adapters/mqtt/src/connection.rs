@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::packet::Transport;
-use crate::session::{AwaitingConnect, Shared};
+use crate::session::{self, AwaitingConnect, Shared};
 
 /// An accepted TCP connection and what it needs to be served.
 pub(crate) struct Connection {
@@ -69,15 +69,11 @@ async fn session<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let transport = Transport::new(stream, shared.max_packet_size);
-    let awaiting = AwaitingConnect {
+    session::run(AwaitingConnect {
         transport,
         shared,
         peer,
         permit,
-    };
-    let closing = match awaiting.connect().await {
-        Ok(connected) => connected.serve().await,
-        Err(closing) => closing,
-    };
-    closing.finish().await;
+    })
+    .await;
 }

@@ -162,6 +162,15 @@ struct Outcome {
 
 type Pending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
+/// Runs a connection's phases to the end.
+pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(awaiting: AwaitingConnect<S>) {
+    let closing = match awaiting.connect().await {
+        Ok(connected) => connected.serve().await,
+        Err(closing) => closing,
+    };
+    closing.finish().await;
+}
+
 /// Phase 1: waiting for the CONNECT.
 pub(crate) struct AwaitingConnect<S> {
     pub(crate) transport: Transport<S>,
@@ -615,3 +624,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
