@@ -323,6 +323,11 @@ async fn connack_codes_come_from_their_causes() -> TestResult {
     assert_eq!(code, C::BadUserNamePassword, "no credentials");
     let code = Device::refused(options("c", addr, Some(("d@off", "pw")))).await?;
     assert_eq!(code, C::NotAuthorized, "adapter disabled");
+    ferry.tenant("disabled", json!({"enabled": false})).await?;
+    ferry.device("disabled", "d", json!({})).await?;
+    ferry.password("disabled", "d", "pw").await?;
+    let code = Device::refused(options("c", addr, Some(("d@disabled", "pw")))).await?;
+    assert_eq!(code, C::NotAuthorized, "tenant disabled");
 
     // The adapter's connection limit (2): the third connection is refused with 0x03.
     let _a = Device::connect(options("a", addr, Some(("dev1@t1", "pw")))).await?;

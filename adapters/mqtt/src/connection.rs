@@ -27,7 +27,14 @@ pub(crate) struct Connection {
 impl Connection {
     /// Serves the connection to its end, in its own tracing span.
     pub(crate) async fn run(self) {
-        let span = tracing::info_span!("mqtt", peer = %self.peer, tls = self.tls.is_some());
+        let span = tracing::info_span!(
+            "mqtt",
+            peer = %self.peer,
+            tls = self.tls.is_some(),
+            client_id = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+            device = tracing::field::Empty,
+        );
         self.serve().instrument(span).await;
     }
 

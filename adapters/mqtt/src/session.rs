@@ -41,6 +41,9 @@ const CONNECTION_EVENT: &str = "application/vnd.eclipse-hono-dc-notification+jso
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest time for the last packets and the close to be written.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest time a write may wait for a client that does not read: its connection is closed
+/// instead of holding a connection slot forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every connection of the adapter shares.
 #[derive(Debug)]
@@ -95,6 +98,9 @@ pub(crate) enum CloseReason {
     /// The client sent DISCONNECT.
     #[error("client disconnected")]
     ClientDisconnect,
+    /// The client did not read what the adapter had to send.
+    #[error("write timeout: the client does not read")]
+    WriteTimeout,
     /// No packet within 1.5 × keep-alive.
     #[error("keep-alive timeout")]
     KeepAliveTimeout,
@@ -128,7 +134,8 @@ impl CloseReason {
             CloseReason::Transport(TransportError::Decode(_)) => {
                 Some(DisconnectReasonCode::MalformedPacket)
             }
-            CloseReason::Transport(TransportError::Io(_) | TransportError::Encode(_)) => None,
+            CloseReason::Transport(TransportError::Io(_) | TransportError::Encode(_))
+            | CloseReason::WriteTimeout => None,
             CloseReason::ProtocolViolation(_) => Some(DisconnectReasonCode::ProtocolError),
             CloseReason::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
             CloseReason::PayloadTooLarge { .. } => Some(DisconnectReasonCode::PacketTooLarge),
@@ -233,10 +240,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
         {
             return Err(self.close(e.into()));
         }
+        let span = tracing::Span::current();
+        span.record("client_id", connect.client_id.as_str());
         if let Identity::Device(d) = &identity {
-            tracing::info!(tenant = %d.tenant_id.as_str(), device = %d.device_id.as_str(), client_id = %connect.client_id, "device connected");
+            span.record("tenant", d.tenant_id.as_str());
+            span.record("device", d.device_id.as_str());
+            tracing::info!("device connected");
         } else {
-            tracing::info!(client_id = %connect.client_id, "unauthenticated device connected");
+            tracing::info!("unauthenticated device connected");
         }
         let mut in_flight = FuturesOrdered::new();
         if let Some(device) = identity.device().filter(|_| self.shared.connection_events) {
@@ -400,10 +411,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
             if self.transport.has_pending_writes() {
                 let flushed = tokio::select! {
                     () = shutdown.cancelled() => return CloseReason::Shutdown,
-                    flushed = self.transport.flush() => flushed,
+                    flushed = tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush()) => flushed,
                 };
-                if let Err(e) = flushed {
-                    return TransportError::Io(e).into();
+                match flushed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return TransportError::Io(e).into(),
+                    Err(_) => return CloseReason::WriteTimeout,
                 }
             }
             tokio::select! {

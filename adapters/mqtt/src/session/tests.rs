@@ -321,3 +321,19 @@ async fn error_subscription_receives_errors_and_the_puback_follows() -> R {
     assert_eq!(h.next().await?, None);
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_a_message_in_flight_finish_before_closing() -> R {
+    let mut h = Harness::start(true)?;
+    h.send(&connect(4, 0, "d@t", "pw")).await?;
+    assert_eq!(h.connack().await?, 0);
+    h.northbound.set_delay(Some(Duration::from_secs(1)));
+    h.send(&publish("t", 1, 3, b"late")).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.shutdown.cancel();
+    assert_eq!(h.next().await?, puback(3));
+    assert_eq!(h.next().await?, None);
+    assert_eq!(h.northbound.sent().len(), 1);
+    h.task.await?;
+    Ok(())
+}
