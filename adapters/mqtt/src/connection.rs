@@ -48,17 +48,22 @@ impl Connection {
         } = self;
         let _ = stream.set_nodelay(true);
         let shutdown = shared.ctx.shutdown.clone();
+        // The phases are boxed so that the task holds only the one that runs: an idle
+        // connection then costs the serving phase's state, not the sum of the TLS handshake,
+        // authentication and serving futures' largest states.
         match tls {
-            None => session(stream, peer, shared, permit).await,
+            None => Box::pin(session(stream, peer, shared, permit)).await,
             Some(acceptor) => {
-                let handshake =
-                    tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream));
+                let handshake = Box::pin(tokio::time::timeout(
+                    shared.tls_handshake_timeout,
+                    acceptor.accept(stream),
+                ));
                 let outcome = tokio::select! {
                     outcome = handshake => outcome,
                     () = shutdown.cancelled() => return,
                 };
                 match outcome {
-                    Ok(Ok(stream)) => session(stream, peer, shared, permit).await,
+                    Ok(Ok(stream)) => Box::pin(session(stream, peer, shared, permit)).await,
                     Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::info!("TLS handshake timed out"),
                 }

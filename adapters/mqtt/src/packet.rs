@@ -2,8 +2,8 @@
 //! codec, and version-neutral packets in and out.
 //!
 //! [`Transport`] owns the stream and two small buffers. The read buffer starts at
-//! [`INITIAL_BUFFER`] bytes and is given back when it grew large and ran empty, so an idle
-//! connection holds little memory. The inbound packet size is capped at the payload limit plus
+//! [`INITIAL_BUFFER`] bytes once bytes arrive and is given back when the connection goes idle,
+//! so an idle connection holds no read buffer. The inbound packet size is capped at the payload limit plus
 //! [`PACKET_OVERHEAD`], so a peer cannot make us buffer more than that for one packet.
 
 use std::num::NonZeroU16;
@@ -20,6 +20,8 @@ use crate::error::Refusal;
 
 /// Initial capacity of the read and write buffers.
 pub(crate) const INITIAL_BUFFER: usize = 1024;
+/// Size of the stack buffer an idle connection waits with.
+const IDLE_READ: usize = 64;
 /// Buffers that grew beyond this are dropped when empty.
 const SHRINK_ABOVE: usize = 8 * 1024;
 /// Room for the fixed header, topic and properties of a PUBLISH beyond its payload.
@@ -210,11 +212,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     }
 
     /// Reads more bytes; `Ok(0)` at the end of the stream. Cancel-safe.
+    ///
+    /// A connection whose read buffer was released ([`Transport::release_read_buffer`]) waits
+    /// for its next bytes with a small buffer on the task's stack instead of a heap buffer, so an
+    /// idle connection holds no read buffer at all.
     pub(crate) async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.rbuf.capacity() == 0 {
+            let mut first = [0u8; IDLE_READ];
+            let n = self.stream.read(&mut first).await?;
+            self.rbuf.reserve(INITIAL_BUFFER.max(n));
+            self.rbuf.extend_from_slice(&first[..n]);
+            return Ok(n);
+        }
         if self.rbuf.capacity() - self.rbuf.len() < 256 {
             self.rbuf.reserve(INITIAL_BUFFER);
         }
         self.stream.read_buf(&mut self.rbuf).await
+    }
+
+    /// Gives the read buffer back if it holds no partial packet (call when the connection has
+    /// nothing in flight: it is probably going idle).
+    pub(crate) fn release_read_buffer(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
     }
 
     /// Encodes a packet into the write buffer (nothing for packets the version lacks).

@@ -170,12 +170,15 @@ struct Outcome {
 type Pending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// Runs a connection's phases to the end.
+///
+/// Each phase's future is boxed, so a connection holds the state of the phase it is in only
+/// (the authentication futures of `AwaitingConnect` are gone while it serves).
 pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(awaiting: AwaitingConnect<S>) {
-    let closing = match awaiting.connect().await {
-        Ok(connected) => connected.serve().await,
+    let closing = match Box::pin(awaiting.connect()).await {
+        Ok(connected) => Box::pin(connected.serve()).await,
         Err(closing) => closing,
     };
-    closing.finish().await;
+    Box::pin(closing.finish()).await;
 }
 
 /// Phase 1: waiting for the CONNECT.
@@ -418,6 +421,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
                     Ok(Err(e)) => return TransportError::Io(e).into(),
                     Err(_) => return CloseReason::WriteTimeout,
                 }
+            }
+            if self.in_flight.is_empty() {
+                self.transport.release_read_buffer();
             }
             tokio::select! {
                 biased;
