@@ -22,6 +22,7 @@ use bytes::Bytes;
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Endpoint, Qos, Upload};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::v5::DisconnectReasonCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
@@ -104,8 +105,8 @@ pub(crate) enum CloseReason {
     /// No packet within 1.5 × keep-alive.
     #[error("keep-alive timeout")]
     KeepAliveTimeout,
-    /// A PUBLISH payload over the limit.
-    #[error("payload of {size} bytes exceeds the maximum of {max} bytes")]
+    /// A PUBLISH payload (or a whole packet) over the limit.
+    #[error("{size} bytes exceed the maximum of {max} bytes")]
     PayloadTooLarge {
         /// Payload size.
         size: usize,
@@ -408,6 +409,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
                         }
                     }
                     Ok(None) => break,
+                    Err(TransportError::Decode(DecodeError::MaxSizeExceeded { size, max })) => {
+                        // Refused from the fixed header, before the packet is buffered.
+                        return CloseReason::PayloadTooLarge {
+                            size: size as usize,
+                            max: max as usize,
+                        };
+                    }
                     Err(e) => return e.into(),
                 }
             }

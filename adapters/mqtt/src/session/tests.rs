@@ -337,3 +337,15 @@ async fn shutdown_lets_a_message_in_flight_finish_before_closing() -> R {
     h.task.await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_huge_packet_is_refused_from_its_header() -> R {
+    let mut h = Harness::start(true)?;
+    h.send(&connect(4, 30, "d@t", "pw")).await?;
+    assert_eq!(h.connack().await?, 0);
+    // PUBLISH announcing 1 MiB: closed without waiting for (or buffering) the body.
+    h.send(&[0x30, 0x80, 0x80, 0x40]).await?;
+    assert_eq!(h.next().await?, None);
+    assert!(h.northbound.sent().is_empty());
+    Ok(())
+}
