@@ -18,8 +18,8 @@
 //!
 //! Structure: [`MqttAdapter`] binds the ports and accepts (`listener.rs`); each connection is a
 //! task (`connection.rs`: TLS handshake under a timeout) running the protocol phases of
-//! `session.rs` (`AwaitingConnect → Connected → Closing`) over the codec wrapper of
-//! `packet.rs`. Topics are parsed in `topic.rs`, uploads prepared and error rules decided in
+//! `session.rs` (`AwaitingConnect`, then `session/connected.rs` and `session/closing.rs`) over
+//! the codec wrapper of `packet.rs`. Topics are parsed in `topic.rs`, uploads prepared and error rules decided in
 //! `publish.rs` (pure functions), and the tenant connection limit is counted in `limits.rs`.
 //!
 //! ```no_run

@@ -20,31 +20,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Endpoint, Qos, Upload};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use rmqtt_codec::error::DecodeError;
-use rmqtt_codec::v5::DisconnectReasonCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::error::{PublishError, Refusal};
 use crate::limits::{TenantConnections, TenantGuard};
-use crate::packet::{
-    Announce, ConnectInfo, Inbound, Outbound, PublishIn, Transport, TransportError,
-};
-use crate::publish::{self, ErrorContext, Identity};
-use crate::topic::ErrorSubscription;
+use crate::packet::{Announce, ConnectInfo, Inbound, Outbound, Transport, TransportError};
+use crate::publish::{ErrorContext, Identity};
+
+mod closing;
+mod connected;
+
+pub(crate) use closing::{CloseReason, Closing};
+pub(crate) use connected::Connected;
 
 /// Content type of Hono's connection events.
 const CONNECTION_EVENT: &str = "application/vnd.eclipse-hono-dc-notification+json";
-/// Longest time forwards in flight may take to finish when a connection closes.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// Longest time for the last packets and the close to be written.
-const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
-/// Longest time a write may wait for a client that does not read: its connection is closed
-/// instead of holding a connection slot forever.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every connection of the adapter shares.
 #[derive(Debug)]
@@ -75,87 +68,6 @@ impl Shared {
             receive_max: u16::try_from(self.max_in_flight).unwrap_or(u16::MAX),
             max_packet_size: self.max_packet_size,
         }
-    }
-}
-
-/// Why a connection ends.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CloseReason {
-    /// The CONNECT was refused with a CONNACK code.
-    #[error("connection refused: {0}")]
-    Refused(Refusal),
-    /// No CONNECT arrived in time.
-    #[error("no CONNECT within the connect timeout")]
-    ConnectTimeout,
-    /// Bytes that are not MQTT, or a socket error.
-    #[error("{0}")]
-    Transport(#[from] TransportError),
-    /// A packet that is not allowed in this phase.
-    #[error("protocol violation: unexpected {0}")]
-    ProtocolViolation(&'static str),
-    /// The peer closed the stream.
-    #[error("peer closed the connection")]
-    PeerClosed,
-    /// The client sent DISCONNECT.
-    #[error("client disconnected")]
-    ClientDisconnect,
-    /// The client did not read what the adapter had to send.
-    #[error("write timeout: the client does not read")]
-    WriteTimeout,
-    /// No packet within 1.5 × keep-alive.
-    #[error("keep-alive timeout")]
-    KeepAliveTimeout,
-    /// A PUBLISH payload (or a whole packet) over the limit.
-    #[error("{size} bytes exceed the maximum of {max} bytes")]
-    PayloadTooLarge {
-        /// Payload size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// An upload failed and error handling closes the connection.
-    #[error("upload failed: {error}")]
-    PublishFailed {
-        /// The failure.
-        error: PublishError,
-    },
-    /// The process shuts down.
-    #[error("shutting down")]
-    Shutdown,
-}
-
-impl CloseReason {
-    /// The MQTT 5 DISCONNECT reason, if the client should be told.
-    fn disconnect_code(&self) -> Option<DisconnectReasonCode> {
-        match self {
-            CloseReason::Refused(_)
-            | CloseReason::ConnectTimeout
-            | CloseReason::PeerClosed
-            | CloseReason::ClientDisconnect => None,
-            CloseReason::Transport(TransportError::Decode(_)) => {
-                Some(DisconnectReasonCode::MalformedPacket)
-            }
-            CloseReason::Transport(TransportError::Io(_) | TransportError::Encode(_))
-            | CloseReason::WriteTimeout => None,
-            CloseReason::ProtocolViolation(_) => Some(DisconnectReasonCode::ProtocolError),
-            CloseReason::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
-            CloseReason::PayloadTooLarge { .. } => Some(DisconnectReasonCode::PacketTooLarge),
-            CloseReason::PublishFailed { error } if error.is_terminal() => {
-                Some(DisconnectReasonCode::NotAuthorized)
-            }
-            CloseReason::PublishFailed { .. } => {
-                Some(DisconnectReasonCode::ImplementationSpecificError)
-            }
-            CloseReason::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
-        }
-    }
-
-    /// Whether forwards in flight are allowed to finish (an orderly end).
-    fn drains(&self) -> bool {
-        matches!(
-            self,
-            CloseReason::PeerClosed | CloseReason::ClientDisconnect | CloseReason::Shutdown
-        )
     }
 }
 
@@ -190,28 +102,6 @@ pub(crate) struct AwaitingConnect<S> {
     /// The adapter connection limit's permit; `None` when the limit is reached (the CONNECT is
     /// then answered with a refusal).
     pub(crate) permit: Option<OwnedSemaphorePermit>,
-}
-
-/// Phase 2: connected and serving.
-pub(crate) struct Connected<S> {
-    transport: Transport<S>,
-    shared: Arc<Shared>,
-    identity: Identity,
-    client_id: String,
-    keep_alive: Option<Duration>,
-    error_subscriptions: Vec<ErrorSubscription>,
-    in_flight: FuturesOrdered<Pending>,
-    _permit: Option<OwnedSemaphorePermit>,
-    _tenant: Option<TenantGuard>,
-}
-
-/// Phase 3: closing.
-pub(crate) struct Closing<S> {
-    transport: Transport<S>,
-    shared: Arc<Shared>,
-    reason: CloseReason,
-    /// Set once the CONNACK accepted the connection.
-    connected: Option<(Identity, String, FuturesOrdered<Pending>)>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
@@ -380,276 +270,6 @@ fn connection_event(
             result,
         }
     })
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
-    /// Serves until the connection ends.
-    pub(crate) async fn serve(mut self) -> Closing<S> {
-        let reason = self.serve_loop().await;
-        Closing {
-            transport: self.transport,
-            shared: self.shared,
-            reason,
-            connected: Some((self.identity, self.client_id, self.in_flight)),
-        }
-    }
-
-    async fn serve_loop(&mut self) -> CloseReason {
-        let shutdown = self.shared.ctx.shutdown.clone();
-        let max = self.shared.max_in_flight;
-        let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(86_400));
-        let idle = tokio::time::sleep(keep_alive);
-        tokio::pin!(idle);
-        loop {
-            while self.in_flight.len() < max {
-                match self.transport.decode() {
-                    Ok(Some(packet)) => {
-                        if let Err(reason) = self.handle(packet) {
-                            return reason;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(TransportError::Decode(DecodeError::MaxSizeExceeded { size, max })) => {
-                        // Refused from the fixed header, before the packet is buffered.
-                        return CloseReason::PayloadTooLarge {
-                            size: size as usize,
-                            max: max as usize,
-                        };
-                    }
-                    Err(e) => return e.into(),
-                }
-            }
-            if self.transport.has_pending_writes() {
-                let flushed = tokio::select! {
-                    () = shutdown.cancelled() => return CloseReason::Shutdown,
-                    flushed = tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush()) => flushed,
-                };
-                match flushed {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return TransportError::Io(e).into(),
-                    Err(_) => return CloseReason::WriteTimeout,
-                }
-            }
-            if self.in_flight.is_empty() {
-                self.transport.release_read_buffer();
-            }
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return CloseReason::Shutdown,
-                Some(outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    // Not reading while the in-flight window is full is our doing, not the
-                    // client's: it must not count as idle time.
-                    idle.as_mut().reset(Instant::now() + keep_alive);
-                    if let Err(reason) = self.complete(outcome) {
-                        return reason;
-                    }
-                }
-                read = self.transport.fill(), if self.in_flight.len() < max => match read {
-                    Ok(0) => return CloseReason::PeerClosed,
-                    Ok(_) => idle.as_mut().reset(Instant::now() + keep_alive),
-                    Err(e) => return TransportError::Io(e).into(),
-                },
-                () = &mut idle, if self.keep_alive.is_some() => return CloseReason::KeepAliveTimeout,
-            }
-        }
-    }
-
-    fn queue(&mut self, packet: Outbound) -> Result<(), CloseReason> {
-        let announce = self.shared.announce();
-        self.transport.queue(packet, announce)?;
-        Ok(())
-    }
-
-    fn handle(&mut self, packet: Inbound) -> Result<(), CloseReason> {
-        match packet {
-            Inbound::Publish(publish) => self.publish(*publish),
-            Inbound::Subscribe { packet_id, filters } => {
-                let granted = filters.iter().map(|f| self.subscribe(f)).collect();
-                self.queue(Outbound::SubAck { packet_id, granted })
-            }
-            Inbound::Unsubscribe { packet_id, filters } => {
-                let count = filters.len();
-                for filter in &filters {
-                    if let Some(s) = ErrorSubscription::parse(filter) {
-                        self.error_subscriptions.retain(|e| *e != s);
-                    }
-                }
-                self.queue(Outbound::UnsubAck { packet_id, count })
-            }
-            Inbound::Ping => self.queue(Outbound::Pong),
-            Inbound::Disconnect => Err(CloseReason::ClientDisconnect),
-            Inbound::Ack => Ok(()),
-            Inbound::Connect(_) => Err(CloseReason::ProtocolViolation("second CONNECT")),
-            Inbound::Unexpected(what) => Err(CloseReason::ProtocolViolation(what)),
-        }
-    }
-
-    /// Accepts error subscriptions of the connected device's own tenant; commands come later,
-    /// so every other filter is refused (SUBACK 0x80).
-    fn subscribe(&mut self, filter: &str) -> bool {
-        let Some(subscription) = ErrorSubscription::parse(filter) else {
-            tracing::debug!(filter, "subscription refused");
-            return false;
-        };
-        let allowed = match &self.identity {
-            Identity::Device(d) => subscription
-                .tenant()
-                .is_none_or(|t| t == d.tenant_id.as_str()),
-            Identity::Anonymous => {
-                subscription.tenant().is_some()
-                    && matches!(subscription.device(), crate::topic::DeviceFilter::Device(_))
-            }
-        };
-        if allowed && !self.error_subscriptions.contains(&subscription) {
-            self.error_subscriptions.push(subscription);
-        }
-        allowed
-    }
-
-    fn publish(&mut self, publish: PublishIn) -> Result<(), CloseReason> {
-        let max = self.shared.max_payload_size;
-        if publish.payload.len() > max {
-            return Err(CloseReason::PayloadTooLarge {
-                size: publish.payload.len(),
-                max,
-            });
-        }
-        let ack = publish::ack_id(&publish);
-        let (context, prepared) = publish::prepare(&publish, &self.identity);
-        let sender = self.identity.device().cloned();
-        let forwarder = self.shared.ctx.forwarder.clone();
-        self.in_flight.push_back(Box::pin(async move {
-            let result = match prepared {
-                Ok(p) => forwarder
-                    .forward(sender.as_ref(), &p.tenant, &p.device, p.upload)
-                    .await
-                    .map_err(PublishError::from),
-                Err(e) => Err(e),
-            };
-            Outcome {
-                ack,
-                context: Some(context),
-                result,
-            }
-        }));
-        Ok(())
-    }
-
-    fn complete(&mut self, outcome: Outcome) -> Result<(), CloseReason> {
-        let error = match outcome.result {
-            Ok(()) => {
-                return outcome
-                    .ack
-                    .map_or(Ok(()), |id| self.queue(Outbound::PubAck(id)));
-            }
-            Err(error) => error,
-        };
-        let Some(context) = outcome.context else {
-            tracing::warn!(reason = %error, "connection event not sent");
-            return Ok(());
-        };
-        let own = self.identity.device().map(|d| &d.device_id);
-        let subscription = context.device.as_ref().and_then(|device| {
-            self.error_subscriptions
-                .iter()
-                .find(|s| s.covers(device, own))
-                .map(|s| (s, device))
-        });
-        let status = error.status();
-        let actions = publish::on_failure(
-            context.on_error,
-            subscription.is_some(),
-            error.is_terminal(),
-        );
-        tracing::info!(
-            device = context.device.as_ref().map_or("-", |d| d.as_str()),
-            status,
-            reason = %error,
-            on_error = ?context.on_error,
-            disconnect = actions.disconnect,
-            "upload refused"
-        );
-        let mut packets = Vec::with_capacity(2);
-        if let Some((subscription, device)) = subscription.filter(|_| actions.publish_error) {
-            packets.push(Outbound::Publish {
-                topic: subscription.error_topic(
-                    device,
-                    context.word,
-                    &context.correlation_id,
-                    status,
-                ),
-                payload: publish::error_payload(
-                    status,
-                    &error.client_message(),
-                    &context.correlation_id,
-                ),
-            });
-        }
-        if let Some(id) = outcome.ack.filter(|_| actions.ack) {
-            packets.push(Outbound::PubAck(id));
-        }
-        for packet in packets {
-            self.queue(packet)?;
-        }
-        if actions.disconnect {
-            return Err(CloseReason::PublishFailed { error });
-        }
-        Ok(())
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
-    /// Drains (for an orderly end), says goodbye, closes, and sends the `disconnected` event.
-    pub(crate) async fn finish(self) {
-        let Closing {
-            mut transport,
-            shared,
-            reason,
-            connected,
-        } = self;
-        match &reason {
-            CloseReason::PeerClosed | CloseReason::ClientDisconnect => {
-                tracing::debug!(%reason, "connection closed")
-            }
-            _ => tracing::info!(%reason, "connection closed"),
-        }
-        let announce = shared.announce();
-        let Some((identity, client_id, mut in_flight)) = connected else {
-            let _ = tokio::time::timeout(CLOSE_DEADLINE, transport.close()).await;
-            return;
-        };
-        if reason.drains() {
-            let drain = async {
-                while let Some(outcome) = in_flight.next().await {
-                    match (outcome.result, outcome.ack) {
-                        (Ok(()), Some(id)) => {
-                            let _ = transport.queue(Outbound::PubAck(id), announce);
-                        }
-                        (Err(e), _) => tracing::info!(reason = %e, "upload refused while closing"),
-                        (Ok(()), None) => {}
-                    }
-                }
-            };
-            if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
-                tracing::warn!("forwards in flight did not finish before the deadline");
-            }
-        }
-        drop(in_flight);
-        if let Some(code) = reason.disconnect_code() {
-            let _ = transport.queue(Outbound::Disconnect(code), announce);
-        }
-        let _ = tokio::time::timeout(CLOSE_DEADLINE, transport.close()).await;
-        if let Some(device) = identity.device().filter(|_| shared.connection_events) {
-            let event = connection_event(&shared.ctx, device.clone(), "disconnected", &client_id);
-            match tokio::time::timeout(CLOSE_DEADLINE, event).await {
-                Ok(Outcome { result: Ok(()), .. }) => {}
-                Ok(Outcome { result: Err(e), .. }) => {
-                    tracing::warn!(reason = %e, "disconnected event not sent")
-                }
-                Err(_) => tracing::warn!("disconnected event timed out"),
-            }
-        }
-    }
 }
 
 #[cfg(test)]
