@@ -233,15 +233,27 @@ async fn telemetry_and_events_in_every_topic_form_reach_the_consumer() -> TestRe
         msg.prop("orig_address").as_deref(),
         Some("e/?content-type=application%2Fjson&hono-ttl=30")
     );
-    // Retain becomes x-opt-retain; the message still arrives.
+    // Retain becomes the x-opt-retain annotation.
     device
         .client
         .publish("t", QoS::AtLeastOnce, true, b"retained".to_vec())
         .await?;
-    let (acked, msg) = tokio::join!(device.puback(), telemetry.next(WAIT));
+    let (acked, got) = tokio::join!(device.puback(), async {
+        let (payload, delivery) = telemetry
+            .next_unaccepted(WAIT)
+            .await?
+            .ok_or("no retained telemetry")?;
+        let annotations = format!("{:?}", delivery.message().message_annotations);
+        telemetry.accept(&delivery).await?;
+        Ok::<_, Error>((payload, annotations))
+    });
     acked?;
-    let msg = msg?.ok_or("no retained telemetry")?;
-    assert_eq!(msg.payload, b"retained");
+    let (payload, annotations) = got?;
+    assert_eq!(payload, b"retained");
+    assert!(
+        annotations.contains("x-opt-retain") && annotations.contains("true"),
+        "{annotations}"
+    );
     telemetry.close().await;
     events.close().await;
     ferry.stop().await;
