@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the debug build of Ferry with default ports in a temporary data dir, provisions a
 # device with curl, consumes with Python qpid-proton and checks that telemetry and an event
-# sent with curl arrive northbound.
+# sent with curl, and events and telemetry sent with mosquitto_pub (MQTT 3.1.1 and 5, plain and
+# TLS), arrive northbound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +40,7 @@ expect 201 -X POST "$mgmt/devices/ci-tenant/dev1"
 expect 204 -X PUT -H 'content-type: application/json' "$mgmt/credentials/ci-tenant/dev1" \
   -d '[{"type":"hashed-password","auth-id":"dev1","secrets":[{"pwd-plain":"s3cret"}]}]'
 
-/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 3 >"$work/consumed" 2>"$work/consumer.err" &
+/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 6 >"$work/consumed" 2>"$work/consumer.err" &
 consumer_pid=$!
 for _ in $(seq 1 100); do
   grep -q '^ready' "$work/consumed" 2>/dev/null && break
@@ -54,6 +55,26 @@ expect 401 -u dev1@ci-tenant:wrong -H 'content-type: text/plain' -d 'x' http://1
 expect 202 --cacert "$work/data/tls/server-cert.pem" -u dev1@ci-tenant:s3cret \
   -H 'content-type: text/plain' -d 'over tls' https://localhost:8443/telemetry
 
+# MQTT with Debian's mosquitto_pub: QoS 1 returns only after the PUBACK, which Ferry sends once
+# the northbound accepted the message.
+mqtt_pub() { # mqtt_pub args...
+  timeout 20 mosquitto_pub -i "ci-$RANDOM" -u dev1@ci-tenant "$@" 2>"$work/mqtt.err" \
+    || fail "mosquitto_pub $* failed: $(cat "$work/mqtt.err")"
+}
+# (QoS 1 telemetry waits for the consumer's acceptance, so it is not the last message: the
+# consumer hangs up after the last one.)
+mqtt_pub -h localhost -p 8883 --cafile "$work/data/tls/server-cert.pem" -P s3cret -q 1 \
+  -t telemetry -m 'mqtt over tls'
+mqtt_pub -h 127.0.0.1 -p 1883 -P s3cret -q 1 -t event -m 'event from mosquitto'
+mqtt_pub -h 127.0.0.1 -p 1883 -P s3cret -q 1 -V mqttv5 -t e \
+  -D publish content-type application/json -m '{"v":5}'
+if timeout 20 mosquitto_pub -h 127.0.0.1 -p 1883 -u dev1@ci-tenant -P wrong -q 1 -t t -m x \
+  2>"$work/mqtt.err"; then
+  fail "mosquitto_pub with a wrong password succeeded"
+fi
+grep -qi 'bad user name or password' "$work/mqtt.err" \
+  || fail "wrong MQTT password not refused with 0x04: $(cat "$work/mqtt.err")"
+
 wait "$consumer_pid" || fail "consumer failed: $(cat "$work/consumer.err")"
 consumer_pid=
 grep -q 'telemetry device_id=dev1 content-type=text/plain payload=hello from curl' "$work/consumed" \
@@ -62,5 +83,12 @@ grep -q 'event device_id=dev1 content-type=text/plain payload=event from curl' "
   || fail "event not received: $(cat "$work/consumed")"
 grep -q 'telemetry device_id=dev1 content-type=text/plain payload=over tls' "$work/consumed" \
   || fail "telemetry over TLS not received: $(cat "$work/consumed")"
+grep -q 'event device_id=dev1 content-type=application/octet-stream payload=event from mosquitto' "$work/consumed" \
+  || fail "MQTT event not received: $(cat "$work/consumed")"
+grep -q 'event device_id=dev1 content-type=application/json payload={"v":5}' "$work/consumed" \
+  || fail "MQTT 5 event with content type not received: $(cat "$work/consumed")"
+grep -q 'telemetry device_id=dev1 content-type=.* payload=mqtt over tls' "$work/consumed" \
+  || fail "MQTT telemetry over TLS not received: $(cat "$work/consumed")"
 echo "interop: curl -> Ferry -> qpid-proton: telemetry and event received"
+echo "interop: mosquitto_pub (3.1.1, 5, TLS) -> Ferry -> qpid-proton: events and telemetry received"
 echo "1 passed, 0 failed"

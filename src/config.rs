@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use ferry_adapter_core::CoreConfig;
 use ferry_adapter_http::HttpConfig;
+use ferry_adapter_mqtt::MqttConfig;
 use ferry_northbound::NorthboundConfig;
 use ferry_registry::RegistryConfig;
 
@@ -36,6 +37,8 @@ pub struct Config {
     pub adapter: CoreConfig,
     /// The HTTP adapter.
     pub http: HttpConfig,
+    /// The MQTT adapter.
+    pub mqtt: MqttConfig,
     /// The embedded AMQP 1.0 northbound endpoint for applications.
     pub northbound: NorthboundConfig,
 }
@@ -50,6 +53,7 @@ impl Default for Config {
             cache: CacheSettings::default(),
             adapter: CoreConfig::default(),
             http: HttpConfig::default(),
+            mqtt: MqttConfig::default(),
             northbound: NorthboundConfig::default(),
         }
     }
@@ -196,6 +200,9 @@ mod tests {
         assert_eq!(c.management.bind.port(), 28080);
         assert!(c.management.bind.ip().is_loopback());
         assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.mqtt.bind.port(), 1883);
+        assert_eq!(c.mqtt.tls_bind.port(), 8883);
+        assert!(c.mqtt.bind.ip().is_loopback());
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_adapter_core::{AdapterContext, Northbound};
 use ferry_adapter_http::HttpAdapter;
+use ferry_adapter_mqtt::MqttAdapter;
 use ferry_northbound::{EmbeddedNorthbound, NorthboundConfig};
 use ferry_registry::Registry;
 use ferry_registry_client::{Cached, ChangeListener, DeviceRegistry};
@@ -32,6 +33,10 @@ pub struct Addresses {
     pub http: Option<SocketAddr>,
     /// HTTP adapter, TLS.
     pub https: Option<SocketAddr>,
+    /// MQTT adapter, plain (absent when the insecure port is disabled).
+    pub mqtt: Option<SocketAddr>,
+    /// MQTT adapter, TLS.
+    pub mqtts: Option<SocketAddr>,
 }
 
 /// A running Ferry: every component started from one [`Config`].
@@ -105,17 +110,37 @@ impl Gateway {
             sender.clone(),
             shutdown.clone(),
         );
-        let http = HttpAdapter::bind(&config.http, Some(tls), context)
+        let http = HttpAdapter::bind(&config.http, Some(tls.clone()), context)
             .await
             .context("cannot start the HTTP adapter")?;
+        // Same certificate and provider; MQTT clients negotiate no ALPN (or `mqtt`), so the
+        // HTTP listener's `http/1.1` must not be required of them.
+        let mut mqtt_tls = (*tls).clone();
+        mqtt_tls.alpn_protocols = Vec::new();
+        let mqtt_context = AdapterContext::new(
+            &config.adapter,
+            ferry_adapter_mqtt::ADAPTER_TYPE,
+            device_registry.clone(),
+            sender.clone(),
+            shutdown.clone(),
+        );
+        let mqtt = MqttAdapter::bind(&config.mqtt, Some(Arc::new(mqtt_tls)), mqtt_context)
+            .await
+            .context("cannot start the MQTT adapter")?;
         let addresses = Addresses {
             management: management_addr,
             northbound: northbound_addr,
             http: http.local_addr(),
             https: http.tls_local_addr(),
+            mqtt: mqtt.local_addr(),
+            mqtts: mqtt.tls_local_addr(),
         };
         tasks.spawn(async move {
             http.run().await;
+            Ok(())
+        });
+        tasks.spawn(async move {
+            mqtt.run().await;
             Ok(())
         });
 
@@ -126,6 +151,12 @@ impl Gateway {
         }
         if let Some(address) = addresses.https {
             tracing::info!(%address, "HTTP adapter (TLS) listening");
+        }
+        if let Some(address) = addresses.mqtt {
+            tracing::info!(%address, "MQTT adapter listening");
+        }
+        if let Some(address) = addresses.mqtts {
+            tracing::info!(%address, "MQTT adapter (TLS) listening");
         }
         Ok(Gateway {
             addresses,

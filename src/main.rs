@@ -98,6 +98,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(https) = a.https {
         println!("  HTTP adapter     https://{https}");
     }
+    if let Some(mqtt) = a.mqtt {
+        println!("  MQTT adapter     mqtt://{mqtt}");
+    }
+    if let Some(mqtts) = a.mqtts {
+        println!("  MQTT adapter     mqtts://{mqtts}");
+    }
     println!("  Northbound AMQP  amqp://{}", a.northbound);
     println!();
     println!("Send a first message:");

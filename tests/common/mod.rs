@@ -33,6 +33,8 @@ pub fn config(data_dir: &Path) -> Config {
     config.northbound.bind = any;
     config.http.bind = any;
     config.http.tls_bind = any;
+    config.mqtt.bind = any;
+    config.mqtt.tls_bind = any;
     config.registry.bcrypt_cost = 4;
     config
 }
@@ -275,4 +277,32 @@ fn uuid_like() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A delivery received by [`AmqpConsumer::next_unaccepted`], not yet accepted.
+pub type PendingDelivery = fe2o3_amqp::link::delivery::Delivery<Body<Value>>;
+
+impl AmqpConsumer {
+    /// The next message within `wait`, left unaccepted: the sender keeps waiting for the outcome
+    /// until [`AmqpConsumer::accept`].
+    pub async fn next_unaccepted(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<(Vec<u8>, PendingDelivery)>, Error> {
+        let delivery = match tokio::time::timeout(wait, self.receiver.recv::<Body<Value>>()).await {
+            Err(_) => return Ok(None),
+            Ok(d) => d?,
+        };
+        let payload = match &delivery.message().body {
+            Body::Data(batch) => batch.iter().flat_map(|d| d.0.iter().copied()).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Some((payload, delivery)))
+    }
+
+    /// Accepts a delivery taken with [`AmqpConsumer::next_unaccepted`].
+    pub async fn accept(&mut self, delivery: &PendingDelivery) -> Result<(), Error> {
+        self.receiver.accept(delivery).await?;
+        Ok(())
+    }
 }

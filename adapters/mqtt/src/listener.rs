@@ -1,0 +1,201 @@
+//! The adapter's ports: binding, and the accept loops.
+//!
+//! Each accept loop takes a permit of the adapter's connection limit and spawns a
+//! [`Connection`] task; TLS handshakes happen in that task. When no permit is left, the
+//! connection is still accepted (a bounded number at a time) so that the device learns why:
+//! its CONNECT is answered with CONNACK 0x03 (MQTT 5: 0x9C). On shutdown the loops stop
+//! accepting and [`MqttAdapter::run`] waits until every connection task has ended.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_adapter_core::AdapterContext;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::config::MqttConfig;
+use crate::connection::Connection;
+use crate::error::MqttError;
+use crate::limits::TenantConnections;
+use crate::packet::PACKET_OVERHEAD;
+use crate::session::Shared;
+
+/// How many connections over the limit may wait for their refusal at once; beyond that they
+/// are closed without a CONNACK.
+const MAX_REFUSALS_IN_PROGRESS: usize = 64;
+
+/// A bound port.
+struct Port {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+}
+
+/// The MQTT adapter, bound and ready to [`run`](MqttAdapter::run).
+pub struct MqttAdapter {
+    insecure: Option<Port>,
+    secure: Option<Port>,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for MqttAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttAdapter")
+            .field("local_addr", &self.local_addr())
+            .field("tls_local_addr", &self.tls_local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(addr: SocketAddr, tls: Option<TlsAcceptor>) -> Result<Port, MqttError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| MqttError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| MqttError::Bind { addr, source })?;
+    Ok(Port {
+        listener,
+        addr,
+        tls,
+    })
+}
+
+impl MqttAdapter {
+    /// Validates `config` and binds the insecure port (if enabled) and, given a TLS server
+    /// configuration, the TLS port. `ctx` must be built for the adapter type
+    /// [`crate::ADAPTER_TYPE`].
+    pub async fn bind(
+        config: &MqttConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        ctx: AdapterContext,
+    ) -> Result<Self, MqttError> {
+        config.validate()?;
+        let insecure = match config.insecure_port_enabled {
+            true => Some(bind(config.bind, None).await?),
+            false => None,
+        };
+        let secure = match tls {
+            Some(tls) => Some(bind(config.tls_bind, Some(TlsAcceptor::from(tls))).await?),
+            None => None,
+        };
+        if insecure.is_none() && secure.is_none() {
+            return Err(MqttError::InvalidConfig(
+                "the insecure port is disabled and no TLS configuration was given".to_owned(),
+            ));
+        }
+        let max_payload_size = config
+            .max_payload_size
+            .min(ctx.forwarder.max_payload_size());
+        let max_packet_size = u32::try_from(max_payload_size + PACKET_OVERHEAD)
+            .map_err(|_| MqttError::InvalidConfig("max_payload_size is too large".to_owned()))?;
+        Ok(Self {
+            insecure,
+            secure,
+            shared: Arc::new(Shared {
+                ctx,
+                max_payload_size,
+                max_packet_size,
+                connect_timeout: config.connect_timeout,
+                tls_handshake_timeout: config.tls_handshake_timeout,
+                authentication_required: config.authentication_required,
+                connection_events: config.connection_events,
+                max_in_flight: usize::from(config.max_in_flight),
+                tenants: Arc::new(TenantConnections::default()),
+            }),
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS)),
+        })
+    }
+
+    /// The bound address of the insecure port, if it is open.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.insecure.as_ref().map(|p| p.addr)
+    }
+
+    /// The bound address of the TLS port, if it is open.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.secure.as_ref().map(|p| p.addr)
+    }
+
+    /// Serves until the context's shutdown token fires, then stops accepting and returns once
+    /// every connection has closed (forwards in flight finish first).
+    pub async fn run(self) {
+        let tracker = TaskTracker::new();
+        let accept = |port: Option<Port>| {
+            let tracker = tracker.clone();
+            let (shared, permits, refusals) = (
+                Arc::clone(&self.shared),
+                Arc::clone(&self.permits),
+                Arc::clone(&self.refusals),
+            );
+            async move {
+                if let Some(port) = port {
+                    accept_loop(port, shared, permits, refusals, tracker).await;
+                }
+            }
+        };
+        tokio::join!(accept(self.insecure), accept(self.secure));
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("MQTT adapter stopped");
+    }
+}
+
+async fn accept_loop(
+    port: Port,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    let shutdown = shared.ctx.shutdown.clone();
+    let tls = port.tls.is_some();
+    tracing::debug!(addr = %port.addr, tls, "MQTT adapter accepting");
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = port.listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (permit, refusal) = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => (Some(permit), None),
+            Err(_) => match Arc::clone(&refusals).try_acquire_owned() {
+                Ok(refusal) => (None, Some(refusal)),
+                Err(_) => {
+                    tracing::info!(%peer, "connection limit reached; closing without CONNACK");
+                    continue;
+                }
+            },
+        };
+        if permit.is_none() {
+            tracing::info!(%peer, "connection limit reached; refusing");
+        }
+        let connection = Connection {
+            stream,
+            peer,
+            tls: port.tls.clone(),
+            shared: Arc::clone(&shared),
+            permit,
+        };
+        tracker.spawn(async move {
+            connection.run().await;
+            drop(refusal);
+        });
+    }
+    tracing::info!(addr = %port.addr, tls, "MQTT adapter stopped accepting");
+}

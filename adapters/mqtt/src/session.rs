@@ -1,0 +1,276 @@
+//! One MQTT connection's protocol phases as states that are consumed:
+//! [`AwaitingConnect`] → [`Connected`] → [`Closing`].
+//!
+//! * `AwaitingConnect` reads the CONNECT within the connect timeout, authenticates, checks the
+//!   tenant (enabled, adapter enabled, connection limit) and answers with the CONNACK; a refusal
+//!   goes straight to `Closing`.
+//! * `Connected` reads packets and forwards uploads with up to `max_in_flight` forwards running
+//!   at once; their results are taken in arrival order, so PUBACKs go out in order, each only
+//!   after the northbound accepted its message. At the limit the connection is not read
+//!   (backpressure). Keep-alive: 1.5 × the client's interval without a packet closes it.
+//! * `Closing` lets forwards in flight finish when the client left in an orderly way or the
+//!   process shuts down, tells an MQTT 5 client why, closes the stream and sends the
+//!   `disconnected` event.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Endpoint, Qos, Upload};
+use futures_util::stream::FuturesOrdered;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::error::{PublishError, Refusal};
+use crate::limits::{TenantConnections, TenantGuard};
+use crate::packet::{Announce, ConnectInfo, Inbound, Outbound, Transport, TransportError};
+use crate::publish::{ErrorContext, Identity};
+
+mod closing;
+mod connected;
+
+pub(crate) use closing::{CloseReason, Closing};
+pub(crate) use connected::Connected;
+
+/// Content type of Hono's connection events.
+const CONNECTION_EVENT: &str = "application/vnd.eclipse-hono-dc-notification+json";
+
+/// What every connection of the adapter shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The device pipeline.
+    pub(crate) ctx: AdapterContext,
+    /// Largest PUBLISH payload.
+    pub(crate) max_payload_size: usize,
+    /// Largest inbound packet.
+    pub(crate) max_packet_size: u32,
+    /// Time allowed for the CONNECT.
+    pub(crate) connect_timeout: Duration,
+    /// Time allowed for a TLS handshake.
+    pub(crate) tls_handshake_timeout: Duration,
+    /// Whether devices must authenticate.
+    pub(crate) authentication_required: bool,
+    /// Whether connection events are sent.
+    pub(crate) connection_events: bool,
+    /// Forwards in flight per connection.
+    pub(crate) max_in_flight: usize,
+    /// Open connections per tenant.
+    pub(crate) tenants: Arc<TenantConnections>,
+}
+
+impl Shared {
+    fn announce(&self) -> Announce {
+        Announce {
+            receive_max: u16::try_from(self.max_in_flight).unwrap_or(u16::MAX),
+            max_packet_size: self.max_packet_size,
+        }
+    }
+}
+
+/// The result of one forward, in arrival order.
+struct Outcome {
+    /// QoS 1 packet id to acknowledge.
+    ack: Option<std::num::NonZeroU16>,
+    /// For error handling; `None` for the adapter's own connection event.
+    context: Option<ErrorContext>,
+    result: Result<(), PublishError>,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Runs a connection's phases to the end.
+///
+/// Each phase's future is boxed, so a connection holds the state of the phase it is in only
+/// (the authentication futures of `AwaitingConnect` are gone while it serves).
+pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(awaiting: AwaitingConnect<S>) {
+    let closing = match Box::pin(awaiting.connect()).await {
+        Ok(connected) => Box::pin(connected.serve()).await,
+        Err(closing) => closing,
+    };
+    Box::pin(closing.finish()).await;
+}
+
+/// Phase 1: waiting for the CONNECT.
+pub(crate) struct AwaitingConnect<S> {
+    pub(crate) transport: Transport<S>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: SocketAddr,
+    /// The adapter connection limit's permit; `None` when the limit is reached (the CONNECT is
+    /// then answered with a refusal).
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
+    /// Reads and answers the CONNECT.
+    pub(crate) async fn connect(mut self) -> Result<Connected<S>, Closing<S>> {
+        let connect = match self.read_connect().await {
+            Ok(connect) => connect,
+            Err(reason) => return Err(self.close(reason)),
+        };
+        tracing::debug!(client_id = %connect.client_id, version = ?connect.version, "CONNECT");
+        let admitted = match self.permit.take() {
+            None => Err(Refusal::AdapterConnectionLimit),
+            Some(permit) => admit(&self.shared, self.peer, &connect)
+                .await
+                .map(|a| (a, permit)),
+        };
+        let ((identity, tenant), permit) = match admitted {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let _ = self.transport.queue(
+                    Outbound::ConnAck(Err(refusal.clone())),
+                    self.shared.announce(),
+                );
+                return Err(self.close(CloseReason::Refused(refusal)));
+            }
+        };
+        if let Err(e) = self
+            .transport
+            .queue(Outbound::ConnAck(Ok(())), self.shared.announce())
+        {
+            return Err(self.close(e.into()));
+        }
+        let span = tracing::Span::current();
+        span.record("client_id", connect.client_id.as_str());
+        if let Identity::Device(d) = &identity {
+            span.record("tenant", d.tenant_id.as_str());
+            span.record("device", d.device_id.as_str());
+            tracing::info!("device connected");
+        } else {
+            tracing::info!("unauthenticated device connected");
+        }
+        let mut in_flight = FuturesOrdered::new();
+        if let Some(device) = identity.device().filter(|_| self.shared.connection_events) {
+            in_flight.push_back(connection_event(
+                &self.shared.ctx,
+                device.clone(),
+                "connected",
+                &connect.client_id,
+            ));
+        }
+        Ok(Connected {
+            transport: self.transport,
+            shared: self.shared,
+            identity,
+            client_id: connect.client_id,
+            keep_alive: (connect.keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            error_subscriptions: Vec::new(),
+            in_flight,
+            _permit: Some(permit),
+            _tenant: tenant,
+        })
+    }
+
+    fn close(self, reason: CloseReason) -> Closing<S> {
+        Closing {
+            transport: self.transport,
+            shared: self.shared,
+            reason,
+            connected: None,
+        }
+    }
+
+    async fn read_connect(&mut self) -> Result<ConnectInfo, CloseReason> {
+        let deadline = Instant::now() + self.shared.connect_timeout;
+        let shutdown = self.shared.ctx.shutdown.clone();
+        loop {
+            match self.transport.decode()? {
+                Some(Inbound::Connect(connect)) => return Ok(*connect),
+                Some(_) => return Err(CloseReason::ProtocolViolation("packet before CONNECT")),
+                None => {}
+            }
+            let read = tokio::select! {
+                () = shutdown.cancelled() => return Err(CloseReason::Shutdown),
+                read = tokio::time::timeout_at(deadline, self.transport.fill()) => read,
+            };
+            match read {
+                Err(_) => return Err(CloseReason::ConnectTimeout),
+                Ok(Ok(0)) => return Err(CloseReason::PeerClosed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(TransportError::Io(e).into()),
+            }
+        }
+    }
+}
+
+/// Authenticates and applies the tenant's rules.
+async fn admit(
+    shared: &Shared,
+    peer: SocketAddr,
+    connect: &ConnectInfo,
+) -> Result<(Identity, Option<TenantGuard>), Refusal> {
+    let Some(username) = &connect.username else {
+        if shared.authentication_required {
+            return Err(Refusal::BadCredentials("credentials required".to_owned()));
+        }
+        return Ok((Identity::Anonymous, None));
+    };
+    let password = connect
+        .password
+        .as_deref()
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .ok_or_else(|| Refusal::BadCredentials("password missing or not UTF-8".to_owned()))?;
+    let ctx = &shared.ctx;
+    let device = ctx
+        .authenticator
+        .authenticate_password(username, password)
+        .await
+        .map_err(|e| {
+            tracing::info!(user = %username.chars().take(128).collect::<String>(), peer = %peer, reason = %e, "authentication failed");
+            Refusal::from_auth(&e)
+        })?;
+    let tenant = ctx
+        .forwarder
+        .check_tenant(&device.tenant_id, true)
+        .await
+        .map_err(|e| Refusal::from_tenant_check(&e))?;
+    let guard = shared
+        .tenants
+        .try_acquire(&device.tenant_id, tenant.resource_limit("max-connections"))
+        .ok_or(Refusal::TenantConnectionLimit)?;
+    Ok((Identity::Device(device), Some(guard)))
+}
+
+/// Forwards a connection event (`connected`/`disconnected`) of `device`.
+fn connection_event(
+    ctx: &AdapterContext,
+    device: AuthenticatedDevice,
+    cause: &str,
+    client_id: &str,
+) -> Pending {
+    let payload = serde_json::json!({
+        "cause": cause,
+        "remote-id": client_id,
+        "source": crate::ADAPTER_TYPE,
+    });
+    let upload = Upload {
+        endpoint: Endpoint::Event,
+        qos: Qos::AtLeastOnce,
+        content_type: Some(CONNECTION_EVENT.to_owned()),
+        ttl: None,
+        ttd: None,
+        orig_address: String::new(),
+        retain: false,
+        payload: Bytes::from(payload.to_string()),
+    };
+    let forwarder = ctx.forwarder.clone();
+    Box::pin(async move {
+        let result = forwarder
+            .forward(Some(&device), &device.tenant_id, &device.device_id, upload)
+            .await
+            .map_err(PublishError::from);
+        Outcome {
+            ack: None,
+            context: None,
+            result,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

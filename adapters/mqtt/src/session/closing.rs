@@ -1,0 +1,164 @@
+//! Phase 3, `Closing`: why a connection ends, draining forwards in flight after an orderly
+//! end, the MQTT 5 DISCONNECT reason, and the `disconnected` event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use rmqtt_codec::v5::DisconnectReasonCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Outcome, Pending, Shared, connection_event};
+use crate::error::{PublishError, Refusal};
+use crate::packet::{Outbound, Transport, TransportError};
+use crate::publish::Identity;
+
+/// Longest time forwards in flight may take to finish when a connection closes.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest time for the last packets and the close to be written.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why a connection ends.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CloseReason {
+    /// The CONNECT was refused with a CONNACK code.
+    #[error("connection refused: {0}")]
+    Refused(Refusal),
+    /// No CONNECT arrived in time.
+    #[error("no CONNECT within the connect timeout")]
+    ConnectTimeout,
+    /// Bytes that are not MQTT, or a socket error.
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    /// A packet that is not allowed in this phase.
+    #[error("protocol violation: unexpected {0}")]
+    ProtocolViolation(&'static str),
+    /// The peer closed the stream.
+    #[error("peer closed the connection")]
+    PeerClosed,
+    /// The client sent DISCONNECT.
+    #[error("client disconnected")]
+    ClientDisconnect,
+    /// The client did not read what the adapter had to send.
+    #[error("write timeout: the client does not read")]
+    WriteTimeout,
+    /// No packet within 1.5 × keep-alive.
+    #[error("keep-alive timeout")]
+    KeepAliveTimeout,
+    /// A PUBLISH payload (or a whole packet) over the limit.
+    #[error("{size} bytes exceed the maximum of {max} bytes")]
+    PayloadTooLarge {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An upload failed and error handling closes the connection.
+    #[error("upload failed: {error}")]
+    PublishFailed {
+        /// The failure.
+        error: PublishError,
+    },
+    /// The process shuts down.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The MQTT 5 DISCONNECT reason, if the client should be told.
+    fn disconnect_code(&self) -> Option<DisconnectReasonCode> {
+        match self {
+            CloseReason::Refused(_)
+            | CloseReason::ConnectTimeout
+            | CloseReason::PeerClosed
+            | CloseReason::ClientDisconnect => None,
+            CloseReason::Transport(TransportError::Decode(_)) => {
+                Some(DisconnectReasonCode::MalformedPacket)
+            }
+            CloseReason::Transport(TransportError::Io(_) | TransportError::Encode(_))
+            | CloseReason::WriteTimeout => None,
+            CloseReason::ProtocolViolation(_) => Some(DisconnectReasonCode::ProtocolError),
+            CloseReason::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+            CloseReason::PayloadTooLarge { .. } => Some(DisconnectReasonCode::PacketTooLarge),
+            CloseReason::PublishFailed { error } if error.is_terminal() => {
+                Some(DisconnectReasonCode::NotAuthorized)
+            }
+            CloseReason::PublishFailed { .. } => {
+                Some(DisconnectReasonCode::ImplementationSpecificError)
+            }
+            CloseReason::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+        }
+    }
+
+    /// Whether forwards in flight are allowed to finish (an orderly end).
+    fn drains(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::PeerClosed | CloseReason::ClientDisconnect | CloseReason::Shutdown
+        )
+    }
+}
+
+/// Phase 3: closing.
+pub(crate) struct Closing<S> {
+    pub(super) transport: Transport<S>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) reason: CloseReason,
+    /// Set once the CONNACK accepted the connection.
+    pub(super) connected: Option<(Identity, String, FuturesOrdered<Pending>)>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
+    /// Drains (for an orderly end), says goodbye, closes, and sends the `disconnected` event.
+    pub(crate) async fn finish(self) {
+        let Closing {
+            mut transport,
+            shared,
+            reason,
+            connected,
+        } = self;
+        match &reason {
+            CloseReason::PeerClosed | CloseReason::ClientDisconnect => {
+                tracing::debug!(%reason, "connection closed")
+            }
+            _ => tracing::info!(%reason, "connection closed"),
+        }
+        let announce = shared.announce();
+        let Some((identity, client_id, mut in_flight)) = connected else {
+            let _ = tokio::time::timeout(CLOSE_DEADLINE, transport.close()).await;
+            return;
+        };
+        if reason.drains() {
+            let drain = async {
+                while let Some(outcome) = in_flight.next().await {
+                    match (outcome.result, outcome.ack) {
+                        (Ok(()), Some(id)) => {
+                            let _ = transport.queue(Outbound::PubAck(id), announce);
+                        }
+                        (Err(e), _) => tracing::info!(reason = %e, "upload refused while closing"),
+                        (Ok(()), None) => {}
+                    }
+                }
+            };
+            if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
+                tracing::warn!("forwards in flight did not finish before the deadline");
+            }
+        }
+        drop(in_flight);
+        if let Some(code) = reason.disconnect_code() {
+            let _ = transport.queue(Outbound::Disconnect(code), announce);
+        }
+        let _ = tokio::time::timeout(CLOSE_DEADLINE, transport.close()).await;
+        if let Some(device) = identity.device().filter(|_| shared.connection_events) {
+            let event = connection_event(&shared.ctx, device.clone(), "disconnected", &client_id);
+            match tokio::time::timeout(CLOSE_DEADLINE, event).await {
+                Ok(Outcome { result: Ok(()), .. }) => {}
+                Ok(Outcome { result: Err(e), .. }) => {
+                    tracing::warn!(reason = %e, "disconnected event not sent")
+                }
+                Err(_) => tracing::warn!("disconnected event timed out"),
+            }
+        }
+    }
+}

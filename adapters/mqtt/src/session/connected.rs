@@ -1,0 +1,252 @@
+//! Phase 2, `Connected`: reading packets, forwarding uploads with a bounded number in flight,
+//! PUBACKs in arrival order, error subscriptions and `on-error`, keep-alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use rmqtt_codec::error::DecodeError;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::{CloseReason, Closing, Outcome, Pending, Shared};
+use crate::error::PublishError;
+use crate::limits::TenantGuard;
+use crate::packet::{Inbound, Outbound, PublishIn, Transport, TransportError};
+use crate::publish::{self, Identity};
+use crate::topic::ErrorSubscription;
+
+/// Longest time a write may wait for a client that does not read: its connection is closed
+/// instead of holding a connection slot forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Phase 2: connected and serving.
+pub(crate) struct Connected<S> {
+    pub(super) transport: Transport<S>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) identity: Identity,
+    pub(super) client_id: String,
+    pub(super) keep_alive: Option<Duration>,
+    pub(super) error_subscriptions: Vec<ErrorSubscription>,
+    pub(super) in_flight: FuturesOrdered<Pending>,
+    pub(super) _permit: Option<OwnedSemaphorePermit>,
+    pub(super) _tenant: Option<TenantGuard>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
+    /// Serves until the connection ends.
+    pub(crate) async fn serve(mut self) -> Closing<S> {
+        let reason = self.serve_loop().await;
+        Closing {
+            transport: self.transport,
+            shared: self.shared,
+            reason,
+            connected: Some((self.identity, self.client_id, self.in_flight)),
+        }
+    }
+
+    async fn serve_loop(&mut self) -> CloseReason {
+        let shutdown = self.shared.ctx.shutdown.clone();
+        let max = self.shared.max_in_flight;
+        let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(86_400));
+        let idle = tokio::time::sleep(keep_alive);
+        tokio::pin!(idle);
+        loop {
+            while self.in_flight.len() < max {
+                match self.transport.decode() {
+                    Ok(Some(packet)) => {
+                        if let Err(reason) = self.handle(packet) {
+                            return reason;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(TransportError::Decode(DecodeError::MaxSizeExceeded { size, max })) => {
+                        // Refused from the fixed header, before the packet is buffered.
+                        return CloseReason::PayloadTooLarge {
+                            size: size as usize,
+                            max: max as usize,
+                        };
+                    }
+                    Err(e) => return e.into(),
+                }
+            }
+            if self.transport.has_pending_writes() {
+                let flushed = tokio::select! {
+                    () = shutdown.cancelled() => return CloseReason::Shutdown,
+                    flushed = tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush()) => flushed,
+                };
+                match flushed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return TransportError::Io(e).into(),
+                    Err(_) => return CloseReason::WriteTimeout,
+                }
+            }
+            if self.in_flight.is_empty() {
+                self.transport.release_read_buffer();
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return CloseReason::Shutdown,
+                Some(outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    // Not reading while the in-flight window is full is our doing, not the
+                    // client's: it must not count as idle time.
+                    idle.as_mut().reset(Instant::now() + keep_alive);
+                    if let Err(reason) = self.complete(outcome) {
+                        return reason;
+                    }
+                }
+                read = self.transport.fill(), if self.in_flight.len() < max => match read {
+                    Ok(0) => return CloseReason::PeerClosed,
+                    Ok(_) => idle.as_mut().reset(Instant::now() + keep_alive),
+                    Err(e) => return TransportError::Io(e).into(),
+                },
+                () = &mut idle, if self.keep_alive.is_some() => return CloseReason::KeepAliveTimeout,
+            }
+        }
+    }
+
+    fn queue(&mut self, packet: Outbound) -> Result<(), CloseReason> {
+        let announce = self.shared.announce();
+        self.transport.queue(packet, announce)?;
+        Ok(())
+    }
+
+    fn handle(&mut self, packet: Inbound) -> Result<(), CloseReason> {
+        match packet {
+            Inbound::Publish(publish) => self.publish(*publish),
+            Inbound::Subscribe { packet_id, filters } => {
+                let granted = filters.iter().map(|f| self.subscribe(f)).collect();
+                self.queue(Outbound::SubAck { packet_id, granted })
+            }
+            Inbound::Unsubscribe { packet_id, filters } => {
+                let count = filters.len();
+                for filter in &filters {
+                    if let Some(s) = ErrorSubscription::parse(filter) {
+                        self.error_subscriptions.retain(|e| *e != s);
+                    }
+                }
+                self.queue(Outbound::UnsubAck { packet_id, count })
+            }
+            Inbound::Ping => self.queue(Outbound::Pong),
+            Inbound::Disconnect => Err(CloseReason::ClientDisconnect),
+            Inbound::Ack => Ok(()),
+            Inbound::Connect(_) => Err(CloseReason::ProtocolViolation("second CONNECT")),
+            Inbound::Unexpected(what) => Err(CloseReason::ProtocolViolation(what)),
+        }
+    }
+
+    /// Accepts error subscriptions of the connected device's own tenant; commands come later,
+    /// so every other filter is refused (SUBACK 0x80).
+    fn subscribe(&mut self, filter: &str) -> bool {
+        let Some(subscription) = ErrorSubscription::parse(filter) else {
+            tracing::debug!(filter, "subscription refused");
+            return false;
+        };
+        let allowed = match &self.identity {
+            Identity::Device(d) => subscription
+                .tenant()
+                .is_none_or(|t| t == d.tenant_id.as_str()),
+            Identity::Anonymous => {
+                subscription.tenant().is_some()
+                    && matches!(subscription.device(), crate::topic::DeviceFilter::Device(_))
+            }
+        };
+        if allowed && !self.error_subscriptions.contains(&subscription) {
+            self.error_subscriptions.push(subscription);
+        }
+        allowed
+    }
+
+    fn publish(&mut self, publish: PublishIn) -> Result<(), CloseReason> {
+        let max = self.shared.max_payload_size;
+        if publish.payload.len() > max {
+            return Err(CloseReason::PayloadTooLarge {
+                size: publish.payload.len(),
+                max,
+            });
+        }
+        let ack = publish::ack_id(&publish);
+        let (context, prepared) = publish::prepare(&publish, &self.identity);
+        let sender = self.identity.device().cloned();
+        let forwarder = self.shared.ctx.forwarder.clone();
+        self.in_flight.push_back(Box::pin(async move {
+            let result = match prepared {
+                Ok(p) => forwarder
+                    .forward(sender.as_ref(), &p.tenant, &p.device, p.upload)
+                    .await
+                    .map_err(PublishError::from),
+                Err(e) => Err(e),
+            };
+            Outcome {
+                ack,
+                context: Some(context),
+                result,
+            }
+        }));
+        Ok(())
+    }
+
+    fn complete(&mut self, outcome: Outcome) -> Result<(), CloseReason> {
+        let error = match outcome.result {
+            Ok(()) => {
+                return outcome
+                    .ack
+                    .map_or(Ok(()), |id| self.queue(Outbound::PubAck(id)));
+            }
+            Err(error) => error,
+        };
+        let Some(context) = outcome.context else {
+            tracing::warn!(reason = %error, "connection event not sent");
+            return Ok(());
+        };
+        let own = self.identity.device().map(|d| &d.device_id);
+        let subscription = context.device.as_ref().and_then(|device| {
+            self.error_subscriptions
+                .iter()
+                .find(|s| s.covers(device, own))
+                .map(|s| (s, device))
+        });
+        let status = error.status();
+        let actions = publish::on_failure(
+            context.on_error,
+            subscription.is_some(),
+            error.is_terminal(),
+        );
+        tracing::info!(
+            device = context.device.as_ref().map_or("-", |d| d.as_str()),
+            status,
+            reason = %error,
+            on_error = ?context.on_error,
+            disconnect = actions.disconnect,
+            "upload refused"
+        );
+        let mut packets = Vec::with_capacity(2);
+        if let Some((subscription, device)) = subscription.filter(|_| actions.publish_error) {
+            packets.push(Outbound::Publish {
+                topic: subscription.error_topic(
+                    device,
+                    context.word,
+                    &context.correlation_id,
+                    status,
+                ),
+                payload: publish::error_payload(
+                    status,
+                    &error.client_message(),
+                    &context.correlation_id,
+                ),
+            });
+        }
+        if let Some(id) = outcome.ack.filter(|_| actions.ack) {
+            packets.push(Outbound::PubAck(id));
+        }
+        for packet in packets {
+            self.queue(packet)?;
+        }
+        if actions.disconnect {
+            return Err(CloseReason::PublishFailed { error });
+        }
+        Ok(())
+    }
+}
