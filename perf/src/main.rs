@@ -1,0 +1,35 @@
+//! The `ferry-perf` command: runs one scenario, prints the summary, writes JSON and the plot.
+
+mod cli;
+
+use anyhow::Context;
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_PERF_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_new("warn"))
+                .context("invalid FERRY_PERF_LOG filter")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = cli.to_run_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(ferry_perf::run(&config))?;
+    print!("{}", ferry_perf::report::table(&result));
+    if let Some(path) = &cli.json {
+        ferry_perf::report::write_json(&result, path)?;
+        eprintln!("results written to {}", path.display());
+    }
+    if let Some(path) = &cli.plot {
+        ferry_perf::plot::write_svg(&result, path)?;
+        eprintln!("plot written to {}", path.display());
+    }
+    Ok(())
+}
