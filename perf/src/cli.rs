@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use ferry_perf::config::{Address, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind};
 use ferry_perf::rate::Rate;
+use ferry_perf::setup::Provisioning;
 
 /// Load generator and benchmark harness for Ferry and its peers (Mosquitto, nginx).
 #[derive(Parser, Debug)]
@@ -127,6 +128,9 @@ pub enum ScenarioCommand {
         #[arg(long, default_value_t = 1000)]
         count: usize,
     },
+    /// Only provision the tenant, the devices and their password (`--password` required), so
+    /// that later runs can use `--no-setup`.
+    Setup,
     /// TLS handshakes per second with client certificates (not yet: needs the X.509 work).
     Handshakes,
     /// N never-seen certificates connecting at once (not yet: needs the X.509 work).
@@ -140,6 +144,7 @@ impl Cli {
             ScenarioCommand::Telemetry => (ScenarioKind::Telemetry, 0),
             ScenarioCommand::Events => (ScenarioKind::Events, 0),
             ScenarioCommand::Connections { count } => (ScenarioKind::Connections, *count),
+            ScenarioCommand::Setup => bail!("`setup` is not a scenario"),
             ScenarioCommand::Handshakes | ScenarioCommand::ProvisionStorm => bail!(
                 "this scenario needs client certificates (X.509 device authentication), which \
                  Ferry does not have yet; it will be added once the X.509 work has landed"
@@ -198,6 +203,28 @@ impl Cli {
         config.pid = self.pid;
         config.progress = !self.quiet;
         Ok(config)
+    }
+}
+
+impl Cli {
+    /// What `ferry-perf setup` provisions.
+    pub fn to_provisioning(&self) -> anyhow::Result<Provisioning> {
+        let Some(password) = self.password.clone() else {
+            bail!("`setup` needs --password or FERRY_PERF_PASSWORD (later runs must know it)");
+        };
+        if self.target != "ferry" {
+            bail!("`setup` provisions a Ferry (--target ferry)");
+        }
+        Ok(Provisioning {
+            management: self.management.clone(),
+            credentials: self
+                .management_user
+                .clone()
+                .map(|u| (u, self.management_password.clone().unwrap_or_default())),
+            tenant: self.tenant.clone(),
+            devices: self.devices,
+            password,
+        })
     }
 }
 

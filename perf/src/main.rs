@@ -10,17 +10,26 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_PERF_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_new("warn"))
+                .or_else(|_| tracing_subscriber::EnvFilter::try_new("warn,fe2o3_amqp=error"))
                 .context("invalid FERRY_PERF_LOG filter")?,
         )
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = cli.to_run_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if matches!(cli.scenario, cli::ScenarioCommand::Setup) {
+        let provisioning = cli.to_provisioning()?;
+        runtime.block_on(ferry_perf::setup::provision(&provisioning))?;
+        eprintln!(
+            "tenant {} with {} devices provisioned",
+            provisioning.tenant, provisioning.devices
+        );
+        return Ok(());
+    }
+    let config = cli.to_run_config()?;
     let result = runtime.block_on(ferry_perf::run(&config))?;
     print!("{}", ferry_perf::report::table(&result));
     if let Some(path) = &cli.json {

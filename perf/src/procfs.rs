@@ -56,6 +56,9 @@ pub struct Machine {
     pub nproc: usize,
     /// `model name` from `/proc/cpuinfo`.
     pub cpu_model: String,
+    /// One-minute load average when the run ended (other work on the machine skews numbers).
+    #[serde(default)]
+    pub load_average: f64,
 }
 
 impl Machine {
@@ -70,9 +73,14 @@ impl Machine {
                     .map(|(_, v)| v.trim().to_owned())
             })
             .unwrap_or_else(|| "unknown".to_owned());
+        let load_average = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
         Self {
             nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
+            load_average,
         }
     }
 }

@@ -271,8 +271,8 @@ pub fn table(r: &RunResult) -> String {
     }
     let _ = writeln!(
         out,
-        "  machine            {} CPUs, {}",
-        r.machine.nproc, r.machine.cpu_model
+        "  machine            {} CPUs, {}, load average {:.2}",
+        r.machine.nproc, r.machine.cpu_model, r.machine.load_average
     );
     out
 }
@@ -340,6 +340,7 @@ pub(crate) mod tests {
             machine: Machine {
                 nproc: 2,
                 cpu_model: "test".to_owned(),
+                load_average: 0.5,
             },
         }
     }

@@ -177,12 +177,16 @@ impl MqttTransport {
         };
         let inflight = Arc::new(InFlight::default());
         let done = tokio_util::sync::CancellationToken::new();
+        let closing = tokio_util::sync::CancellationToken::new();
         let event_loop = tokio::spawn(run_events(
             events,
             qos,
             inflight.clone(),
             recorder.clone(),
-            done.clone(),
+            Closing {
+                closing: closing.clone(),
+                done: done.clone(),
+            },
         ));
         if let Some(start) = load.wait_start().await {
             let mut schedule = load.schedule(start);
@@ -215,6 +219,7 @@ impl MqttTransport {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        closing.cancel();
         let _ = client.try_disconnect();
         tokio::time::sleep(Duration::from_millis(50)).await;
         done.cancel();
@@ -247,13 +252,21 @@ impl MqttTransport {
     }
 }
 
+/// How an event loop learns that its client is going away.
+struct Closing {
+    /// The client is disconnecting: errors are expected now.
+    closing: tokio_util::sync::CancellationToken,
+    /// Stop polling.
+    done: tokio_util::sync::CancellationToken,
+}
+
 /// Drives one client's event loop: matches publishes to acknowledgements and records them.
 async fn run_events(
     mut events: EventLoop,
     qos: QoS,
     inflight: Arc<InFlight>,
     recorder: Arc<Recorder>,
-    done: tokio_util::sync::CancellationToken,
+    Closing { closing, done }: Closing,
 ) {
     let mut by_pkid: HashMap<u16, Instant> = HashMap::new();
     let mut acks = histogram();
@@ -281,10 +294,10 @@ async fn run_events(
             }
             Ok(_) => {}
             Err(e) => {
-                recorder.error(error_kind(&e));
-                if done.is_cancelled() {
+                if closing.is_cancelled() {
                     break;
                 }
+                recorder.error(error_kind(&e));
                 // rumqttc reconnects on the next poll; do not spin against a dead broker.
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
