@@ -12,7 +12,7 @@
 # it that part is skipped with a message.
 #
 # Settings (environment): DURATION (s, default 10), DEVICES (100), PAYLOAD (256), RATE (max),
-# CONNECTIONS (1000), SKIP=mqtt,http,connections (parts to skip), OUT (results dir, default a temp dir),
+# CONNECTIONS (10000), SKIP=mqtt,http,connections (parts to skip), OUT (results dir, default a temp dir),
 # NO_BUILD=1 (use the existing release binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +21,11 @@ DURATION=${DURATION:-10}
 DEVICES=${DEVICES:-100}
 PAYLOAD=${PAYLOAD:-256}
 RATE=${RATE:-max}
-CONNECTIONS=${CONNECTIONS:-1000}
+CONNECTIONS=${CONNECTIONS:-10000}
 SKIP=${SKIP:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 WORK=$(mktemp -d /tmp/ferry-compare.XXXXXX)
+chmod 711 "$WORK" # Mosquitto drops root privileges and must reach its password file
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 
@@ -37,6 +38,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -f "$WORK/nginx/nginx.pid" ]; then kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true; fi
+  rm -rf "$WORK/ferry"
 }
 trap cleanup EXIT
 
@@ -73,11 +75,12 @@ fi
 FERRY=$TARGET_DIR/release/ferry
 PERF=$TARGET_DIR/release/ferry-perf
 
+# Note: Ferry reads every FERRY_* variable as configuration, so the harness's own variables are PERF_*.
 # One random device password for this comparison, set in Ferry's registry by ferry-perf and
 # hashed into Mosquitto's password file. It lives only in this process and the temp dir.
-FERRY_PERF_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
-export FERRY_PERF_PASSWORD
-export FERRY_PERF_LOG=${FERRY_PERF_LOG:-error}
+PERF_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+export PERF_PASSWORD
+export PERF_LOG=${PERF_LOG:-error}
 
 say "starting Ferry"
 FERRY_LOG=warn "$FERRY" --data-dir "$WORK/ferry" \
@@ -119,7 +122,7 @@ say "starting Mosquitto (password file with the same $DEVICES device users)"
 mkdir -p "$WORK/mosquitto"
 : >"$WORK/mosquitto/passwd"
 for i in $(seq 0 $((DEVICES - 1))); do
-  printf 'perf-%05d@perf:%s\n' "$i" "$FERRY_PERF_PASSWORD" >>"$WORK/mosquitto/passwd"
+  printf 'perf-%05d@perf:%s\n' "$i" "$PERF_PASSWORD" >>"$WORK/mosquitto/passwd"
 done
 mosquitto_passwd -U "$WORK/mosquitto/passwd"
 chmod 600 "$WORK/mosquitto/passwd"
@@ -155,33 +158,35 @@ run() { # name args...: one ferry-perf run, JSON into $OUT/name.json, table to s
   "$PERF" "$@" --json "$OUT/$name.json" --plot "$OUT/$name.svg" >&2
 }
 
+FERRY_HAS_MQTT=
+if listening "$FERRY_PID" "$FERRY_MQTT"; then FERRY_HAS_MQTT=1; fi
+
+# Idle connections first: memory deltas are clean before any load has grown the heaps.
+if ! skip connections; then
+  run ferry-http-connections "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport http "${COMMON[@]}" connections --count "$CONNECTIONS"
+  run nginx-http-connections --target "http://127.0.0.1:$NGINX" --pid "$NGINX_WORKER" --transport http "${COMMON[@]}" connections --count "$CONNECTIONS"
+  COMPARISONS+=("conn|HTTP idle connections|ferry-http-connections|nginx-http-connections|nginx")
+  if [ -n "$FERRY_HAS_MQTT" ]; then
+    run ferry-mqtt-connections "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
+  fi
+  run mosquitto-mqtt-connections --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
+  COMPARISONS+=("conn|MQTT idle connections|ferry-mqtt-connections|mosquitto-mqtt-connections|Mosquitto")
+fi
+
 if ! skip http; then
   run ferry-http-telemetry "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport http "${COMMON[@]}" telemetry
   run nginx-http-telemetry --target "http://127.0.0.1:$NGINX" --pid "$NGINX_WORKER" --transport http "${COMMON[@]}" telemetry
-  COMPARISONS+=("HTTP telemetry QoS 0|ferry-http-telemetry|nginx-http-telemetry|nginx")
+  COMPARISONS+=("load|HTTP telemetry QoS 0|ferry-http-telemetry|nginx-http-telemetry|nginx")
 fi
 
-FERRY_HAS_MQTT=
-if listening "$FERRY_PID" "$FERRY_MQTT"; then FERRY_HAS_MQTT=1; fi
 if ! skip mqtt; then
   for qos in 0 1; do
     if [ -n "$FERRY_HAS_MQTT" ]; then
       run "ferry-mqtt-qos$qos" "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
     fi
     run "mosquitto-mqtt-qos$qos" --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
-    COMPARISONS+=("MQTT telemetry QoS $qos|ferry-mqtt-qos$qos|mosquitto-mqtt-qos$qos|Mosquitto")
+    COMPARISONS+=("load|MQTT telemetry QoS $qos|ferry-mqtt-qos$qos|mosquitto-mqtt-qos$qos|Mosquitto")
   done
-fi
-
-if ! skip connections; then
-  run ferry-http-connections "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport http "${COMMON[@]}" connections --count "$CONNECTIONS"
-  run nginx-http-connections --target "http://127.0.0.1:$NGINX" --pid "$NGINX_WORKER" --transport http "${COMMON[@]}" connections --count "$CONNECTIONS"
-  COMPARISONS+=("HTTP idle connections|ferry-http-connections|nginx-http-connections|nginx")
-  if [ -n "$FERRY_HAS_MQTT" ]; then
-    run ferry-mqtt-connections "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
-  fi
-  run mosquitto-mqtt-connections --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
-  COMPARISONS+=("MQTT idle connections|ferry-mqtt-connections|mosquitto-mqtt-connections|Mosquitto")
 fi
 
 if [ -z "$FERRY_HAS_MQTT" ] && ! skip mqtt; then
@@ -207,21 +212,28 @@ def get(r, *path):
         r = r.get(p) if isinstance(r, dict) else None
     return r
 
-rows = [
+e2e = lambda key: (lambda r: get(r, "end_to_end", key) if get(r, "end_to_end", "count") else None)
+rows_load = [
     ("acknowledged msg/s", lambda r: get(r, "acked_per_s"), "{:,.0f}"),
     ("received msg/s", lambda r: get(r, "received_per_s"), "{:,.0f}"),
     ("received / acknowledged", lambda r: (get(r, "received") / get(r, "acked")) if get(r, "received") is not None and get(r, "acked") else None, "{:.3f}"),
-    ("end-to-end p50 ms", lambda r: get(r, "end_to_end", "p50_ms"), "{:.2f}"),
-    ("end-to-end p99 ms", lambda r: get(r, "end_to_end", "p99_ms"), "{:.2f}"),
-    ("end-to-end p99.9 ms", lambda r: get(r, "end_to_end", "p999_ms"), "{:.2f}"),
+    ("end-to-end p50 ms", e2e("p50_ms"), "{:.2f}"),
+    ("end-to-end p99 ms", e2e("p99_ms"), "{:.2f}"),
+    ("end-to-end p99.9 ms", e2e("p999_ms"), "{:.2f}"),
     ("acknowledge p50 ms", lambda r: get(r, "ack", "p50_ms") if get(r, "ack", "count") else None, "{:.2f}"),
     ("acknowledge p99 ms", lambda r: get(r, "ack", "p99_ms") if get(r, "ack", "count") else None, "{:.2f}"),
     ("errors", lambda r: sum(get(r, "errors").values()) if get(r, "errors") is not None else None, "{:,}"),
     ("server CPU (cores)", lambda r: get(r, "gateway", "cpu", "cores"), "{:.2f}"),
     ("server RSS peak MiB", lambda r: get(r, "gateway", "rss_kib_peak") / 1024 if get(r, "gateway", "rss_kib_peak") else None, "{:.1f}"),
-    ("connections open", lambda r: get(r, "connections", "opened"), "{:,}"),
-    ("RSS per connection (bytes)", lambda r: get(r, "connections", "rss_bytes_per_connection"), "{:,.0f}"),
     ("load generator CPU (cores)", lambda r: get(r, "loadgen", "cores"), "{:.2f}"),
+]
+rows_conn = [
+    ("connections open", lambda r: get(r, "connections", "opened"), "{:,}"),
+    ("seconds to open them", lambda r: get(r, "connections", "open_seconds"), "{:.1f}"),
+    ("server RSS before MiB", lambda r: get(r, "connections", "rss_kib_before") / 1024 if get(r, "connections", "rss_kib_before") else None, "{:.1f}"),
+    ("server RSS with all open MiB", lambda r: get(r, "connections", "rss_kib_after") / 1024 if get(r, "connections", "rss_kib_after") else None, "{:.1f}"),
+    ("RSS per connection (bytes)", lambda r: get(r, "connections", "rss_bytes_per_connection"), "{:,.0f}"),
+    ("errors", lambda r: sum(get(r, "errors").values()) if get(r, "errors") is not None else None, "{:,}"),
 ]
 
 def fmt(f, v):
@@ -229,11 +241,16 @@ def fmt(f, v):
 
 machine = None
 for c in comparisons:
-    label, ferry_name, peer_name, peer = c.split("|")
+    kind, label, ferry_name, peer_name, peer = c.split("|")
     ferry, other = load(ferry_name), load(peer_name)
     machine = machine or get(ferry, "machine") or get(other, "machine")
     r = ferry or other
-    print(f"\n### {label}: {get(r, 'devices')} devices, {get(r, 'payload_size')}-byte payloads, rate {get(r, 'rate')}, {get(r, 'duration_s') or 0:.0f} s\n")
+    if kind == "conn":
+        rows = rows_conn
+        print(f"\n### {label}: {get(r, 'connections', 'requested')} connections (each authenticated), held idle\n")
+    else:
+        rows = rows_load
+        print(f"\n### {label}: {get(r, 'devices')} devices, {get(r, 'payload_size')}-byte payloads, rate {get(r, 'rate')}, {get(r, 'duration_s') or 0:.0f} s\n")
     if ferry is None:
         print(f"(Ferry skipped: not available for this comparison)\n")
     print(f"| figure | Ferry | {peer} | Ferry / {peer} |")

@@ -19,13 +19,13 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "http://127.0.0.1:28080")]
     pub management: String,
     /// Management API user (basic auth), if it requires one.
-    #[arg(long, global = true, env = "FERRY_PERF_MANAGEMENT_USER")]
+    #[arg(long, global = true, env = "PERF_MANAGEMENT_USER")]
     pub management_user: Option<String>,
     /// Management API password.
     #[arg(
         long,
         global = true,
-        env = "FERRY_PERF_MANAGEMENT_PASSWORD",
+        env = "PERF_MANAGEMENT_PASSWORD",
         hide_env_values = true
     )]
     pub management_password: Option<String>,
@@ -33,13 +33,13 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "127.0.0.1:15672")]
     pub northbound: String,
     /// Northbound application user (SASL PLAIN); ANONYMOUS when absent.
-    #[arg(long, global = true, env = "FERRY_PERF_NORTHBOUND_USER")]
+    #[arg(long, global = true, env = "PERF_NORTHBOUND_USER")]
     pub northbound_user: Option<String>,
     /// Northbound application password.
     #[arg(
         long,
         global = true,
-        env = "FERRY_PERF_NORTHBOUND_PASSWORD",
+        env = "PERF_NORTHBOUND_PASSWORD",
         hide_env_values = true
     )]
     pub northbound_password: Option<String>,
@@ -78,7 +78,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        env = "FERRY_PERF_PASSWORD",
+        env = "PERF_PASSWORD",
         hide_env_values = true
     )]
     pub password: Option<String>,
@@ -183,7 +183,7 @@ impl Cli {
             (None, Target::Ferry(f)) if f.setup => random_password(),
             (None, Target::HttpServer(_)) => random_password(),
             (None, _) => bail!(
-                "give the devices' password with --password or FERRY_PERF_PASSWORD \
+                "give the devices' password with --password or PERF_PASSWORD \
                  (nothing is set up with --no-setup or against a broker)"
             ),
         };
@@ -210,7 +210,7 @@ impl Cli {
     /// What `ferry-perf setup` provisions.
     pub fn to_provisioning(&self) -> anyhow::Result<Provisioning> {
         let Some(password) = self.password.clone() else {
-            bail!("`setup` needs --password or FERRY_PERF_PASSWORD (later runs must know it)");
+            bail!("`setup` needs --password or PERF_PASSWORD (later runs must know it)");
         };
         if self.target != "ferry" {
             bail!("`setup` provisions a Ferry (--target ferry)");

@@ -9,9 +9,9 @@ fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_PERF_LOG")
+            tracing_subscriber::EnvFilter::try_from_env("PERF_LOG")
                 .or_else(|_| tracing_subscriber::EnvFilter::try_new("warn,fe2o3_amqp=error"))
-                .context("invalid FERRY_PERF_LOG filter")?,
+                .context("invalid PERF_LOG filter")?,
         )
         .with_writer(std::io::stderr)
         .init();
