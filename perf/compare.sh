@@ -30,8 +30,9 @@ OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 
 # Ports (loopback only), away from Hono's defaults except MQTT, where Ferry's adapter has no
-# setting yet and is looked for on 1883.
-MGMT=38180 NORTH=35772 HTTP=38188 HTTPS=38543 NGINX=38190 MOSQ=38930 FERRY_MQTT=1883
+# setting yet and is looked for on 1883. All below the ephemeral range (32768+), which 10,000 client
+# connections would otherwise collide with.
+MGMT=28180 NORTH=25772 HTTP=28188 HTTPS=28543 NGINX=28190 MOSQ=28930 FERRY_MQTT=1883
 
 PIDS=()
 cleanup() {

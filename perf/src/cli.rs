@@ -75,12 +75,7 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "perf")]
     pub tenant: String,
     /// The devices' password. Without it a random one is made (and set during setup).
-    #[arg(
-        long,
-        global = true,
-        env = "PERF_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "PERF_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Do not provision tenant, devices and passwords (they exist already).
     #[arg(long, global = true)]

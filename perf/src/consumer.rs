@@ -190,7 +190,8 @@ impl Northbound {
                     recorder.arrived(&sections[0].0, now);
                 }
                 Body::Data(sections) => {
-                    let bytes: Vec<u8> = sections.iter().flat_map(|d| d.0.iter().copied()).collect();
+                    let bytes: Vec<u8> =
+                        sections.iter().flat_map(|d| d.0.iter().copied()).collect();
                     recorder.arrived(&bytes, now);
                 }
                 _ => {

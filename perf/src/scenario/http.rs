@@ -11,8 +11,8 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use std::pin::Pin;
 use hyper_util::rt::TokioIo;
+use std::pin::Pin;
 use tokio::net::TcpStream;
 
 use super::{ACK_TIMEOUT, BoxFuture, Device, Endpoint, Hold, Load, Transport, warmup_payload};
@@ -96,13 +96,7 @@ impl HttpTransport {
         })
     }
 
-    async fn send(
-        &self,
-        conn: &mut Conn,
-        auth: &HeaderValue,
-        qos: u8,
-        body: Bytes,
-    ) -> Outcome {
+    async fn send(&self, conn: &mut Conn, auth: &HeaderValue, qos: u8, body: Bytes) -> Outcome {
         let mut request = Request::post(self.path)
             .header(HOST, self.host.clone())
             .header(AUTHORIZATION, auth.clone())
