@@ -92,6 +92,10 @@ pub struct Cli {
     /// Draw throughput and latency over time into this SVG file.
     #[arg(long, global = true)]
     pub plot: Option<PathBuf>,
+    /// Runtime threads of the load generator (1: everything on one thread, the cheapest; the
+    /// harness is meant to stay well under one core).
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
     /// No live progress on stderr.
     #[arg(long, global = true)]
     pub quiet: bool,

@@ -16,10 +16,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = if cli.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(cli.threads))
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the async runtime")?;
     if matches!(cli.scenario, cli::ScenarioCommand::Setup) {
         let provisioning = cli.to_provisioning()?;
         runtime.block_on(ferry_perf::setup::provision(&provisioning))?;
