@@ -2,12 +2,12 @@
 # Side-by-side: the same ferry-perf scenarios against Ferry and against its peers on this machine.
 #
 #   HTTP telemetry   Ferry's HTTP adapter (northbound consumer attached)  vs  nginx answering 202
-#   MQTT telemetry   Ferry's MQTT adapter (QoS 0 and 1, northbound)       vs  Mosquitto (subscriber)
+#   MQTT telemetry   Ferry's MQTT adapter (QoS 0 and 1, and 1 over TLS)   vs  Mosquitto (subscriber)
 #   idle connections Ferry vs nginx (HTTP) and Ferry vs Mosquitto (MQTT): resident memory per connection
 #
 # Everything binds to 127.0.0.1 on ports the script picks, runs for a bounded time and is stopped
 # when the script ends. Ferry runs from a release build with a temporary data dir; Mosquitto
-# (password file with the same device users) and nginx (`return 202`) are Debian's, installed with
+# (password file with the same device users, a TLS listener with a throwaway CA) and nginx (`return 202`) are Debian's, installed with
 # apt-get when missing. The MQTT comparison needs Ferry's MQTT adapter (listening on 1883); without
 # it that part is skipped with a message.
 #
@@ -32,7 +32,8 @@ mkdir -p "$OUT"
 # Ports (loopback only), away from Hono's defaults except MQTT, where Ferry's adapter has no
 # setting yet and is looked for on 1883. All below the ephemeral range (32768+), which 10,000 client
 # connections would otherwise collide with.
-MGMT=28180 NORTH=25772 HTTP=28188 HTTPS=28543 NGINX=28190 MOSQ=28930 FERRY_MQTT=1883
+MGMT=28180 NORTH=25772 HTTP=28188 HTTPS=28543 NGINX=28190 MOSQ=28930 MOSQ_TLS=28931
+FERRY_MQTT=1883 FERRY_MQTTS=8883
 
 PIDS=()
 cleanup() {
@@ -62,6 +63,7 @@ command -v mosquitto >/dev/null || need+=(mosquitto)
 command -v mosquitto_passwd >/dev/null || need+=(mosquitto)
 command -v nginx >/dev/null || need+=(nginx)
 command -v python3 >/dev/null || need+=(python3)
+command -v openssl >/dev/null || need+=(openssl)
 if [ "${#need[@]}" -gt 0 ]; then
   say "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -75,6 +77,9 @@ if [ -z "${NO_BUILD:-}" ]; then
 fi
 FERRY=$TARGET_DIR/release/ferry
 PERF=$TARGET_DIR/release/ferry-perf
+for bin in "$FERRY" "$PERF"; do
+  [ -x "$bin" ] || { echo "$bin is missing: build it (unset NO_BUILD) or set CARGO_TARGET_DIR" >&2; exit 1; }
+done
 
 # Note: Ferry reads every FERRY_* variable as configuration, so the harness's own variables are PERF_*.
 # One random device password for this comparison, set in Ferry's registry by ferry-perf and
@@ -129,11 +134,30 @@ mosquitto_passwd -U "$WORK/mosquitto/passwd"
 chmod 600 "$WORK/mosquitto/passwd"
 # Debian's mosquitto drops root privileges to the `mosquitto` user.
 if id mosquitto >/dev/null 2>&1; then chown mosquitto "$WORK/mosquitto/passwd"; fi
+# A throwaway CA and server certificate (localhost, 127.0.0.1) for Mosquitto's TLS listener.
+mkdir -p "$WORK/tls"
+(
+  cd "$WORK/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
+    -days 2 -subj "/CN=ferry-perf compare CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr \
+    -subj "/CN=localhost" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >ext
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
+    -extfile ext 2>/dev/null
+  chmod 644 ca.pem server.pem
+  chmod 600 server.key
+  if id mosquitto >/dev/null 2>&1; then chown mosquitto server.key; fi
+)
+chmod 711 "$WORK/tls"
 cat >"$WORK/mosquitto/mosquitto.conf" <<EOF
 per_listener_settings false
 allow_anonymous false
 password_file $WORK/mosquitto/passwd
 listener $MOSQ 127.0.0.1
+listener $MOSQ_TLS 127.0.0.1
+certfile $WORK/tls/server.pem
+keyfile $WORK/tls/server.key
 max_inflight_messages 100
 max_queued_messages 10000
 persistence false
@@ -144,9 +168,10 @@ mosquitto -c "$WORK/mosquitto/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
 MOSQ_PID=$!
 PIDS+=("$MOSQ_PID")
 wait_port "$MOSQ"
+wait_port "$MOSQ_TLS"
 
 FERRY_ARGS=(--management "http://127.0.0.1:$MGMT" --northbound "127.0.0.1:$NORTH"
-  --http "http://127.0.0.1:$HTTP" --mqtt "mqtt://127.0.0.1:$FERRY_MQTT")
+  --http "http://127.0.0.1:$HTTP")
 say "provisioning $DEVICES devices in Ferry"
 "$PERF" "${FERRY_ARGS[@]}" --devices "$DEVICES" setup
 COMMON=(--devices "$DEVICES" --payload-size "$PAYLOAD" --rate "$RATE" --duration "$DURATION" --quiet)
@@ -168,7 +193,7 @@ if ! skip connections; then
   run nginx-http-connections --target "http://127.0.0.1:$NGINX" --pid "$NGINX_WORKER" --transport http "${COMMON[@]}" connections --count "$CONNECTIONS"
   COMPARISONS+=("conn|HTTP idle connections|ferry-http-connections|nginx-http-connections|nginx")
   if [ -n "$FERRY_HAS_MQTT" ]; then
-    run ferry-mqtt-connections "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
+    run ferry-mqtt-connections "${FERRY_ARGS[@]}" --mqtt "mqtt://127.0.0.1:$FERRY_MQTT" --no-setup --pid "$FERRY_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
   fi
   run mosquitto-mqtt-connections --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
   COMPARISONS+=("conn|MQTT idle connections|ferry-mqtt-connections|mosquitto-mqtt-connections|Mosquitto")
@@ -183,11 +208,19 @@ fi
 if ! skip mqtt; then
   for qos in 0 1; do
     if [ -n "$FERRY_HAS_MQTT" ]; then
-      run "ferry-mqtt-qos$qos" "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
+      run "ferry-mqtt-qos$qos" "${FERRY_ARGS[@]}" --mqtt "mqtt://127.0.0.1:$FERRY_MQTT" --no-setup --pid "$FERRY_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
     fi
     run "mosquitto-mqtt-qos$qos" --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
     COMPARISONS+=("load|MQTT telemetry QoS $qos|ferry-mqtt-qos$qos|mosquitto-mqtt-qos$qos|Mosquitto")
   done
+  # QoS 1 over TLS (passwords; client certificates come with the X.509 work).
+  if [ -n "$FERRY_HAS_MQTT" ] && listening "$FERRY_PID" "$FERRY_MQTTS"; then
+    run ferry-mqtts-qos1 "${FERRY_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS" --ca "$WORK/ferry/tls/server-cert.pem" \
+      --no-setup --pid "$FERRY_PID" --transport mqtt --qos 1 "${COMMON[@]}" telemetry
+  fi
+  run mosquitto-mqtts-qos1 --target "mqtts://localhost:$MOSQ_TLS" --ca "$WORK/tls/ca.pem" --pid "$MOSQ_PID" \
+    --transport mqtt --qos 1 "${COMMON[@]}" telemetry
+  COMPARISONS+=("load|MQTT telemetry QoS 1 over TLS|ferry-mqtts-qos1|mosquitto-mqtts-qos1|Mosquitto")
 fi
 
 if [ -z "$FERRY_HAS_MQTT" ] && ! skip mqtt; then
