@@ -9,6 +9,7 @@
 pub mod http;
 pub mod mqtt;
 mod runner;
+mod sampler;
 
 use std::future::Future;
 use std::pin::Pin;
