@@ -1,0 +1,302 @@
+#!/usr/bin/env bash
+# Side-by-side: the same ferry-perf scenarios against Ferry and against its peers on this machine.
+#
+#   HTTP telemetry   Ferry's HTTP adapter (northbound consumer attached)  vs  nginx answering 202
+#   MQTT telemetry   Ferry's MQTT adapter (QoS 0 and 1, and 1 over TLS)   vs  Mosquitto (subscriber)
+#   idle connections Ferry vs nginx (HTTP) and Ferry vs Mosquitto (MQTT): resident memory per connection
+#
+# Everything binds to 127.0.0.1 on ports the script picks, runs for a bounded time and is stopped
+# when the script ends. Ferry runs from a release build with a temporary data dir; Mosquitto
+# (password file with the same device users, a TLS listener with a throwaway CA) and nginx (`return 202`) are Debian's, installed with
+# apt-get when missing. The MQTT comparison needs Ferry's MQTT adapter (listening on 1883); without
+# it that part is skipped with a message.
+#
+# Settings (environment): DURATION (s, default 10), DEVICES (100), PAYLOAD (256), RATE (max),
+# CONNECTIONS (10000), SKIP=mqtt,http,connections (parts to skip), OUT (results dir, default a temp dir),
+# NO_BUILD=1 (use the existing release binaries).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+DEVICES=${DEVICES:-100}
+PAYLOAD=${PAYLOAD:-256}
+RATE=${RATE:-max}
+CONNECTIONS=${CONNECTIONS:-10000}
+SKIP=${SKIP:-}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+WORK=$(mktemp -d /tmp/ferry-compare.XXXXXX)
+chmod 711 "$WORK" # Mosquitto drops root privileges and must reach its password file
+OUT=${OUT:-$WORK/results}
+mkdir -p "$OUT"
+
+# Ports (loopback only), away from Hono's defaults except MQTT, where Ferry's adapter has no
+# setting yet and is looked for on 1883. All below the ephemeral range (32768+), which 10,000 client
+# connections would otherwise collide with.
+MGMT=28180 NORTH=25772 HTTP=28188 HTTPS=28543 NGINX=28190 MOSQ=28930 MOSQ_TLS=28931
+FERRY_MQTT=1883 FERRY_MQTTS=8883
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -f "$WORK/nginx/nginx.pid" ]; then kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true; fi
+  rm -rf "$WORK/ferry"
+}
+trap cleanup EXIT
+
+skip() { [[ ",$SKIP," == *",$1,"* ]]; }
+say() { printf '\n== %s\n' "$*" >&2; }
+listening() { # pid port: does process pid listen on 127.0.0.1:port?
+  ss -ltnpH "sport = :$2" 2>/dev/null | grep -q "pid=$1,"
+}
+wait_port() { # port
+  for _ in $(seq 1 100); do
+    ss -ltnH "sport = :$1" | grep -q LISTEN && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+need=()
+command -v mosquitto >/dev/null || need+=(mosquitto)
+command -v mosquitto_passwd >/dev/null || need+=(mosquitto)
+command -v nginx >/dev/null || need+=(nginx)
+command -v python3 >/dev/null || need+=(python3)
+command -v openssl >/dev/null || need+=(openssl)
+if [ "${#need[@]}" -gt 0 ]; then
+  say "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ -z "${NO_BUILD:-}" ]; then
+  say "building ferry and ferry-perf (release)"
+  cargo build --release -q -p ferry -p ferry-perf
+fi
+FERRY=$TARGET_DIR/release/ferry
+PERF=$TARGET_DIR/release/ferry-perf
+for bin in "$FERRY" "$PERF"; do
+  [ -x "$bin" ] || { echo "$bin is missing: build it (unset NO_BUILD) or set CARGO_TARGET_DIR" >&2; exit 1; }
+done
+
+# Note: Ferry reads every FERRY_* variable as configuration, so the harness's own variables are PERF_*.
+# One random device password for this comparison, set in Ferry's registry by ferry-perf and
+# hashed into Mosquitto's password file. It lives only in this process and the temp dir.
+PERF_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+export PERF_PASSWORD
+export PERF_LOG=${PERF_LOG:-error}
+
+say "starting Ferry"
+FERRY_LOG=warn "$FERRY" --data-dir "$WORK/ferry" \
+  --set "management.bind=\"127.0.0.1:$MGMT\"" --set "northbound.bind=\"127.0.0.1:$NORTH\"" \
+  --set "http.bind=\"127.0.0.1:$HTTP\"" --set "http.tls_bind=\"127.0.0.1:$HTTPS\"" \
+  >"$WORK/ferry.log" 2>&1 &
+FERRY_PID=$!
+PIDS+=("$FERRY_PID")
+wait_port "$MGMT"
+wait_port "$HTTP"
+
+say "starting nginx (one worker, return 202)"
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    server {
+        listen 127.0.0.1:$NGINX;
+        location / { return 202; }
+    }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
+wait_port "$NGINX"
+NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | head -n 1)
+
+say "starting Mosquitto (password file with the same $DEVICES device users)"
+mkdir -p "$WORK/mosquitto"
+: >"$WORK/mosquitto/passwd"
+for i in $(seq 0 $((DEVICES - 1))); do
+  printf 'perf-%05d@perf:%s\n' "$i" "$PERF_PASSWORD" >>"$WORK/mosquitto/passwd"
+done
+mosquitto_passwd -U "$WORK/mosquitto/passwd"
+chmod 600 "$WORK/mosquitto/passwd"
+# Debian's mosquitto drops root privileges to the `mosquitto` user.
+if id mosquitto >/dev/null 2>&1; then chown mosquitto "$WORK/mosquitto/passwd"; fi
+# A throwaway CA and server certificate (localhost, 127.0.0.1) for Mosquitto's TLS listener.
+mkdir -p "$WORK/tls"
+(
+  cd "$WORK/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
+    -days 2 -subj "/CN=ferry-perf compare CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr \
+    -subj "/CN=localhost" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >ext
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
+    -extfile ext 2>/dev/null
+  chmod 644 ca.pem server.pem
+  chmod 600 server.key
+  if id mosquitto >/dev/null 2>&1; then chown mosquitto server.key; fi
+)
+chmod 711 "$WORK/tls"
+cat >"$WORK/mosquitto/mosquitto.conf" <<EOF
+per_listener_settings false
+allow_anonymous false
+password_file $WORK/mosquitto/passwd
+listener $MOSQ 127.0.0.1
+listener $MOSQ_TLS 127.0.0.1
+certfile $WORK/tls/server.pem
+keyfile $WORK/tls/server.key
+max_inflight_messages 100
+max_queued_messages 10000
+persistence false
+log_dest stderr
+log_type error
+EOF
+mosquitto -c "$WORK/mosquitto/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+MOSQ_PID=$!
+PIDS+=("$MOSQ_PID")
+wait_port "$MOSQ"
+wait_port "$MOSQ_TLS"
+
+FERRY_ARGS=(--management "http://127.0.0.1:$MGMT" --northbound "127.0.0.1:$NORTH"
+  --http "http://127.0.0.1:$HTTP")
+say "provisioning $DEVICES devices in Ferry"
+"$PERF" "${FERRY_ARGS[@]}" --devices "$DEVICES" setup
+COMMON=(--devices "$DEVICES" --payload-size "$PAYLOAD" --rate "$RATE" --duration "$DURATION" --quiet)
+COMPARISONS=()
+
+run() { # name args...: one ferry-perf run, JSON into $OUT/name.json, table to stderr
+  local name=$1
+  shift
+  say "$name"
+  "$PERF" "$@" --json "$OUT/$name.json" --plot "$OUT/$name.svg" >&2
+}
+
+FERRY_HAS_MQTT=
+if listening "$FERRY_PID" "$FERRY_MQTT"; then FERRY_HAS_MQTT=1; fi
+
+# Idle connections first: memory deltas are clean before any load has grown the heaps.
+if ! skip connections; then
+  run ferry-http-connections "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport http "${COMMON[@]}" connections --count "$CONNECTIONS"
+  run nginx-http-connections --target "http://127.0.0.1:$NGINX" --pid "$NGINX_WORKER" --transport http "${COMMON[@]}" connections --count "$CONNECTIONS"
+  COMPARISONS+=("conn|HTTP idle connections|ferry-http-connections|nginx-http-connections|nginx")
+  if [ -n "$FERRY_HAS_MQTT" ]; then
+    run ferry-mqtt-connections "${FERRY_ARGS[@]}" --mqtt "mqtt://127.0.0.1:$FERRY_MQTT" --no-setup --pid "$FERRY_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
+  fi
+  run mosquitto-mqtt-connections --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
+  COMPARISONS+=("conn|MQTT idle connections|ferry-mqtt-connections|mosquitto-mqtt-connections|Mosquitto")
+fi
+
+if ! skip http; then
+  run ferry-http-telemetry "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport http "${COMMON[@]}" telemetry
+  run nginx-http-telemetry --target "http://127.0.0.1:$NGINX" --pid "$NGINX_WORKER" --transport http "${COMMON[@]}" telemetry
+  COMPARISONS+=("load|HTTP telemetry QoS 0|ferry-http-telemetry|nginx-http-telemetry|nginx")
+fi
+
+if ! skip mqtt; then
+  for qos in 0 1; do
+    if [ -n "$FERRY_HAS_MQTT" ]; then
+      run "ferry-mqtt-qos$qos" "${FERRY_ARGS[@]}" --mqtt "mqtt://127.0.0.1:$FERRY_MQTT" --no-setup --pid "$FERRY_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
+    fi
+    run "mosquitto-mqtt-qos$qos" --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
+    COMPARISONS+=("load|MQTT telemetry QoS $qos|ferry-mqtt-qos$qos|mosquitto-mqtt-qos$qos|Mosquitto")
+  done
+  # QoS 1 over TLS (passwords; client certificates come with the X.509 work).
+  if [ -n "$FERRY_HAS_MQTT" ] && listening "$FERRY_PID" "$FERRY_MQTTS"; then
+    run ferry-mqtts-qos1 "${FERRY_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS" --ca "$WORK/ferry/tls/server-cert.pem" \
+      --no-setup --pid "$FERRY_PID" --transport mqtt --qos 1 "${COMMON[@]}" telemetry
+  fi
+  run mosquitto-mqtts-qos1 --target "mqtts://localhost:$MOSQ_TLS" --ca "$WORK/tls/ca.pem" --pid "$MOSQ_PID" \
+    --transport mqtt --qos 1 "${COMMON[@]}" telemetry
+  COMPARISONS+=("load|MQTT telemetry QoS 1 over TLS|ferry-mqtts-qos1|mosquitto-mqtts-qos1|Mosquitto")
+fi
+
+if [ -z "$FERRY_HAS_MQTT" ] && ! skip mqtt; then
+  echo >&2
+  echo "NOTE: Ferry does not listen on 127.0.0.1:$FERRY_MQTT (its MQTT adapter is not built in yet);" >&2
+  echo "      the MQTT rows show Mosquitto alone." >&2
+fi
+
+say "summary"
+python3 - "$OUT" "${COMPARISONS[@]}" <<'EOF' | tee "$OUT/compare.md"
+import json, os, sys
+
+out, comparisons = sys.argv[1], sys.argv[2:]
+
+def load(name):
+    path = os.path.join(out, name + ".json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+def get(r, *path):
+    for p in path:
+        if r is None:
+            return None
+        r = r.get(p) if isinstance(r, dict) else None
+    return r
+
+e2e = lambda key: (lambda r: get(r, "end_to_end", key) if get(r, "end_to_end", "count") else None)
+rows_load = [
+    ("acknowledged msg/s", lambda r: get(r, "acked_per_s"), "{:,.0f}"),
+    ("received msg/s", lambda r: get(r, "received_per_s"), "{:,.0f}"),
+    ("received / acknowledged", lambda r: (get(r, "received") / get(r, "acked")) if get(r, "received") is not None and get(r, "acked") else None, "{:.3f}"),
+    ("end-to-end p50 ms", e2e("p50_ms"), "{:.2f}"),
+    ("end-to-end p99 ms", e2e("p99_ms"), "{:.2f}"),
+    ("end-to-end p99.9 ms", e2e("p999_ms"), "{:.2f}"),
+    ("acknowledge p50 ms", lambda r: get(r, "ack", "p50_ms") if get(r, "ack", "count") else None, "{:.2f}"),
+    ("acknowledge p99 ms", lambda r: get(r, "ack", "p99_ms") if get(r, "ack", "count") else None, "{:.2f}"),
+    ("errors", lambda r: sum(get(r, "errors").values()) if get(r, "errors") is not None else None, "{:,}"),
+    ("server CPU (cores)", lambda r: get(r, "gateway", "cpu", "cores"), "{:.2f}"),
+    ("server RSS peak MiB", lambda r: get(r, "gateway", "rss_kib_peak") / 1024 if get(r, "gateway", "rss_kib_peak") else None, "{:.1f}"),
+    ("load generator CPU (cores)", lambda r: get(r, "loadgen", "cores"), "{:.2f}"),
+]
+rows_conn = [
+    ("connections open", lambda r: get(r, "connections", "opened"), "{:,}"),
+    ("seconds to open them", lambda r: get(r, "connections", "open_seconds"), "{:.1f}"),
+    ("server RSS before MiB", lambda r: get(r, "connections", "rss_kib_before") / 1024 if get(r, "connections", "rss_kib_before") else None, "{:.1f}"),
+    ("server RSS with all open MiB", lambda r: get(r, "connections", "rss_kib_after") / 1024 if get(r, "connections", "rss_kib_after") else None, "{:.1f}"),
+    ("RSS per connection (bytes)", lambda r: get(r, "connections", "rss_bytes_per_connection"), "{:,.0f}"),
+    ("errors", lambda r: sum(get(r, "errors").values()) if get(r, "errors") is not None else None, "{:,}"),
+]
+
+def fmt(f, v):
+    return "–" if v is None else f.format(v)
+
+machine = None
+for c in comparisons:
+    kind, label, ferry_name, peer_name, peer = c.split("|")
+    ferry, other = load(ferry_name), load(peer_name)
+    machine = machine or get(ferry, "machine") or get(other, "machine")
+    r = ferry or other
+    if kind == "conn":
+        rows = rows_conn
+        print(f"\n### {label}: {get(r, 'connections', 'requested')} connections (each authenticated), held idle\n")
+    else:
+        rows = rows_load
+        print(f"\n### {label}: {get(r, 'devices')} devices, {get(r, 'payload_size')}-byte payloads, rate {get(r, 'rate')}, {get(r, 'duration_s') or 0:.0f} s\n")
+    if ferry is None:
+        print(f"(Ferry skipped: not available for this comparison)\n")
+    print(f"| figure | Ferry | {peer} | Ferry / {peer} |")
+    print("|---|---:|---:|---:|")
+    for name, f, spec in rows:
+        a, b = f(ferry), f(other)
+        if a is None and b is None:
+            continue
+        ratio = f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "–"
+        print(f"| {name} | {fmt(spec, a)} | {fmt(spec, b)} | {ratio} |")
+if machine:
+    print(f"\nMachine: {machine['nproc']} CPUs ({machine['cpu_model']}), load average {machine.get('load_average', 0):.2f} at the end; load generator on the same machine.")
+EOF
+echo >&2
+echo "results: $OUT" >&2

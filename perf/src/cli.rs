@@ -1,0 +1,237 @@
+//! The command line: global options for where Ferry (or a peer) listens and how to load it, one
+//! subcommand per scenario.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use ferry_perf::config::{Address, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind};
+use ferry_perf::rate::Rate;
+use ferry_perf::setup::Provisioning;
+
+/// Load generator and benchmark harness for Ferry and its peers (Mosquitto, nginx).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// Management API of the Ferry under test.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:28080")]
+    pub management: String,
+    /// Management API user (basic auth), if it requires one.
+    #[arg(long, global = true, env = "PERF_MANAGEMENT_USER")]
+    pub management_user: Option<String>,
+    /// Management API password.
+    #[arg(
+        long,
+        global = true,
+        env = "PERF_MANAGEMENT_PASSWORD",
+        hide_env_values = true
+    )]
+    pub management_password: Option<String>,
+    /// Northbound AMQP 1.0 endpoint of the Ferry under test (`host:port`).
+    #[arg(long, global = true, default_value = "127.0.0.1:15672")]
+    pub northbound: String,
+    /// Northbound application user (SASL PLAIN); ANONYMOUS when absent.
+    #[arg(long, global = true, env = "PERF_NORTHBOUND_USER")]
+    pub northbound_user: Option<String>,
+    /// Northbound application password.
+    #[arg(
+        long,
+        global = true,
+        env = "PERF_NORTHBOUND_PASSWORD",
+        hide_env_values = true
+    )]
+    pub northbound_password: Option<String>,
+    /// HTTP adapter of the Ferry under test.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    pub http: String,
+    /// MQTT adapter of the Ferry under test (`mqtt://host:port` or `mqtts://host:port`).
+    #[arg(long, global = true, default_value = "mqtt://127.0.0.1:1883")]
+    pub mqtt: String,
+    /// What to load: `ferry` (the addresses above), or a peer: `mqtt://host:port` (any broker; a
+    /// subscriber is the consumer) or `http://host:port` (any HTTP server; no consumer).
+    #[arg(long, global = true, default_value = "ferry")]
+    pub target: String,
+    /// Device protocol.
+    #[arg(long, global = true, value_enum, default_value_t = TransportArg::Http)]
+    pub transport: TransportArg,
+    /// Seconds to send (or to hold connections).
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Number of simulated devices (one connection each).
+    #[arg(long, global = true, default_value_t = 100)]
+    pub devices: usize,
+    /// Total messages per second over all devices, or `max`.
+    #[arg(long, global = true, default_value = "max")]
+    pub rate: Rate,
+    /// Payload bytes (at least 24: timestamp, sequence number, run id).
+    #[arg(long, global = true, default_value_t = 256)]
+    pub payload_size: usize,
+    /// Telemetry QoS, 0 or 1 (events are always 1).
+    #[arg(long, global = true, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Tenant of the simulated devices.
+    #[arg(long, global = true, default_value = "perf")]
+    pub tenant: String,
+    /// The devices' password. Without it a random one is made (and set during setup).
+    #[arg(long, global = true, env = "PERF_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Do not provision tenant, devices and passwords (they exist already).
+    #[arg(long, global = true)]
+    pub no_setup: bool,
+    /// PEM CA certificate that signed the server certificate (for `mqtts://`).
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+    /// Process id of the gateway: report its CPU and resident memory from /proc.
+    #[arg(long, global = true)]
+    pub pid: Option<u32>,
+    /// Write the result as JSON to this file.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Draw throughput and latency over time into this SVG file.
+    #[arg(long, global = true)]
+    pub plot: Option<PathBuf>,
+    /// Runtime threads of the load generator (1: everything on one thread, the cheapest; the
+    /// harness is meant to stay well under one core).
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
+    /// No live progress on stderr.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// The scenario.
+    #[command(subcommand)]
+    pub scenario: ScenarioCommand,
+}
+
+/// Device protocols.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TransportArg {
+    /// HTTP/1.1 keep-alive with basic auth.
+    Http,
+    /// MQTT 3.1.1 with username and password.
+    Mqtt,
+}
+
+/// Scenarios.
+#[derive(Subcommand, Debug)]
+pub enum ScenarioCommand {
+    /// Telemetry at `--rate` (or as fast as acknowledgements allow) with `--qos`.
+    Telemetry,
+    /// Events (at least once, durable).
+    Events,
+    /// Open N connections, authenticate them, hold them; with `--pid`, the gateway's memory per
+    /// connection.
+    Connections {
+        /// Connections to open (devices are reused round-robin).
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Only provision the tenant, the devices and their password (`--password` required), so
+    /// that later runs can use `--no-setup`.
+    Setup,
+    /// TLS handshakes per second with client certificates (not yet: needs the X.509 work).
+    Handshakes,
+    /// N never-seen certificates connecting at once (not yet: needs the X.509 work).
+    ProvisionStorm,
+}
+
+impl Cli {
+    /// The run this command line asks for.
+    pub fn to_run_config(&self) -> anyhow::Result<RunConfig> {
+        let (scenario, connections) = match &self.scenario {
+            ScenarioCommand::Telemetry => (ScenarioKind::Telemetry, 0),
+            ScenarioCommand::Events => (ScenarioKind::Events, 0),
+            ScenarioCommand::Connections { count } => (ScenarioKind::Connections, *count),
+            ScenarioCommand::Setup => bail!("`setup` is not a scenario"),
+            ScenarioCommand::Handshakes | ScenarioCommand::ProvisionStorm => bail!(
+                "this scenario needs client certificates (X.509 device authentication), which \
+                 Ferry does not have yet; it will be added once the X.509 work has landed"
+            ),
+        };
+        let transport = match self.transport {
+            TransportArg::Http => TransportKind::Http,
+            TransportArg::Mqtt => TransportKind::Mqtt,
+        };
+        let pair = |u: &Option<String>, p: &Option<String>| {
+            u.clone().map(|u| (u, p.clone().unwrap_or_default()))
+        };
+        let target = if self.target == "ferry" {
+            Target::Ferry(FerryTarget {
+                management: self.management.clone(),
+                management_credentials: pair(&self.management_user, &self.management_password),
+                northbound: self.northbound.clone(),
+                northbound_credentials: pair(&self.northbound_user, &self.northbound_password),
+                http: Address::http(&self.http)
+                    .map_err(anyhow::Error::msg)
+                    .context("--http")?,
+                mqtt: Address::mqtt(&self.mqtt)
+                    .map_err(anyhow::Error::msg)
+                    .context("--mqtt")?,
+                setup: !self.no_setup,
+            })
+        } else if self.target.starts_with("mqtt") {
+            Target::MqttBroker(Address::mqtt(&self.target).map_err(anyhow::Error::msg)?)
+        } else if self.target.starts_with("http") {
+            Target::HttpServer(Address::http(&self.target).map_err(anyhow::Error::msg)?)
+        } else {
+            bail!("--target: `ferry`, `mqtt://host:port` or `http://host:port`");
+        };
+        let password = match (&self.password, &target) {
+            (Some(p), _) => p.clone(),
+            (None, Target::Ferry(f)) if f.setup => random_password(),
+            (None, Target::HttpServer(_)) => random_password(),
+            (None, _) => bail!(
+                "give the devices' password with --password or PERF_PASSWORD \
+                 (nothing is set up with --no-setup or against a broker)"
+            ),
+        };
+        if !(self.duration > 0.0 && self.duration <= 3600.0) {
+            bail!("--duration must be between 0 and 3600 seconds");
+        }
+        let mut config = RunConfig::new(scenario, transport, target);
+        config.tenant = self.tenant.clone();
+        config.password = password;
+        config.devices = self.devices;
+        config.connections = connections;
+        config.duration = Duration::from_secs_f64(self.duration);
+        config.rate = self.rate;
+        config.payload_size = self.payload_size;
+        config.qos = self.qos;
+        config.ca_file = self.ca.clone();
+        config.pid = self.pid;
+        config.progress = !self.quiet;
+        Ok(config)
+    }
+}
+
+impl Cli {
+    /// What `ferry-perf setup` provisions.
+    pub fn to_provisioning(&self) -> anyhow::Result<Provisioning> {
+        let Some(password) = self.password.clone() else {
+            bail!("`setup` needs --password or PERF_PASSWORD (later runs must know it)");
+        };
+        if self.target != "ferry" {
+            bail!("`setup` provisions a Ferry (--target ferry)");
+        }
+        Ok(Provisioning {
+            management: self.management.clone(),
+            credentials: self
+                .management_user
+                .clone()
+                .map(|u| (u, self.management_password.clone().unwrap_or_default())),
+            tenant: self.tenant.clone(),
+            devices: self.devices,
+            password,
+        })
+    }
+}
+
+fn random_password() -> String {
+    use rand::Rng as _;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}

@@ -1,0 +1,324 @@
+//! MQTT devices: MQTT 3.1.1 with username and password (rumqttc), QoS 0 or 1, one connection per
+//! device, optionally over TLS (`mqtts://`, ring provider, the CA from `--ca`).
+//!
+//! The publisher task paces and hands publishes to rumqttc; the event-loop task matches
+//! `Outgoing::Publish(pkid)` to the send times (same order) and `PubAck(pkid)` to the packet, so
+//! acknowledgement latency is exact at QoS 1. At QoS 0 a message counts as acknowledged once it was
+//! written to the socket. The topic is Hono's `telemetry` / `event`; against a plain broker the
+//! consumer subscribes to the same topic.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration,
+};
+
+use super::{BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
+use crate::PerfError;
+use crate::config::{Address, RunConfig, Target};
+use crate::stats::{Recorder, histogram};
+
+/// Publishes a device may have unacknowledged (rumqttc's window).
+const INFLIGHT: u16 = 100;
+/// Requests queued between the publisher and the event loop.
+const CHANNEL: usize = 64;
+/// Keep-alive interval of device connections.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// The MQTT device protocol (Hono's MQTT adapter, or any broker).
+#[derive(Debug)]
+pub struct MqttTransport {
+    address: Address,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    topic: &'static str,
+    max_packet: usize,
+}
+
+/// Builds a rustls client configuration (ring) trusting the CA certificates in `ca_file`, or
+/// nothing when no file is given.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, PerfError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    let Some(path) = ca_file else {
+        return Err(PerfError::Config(
+            "mqtts:// needs --ca FILE (the PEM CA that signed the broker's certificate)".to_owned(),
+        ));
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| PerfError::Config(format!("{}: {e}", path.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| PerfError::Config(format!("{}: {e}", path.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| PerfError::Config(format!("{}: {e}", path.display())))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| PerfError::Config(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Connection options for one client.
+pub fn options(
+    address: &Address,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    client_id: &str,
+    username: &str,
+    password: &str,
+    max_packet: usize,
+) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, address.host.clone(), address.port);
+    o.set_credentials(username, password)
+        .set_keep_alive(KEEP_ALIVE)
+        .set_clean_session(true)
+        .set_inflight(INFLIGHT)
+        .set_max_packet_size(max_packet, max_packet);
+    if let Some(tls) = tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    o
+}
+
+/// The error kind of a failed connection, for the report.
+pub fn error_kind(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => format!("mqtt connack {code:?}"),
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => "timeout".to_owned(),
+        ConnectionError::Io(_) => "mqtt io".to_owned(),
+        ConnectionError::Tls(_) => "mqtt tls".to_owned(),
+        _ => "mqtt disconnect".to_owned(),
+    }
+}
+
+/// Polls until the broker's CONNACK (or an error) within `timeout`.
+pub async fn wait_connack(events: &mut EventLoop, timeout: Duration) -> Result<(), String> {
+    let connect = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(error_kind(&e)),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| "timeout".to_owned())?
+}
+
+/// Send times of publishes handed to rumqttc, matched to packet ids by the event loop.
+#[derive(Default)]
+struct InFlight {
+    queued: Mutex<VecDeque<Instant>>,
+    outstanding: AtomicI64,
+}
+
+impl MqttTransport {
+    /// The transport for `config`'s target; `endpoint` picks the topic.
+    pub fn new(config: &RunConfig, endpoint: Endpoint) -> Result<Self, PerfError> {
+        let address = match &config.target {
+            Target::Ferry(f) => f.mqtt.clone(),
+            Target::MqttBroker(a) => a.clone(),
+            Target::HttpServer(_) => {
+                return Err(PerfError::Config(
+                    "an HTTP server target needs --transport http".to_owned(),
+                ));
+            }
+        };
+        let tls = if address.tls {
+            Some(tls_config(config.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        Ok(Self {
+            address,
+            tls,
+            topic: endpoint.as_str(),
+            max_packet: config.payload_size + 1024,
+        })
+    }
+
+    fn client(&self, device: &Device) -> (AsyncClient, EventLoop) {
+        let o = options(
+            &self.address,
+            self.tls.as_ref(),
+            &device.client_id,
+            &device.username,
+            &device.password,
+            self.max_packet,
+        );
+        AsyncClient::new(o, CHANNEL)
+    }
+
+    async fn drive_device(self: Arc<Self>, device: Device, mut load: Load) {
+        let recorder = load.recorder.clone();
+        let (client, mut events) = self.client(&device);
+        let connected = wait_connack(&mut events, Duration::from_secs(30)).await;
+        if let Err(kind) = &connected {
+            recorder.error(kind.clone());
+        }
+        let _ = load.ready.send(connected.is_ok()).await;
+        let qos = if load.effective_qos() == 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        let inflight = Arc::new(InFlight::default());
+        let done = tokio_util::sync::CancellationToken::new();
+        let closing = tokio_util::sync::CancellationToken::new();
+        let event_loop = tokio::spawn(run_events(
+            events,
+            qos,
+            inflight.clone(),
+            recorder.clone(),
+            Closing {
+                closing: closing.clone(),
+                done: done.clone(),
+            },
+        ));
+        if let Some(start) = load.wait_start().await {
+            let mut schedule = load.schedule(start);
+            while load.pace(&mut schedule).await {
+                let payload = load.next_payload();
+                if let Ok(mut q) = inflight.queued.lock() {
+                    q.push_back(Instant::now());
+                }
+                inflight.outstanding.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    sent = client.publish_bytes(self.topic, qos, false, payload) => {
+                        if sent.is_err() {
+                            recorder.error("mqtt client closed");
+                            break;
+                        }
+                        recorder.sent();
+                    }
+                    () = load.stop.cancelled() => {
+                        if let Ok(mut q) = inflight.queued.lock() {
+                            q.pop_back();
+                        }
+                        inflight.outstanding.fetch_sub(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+            // Give outstanding publishes their acknowledgements.
+            let deadline = Instant::now() + DRAIN;
+            while inflight.outstanding.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        closing.cancel();
+        let _ = client.try_disconnect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        done.cancel();
+        let _ = event_loop.await;
+    }
+
+    async fn hold_connection(self: Arc<Self>, device: Device, hold: Hold) {
+        let (client, mut events) = self.client(&device);
+        let connected = wait_connack(&mut events, Duration::from_secs(60)).await;
+        if let Err(kind) = &connected {
+            hold.recorder.error(kind.clone());
+        }
+        let _ = hold.opened.send(connected.is_ok()).await;
+        if connected.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                polled = events.poll() => {
+                    if let Err(e) = polled {
+                        hold.recorder.error(error_kind(&e));
+                        return;
+                    }
+                }
+                () = hold.stop.cancelled() => break,
+            }
+        }
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+    }
+}
+
+/// How an event loop learns that its client is going away.
+struct Closing {
+    /// The client is disconnecting: errors are expected now.
+    closing: tokio_util::sync::CancellationToken,
+    /// Stop polling.
+    done: tokio_util::sync::CancellationToken,
+}
+
+/// Drives one client's event loop: matches publishes to acknowledgements and records them.
+async fn run_events(
+    mut events: EventLoop,
+    qos: QoS,
+    inflight: Arc<InFlight>,
+    recorder: Arc<Recorder>,
+    Closing { closing, done }: Closing,
+) {
+    let mut by_pkid: HashMap<u16, Instant> = HashMap::new();
+    let mut acks = histogram();
+    loop {
+        let event = tokio::select! {
+            e = events.poll() => e,
+            () = done.cancelled() => break,
+        };
+        match event {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                let t0 = inflight.queued.lock().ok().and_then(|mut q| q.pop_front());
+                if qos == QoS::AtMostOnce {
+                    recorder.acked();
+                    inflight.outstanding.fetch_sub(1, Ordering::Relaxed);
+                } else if let Some(t0) = t0 {
+                    by_pkid.insert(pkid, t0);
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(t0) = by_pkid.remove(&ack.pkid) {
+                    recorder.acked();
+                    acks.saturating_record(t0.elapsed().as_micros().max(1) as u64);
+                    inflight.outstanding.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if closing.is_cancelled() {
+                    break;
+                }
+                recorder.error(error_kind(&e));
+                // rumqttc reconnects on the next poll; do not spin against a dead broker.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = done.cancelled() => break,
+                }
+            }
+        }
+    }
+    recorder.merge_ack_latency(&acks);
+}
+
+impl Transport for MqttTransport {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn drive(self: Arc<Self>, device: Device, load: Load) -> BoxFuture {
+        Box::pin(self.drive_device(device, load))
+    }
+
+    fn hold(self: Arc<Self>, device: Device, hold: Hold) -> BoxFuture {
+        Box::pin(self.hold_connection(device, hold))
+    }
+}

@@ -1,0 +1,198 @@
+//! Smoke runs of each scenario against a Ferry started in-process on ephemeral loopback ports:
+//! messages must be sent, acknowledged and received, and the numbers must be consistent. No
+//! timing thresholds: this machine may be busy.
+
+use std::time::Duration;
+
+use ferry::{Config, Gateway};
+use ferry_perf::config::{Address, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind};
+use ferry_perf::rate::Rate;
+use ferry_perf::report::RunResult;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+async fn start_ferry(
+    dir: &std::path::Path,
+) -> Result<Gateway, Box<dyn std::error::Error + Send + Sync>> {
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let mut config = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    config.management.bind = any;
+    config.northbound.bind = any;
+    config.http.bind = any;
+    config.http.tls_bind = any;
+    config.registry.bcrypt_cost = 4;
+    Gateway::start(config)
+        .await
+        .map_err(|e| format!("{e:#}").into())
+}
+
+fn run_config(
+    gateway: &Gateway,
+    scenario: ScenarioKind,
+    tenant: &str,
+) -> Result<RunConfig, String> {
+    let a = gateway.addresses();
+    let http = a.http.ok_or("no plain HTTP listener")?;
+    let target = Target::Ferry(FerryTarget {
+        management: format!("http://{}", a.management),
+        management_credentials: None,
+        northbound: a.northbound.to_string(),
+        northbound_credentials: None,
+        http: Address::http(&format!("http://{http}"))?,
+        mqtt: Address::mqtt("mqtt://127.0.0.1:1")?,
+        setup: true,
+    });
+    let mut config = RunConfig::new(scenario, TransportKind::Http, target);
+    config.tenant = tenant.to_owned();
+    config.password = "smoke-test-password".to_owned();
+    config.devices = 3;
+    config.duration = Duration::from_secs(1);
+    config.payload_size = 64;
+    config.warmup_timeout = Duration::from_secs(30);
+    Ok(config)
+}
+
+fn assert_sane(r: &RunResult) {
+    let received = r.received.unwrap_or(0);
+    assert!(r.sent > 0, "nothing sent: {r:?}");
+    assert!(r.acked > 0, "nothing acknowledged: {r:?}");
+    assert!(received > 0, "nothing received: {r:?}");
+    assert!(r.acked <= r.sent, "{r:?}");
+    assert!(received <= r.sent, "{r:?}");
+    assert_eq!(r.duplicates, 0, "{r:?}");
+    let e2e = r.end_to_end.clone().unwrap_or_default();
+    assert_eq!(e2e.count, received);
+    assert!(
+        e2e.p50_ms > 0.0 && e2e.p50_ms <= e2e.p99_ms && e2e.p99_ms <= e2e.max_ms,
+        "{e2e:?}"
+    );
+    // MQTT QoS 0 has no acknowledgement to time.
+    if r.transport == "http" || r.qos == 1 {
+        assert!(r.ack.count > 0 && r.ack.p50_ms > 0.0, "{:?}", r.ack);
+    }
+    assert!(r.sent_per_s > 0.0 && r.duration_s > 0.0);
+    assert!(r.loadgen.as_ref().is_some_and(|c| c.cpu_seconds >= 0.0));
+    assert!(!r.timeline.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_telemetry_and_events_arrive_northbound() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+
+    let mut config = run_config(&gateway, ScenarioKind::Telemetry, "smoke")?;
+    config.pid = Some(std::process::id());
+    let telemetry = ferry_perf::run(&config).await?;
+    assert_sane(&telemetry);
+    assert!(
+        telemetry
+            .gateway
+            .as_ref()
+            .and_then(|g| g.rss_kib_peak)
+            .is_some()
+    );
+
+    // Setup is idempotent: the same tenant and devices again, now at a fixed rate, QoS 1.
+    config.rate = Rate::PerSecond(300.0);
+    config.qos = 1;
+    let qos1 = ferry_perf::run(&config).await?;
+    assert_sane(&qos1);
+    assert!(qos1.sent <= 400, "the rate was not kept: {}", qos1.sent);
+
+    let events = ferry_perf::run(&run_config(&gateway, ScenarioKind::Events, "smoke")?).await?;
+    assert_sane(&events);
+    assert_eq!(events.qos, 1);
+
+    gateway.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_opened_and_held() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    let mut config = run_config(&gateway, ScenarioKind::Connections, "smoke-conn")?;
+    config.connections = 10;
+    config.pid = Some(std::process::id());
+    let r = ferry_perf::run(&config).await?;
+    let c = r.connections.ok_or("no connections figures")?;
+    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    assert!(c.rss_kib_after.is_some());
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// A Mosquitto on a free loopback port (local-only mode: anonymous, any credentials), if the
+/// `mosquitto` binary is installed; the MQTT transport has no Ferry adapter to run against yet.
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("mosquitto")
+            .args(["-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Self { child, port })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_telemetry_and_connections_against_mosquitto_if_installed() -> TestResult {
+    let Some(broker) = Mosquitto::start() else {
+        eprintln!("mosquitto is not installed: the MQTT smoke run is skipped");
+        return Ok(());
+    };
+    let address = Address::mqtt(&format!("mqtt://127.0.0.1:{}", broker.port))?;
+    // Wait until it listens.
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", broker.port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for qos in [0, 1] {
+        let target = Target::MqttBroker(address.clone());
+        let mut config = RunConfig::new(ScenarioKind::Telemetry, TransportKind::Mqtt, target);
+        config.password = "any".to_owned();
+        config.devices = 3;
+        config.duration = Duration::from_secs(1);
+        config.rate = Rate::PerSecond(300.0);
+        config.payload_size = 64;
+        config.qos = qos;
+        let r = ferry_perf::run(&config).await?;
+        assert_sane(&r);
+        assert_eq!(r.qos, qos);
+    }
+    let target = Target::MqttBroker(address);
+    let mut config = RunConfig::new(ScenarioKind::Connections, TransportKind::Mqtt, target);
+    config.password = "any".to_owned();
+    config.connections = 10;
+    config.duration = Duration::from_secs(1);
+    let r = ferry_perf::run(&config).await?;
+    let c = r.connections.ok_or("no connections figures")?;
+    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    Ok(())
+}
