@@ -1,0 +1,409 @@
+//! One accepted connection, through its phases: TLS (on the TLS port, under a timeout), SASL with
+//! asynchronous authentication ([`crate::sasl`]), the AMQP open through fe2o3's acceptor, then
+//! sessions and links until the device leaves, a terminal error or shutdown.
+//!
+//! Sessions run in their own tasks and accept link attaches: a device's sender link with a null
+//! target (anonymous relay) becomes an upload link ([`crate::link`]); anything else is refused
+//! with a detach carrying the reason. On shutdown, links stop taking deliveries, settle the ones
+//! in flight, and the connection closes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
+    ListenerSessionHandle, SessionAcceptor, SupportedReceiverSettleModes,
+};
+use fe2o3_amqp::link::DetachError;
+use fe2o3_amqp::types::definitions::{
+    AmqpError as Condition, Error as ErrorBody, ReceiverSettleMode, Role, SenderSettleMode,
+};
+use fe2o3_amqp::types::messaging::TargetArchetype;
+use fe2o3_amqp::types::performatives::Attach;
+use ferry_adapter_core::{AdapterContext, AuthenticatedDevice};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::error::sasl_code_for;
+use crate::link::UploadLink;
+use crate::sasl::{self, Credentials, Mechanisms};
+
+/// Capability offered in `open`: devices send on one link with a null target.
+pub(crate) const ANONYMOUS_RELAY: &str = "ANONYMOUS-RELAY";
+/// Container id of the adapter in `open`.
+const CONTAINER_ID: &str = "ferry-amqp-adapter";
+/// Most sessions one device connection may begin.
+const MAX_SESSIONS: u16 = 8;
+/// Most links one session may attach.
+const MAX_LINKS: u32 = 16;
+/// Bytes a message may carry on top of its payload (properties, annotations, encoding).
+const MESSAGE_OVERHEAD: usize = 16 * 1024;
+/// How long closing a link, session or connection waits for the peer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection waits for its links to settle what they have in flight on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Adapter-wide settings and handles every connection uses.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) ctx: AdapterContext,
+    /// Largest payload forwarded.
+    pub(crate) max_payload_size: usize,
+    pub(crate) tls_handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) authentication_required: bool,
+}
+
+/// What the tasks of one connection share.
+#[derive(Debug)]
+pub(crate) struct ConnectionState {
+    /// The authenticated device, `None` for an anonymous one.
+    pub(crate) device: Option<AuthenticatedDevice>,
+    /// Fires when a terminal error ends the connection.
+    pub(crate) terminal: CancellationToken,
+    terminal_error: Mutex<Option<ErrorBody>>,
+}
+
+impl ConnectionState {
+    /// Ends the connection with `error` (the first terminal error wins).
+    pub(crate) fn terminate(&self, error: ErrorBody) {
+        if let Ok(mut slot) = self.terminal_error.lock() {
+            slot.get_or_insert(error);
+        }
+        self.terminal.cancel();
+    }
+
+    fn take_error(&self) -> Option<ErrorBody> {
+        self.terminal_error.lock().ok().and_then(|mut e| e.take())
+    }
+}
+
+/// An accepted TCP connection and what it needs to be served.
+pub(crate) struct Connection {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) shared: Arc<Shared>,
+    /// Held for the connection's lifetime: the connection limit.
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Serves the connection to its end, in its own tracing span.
+    pub(crate) async fn run(self) {
+        let span = tracing::info_span!(
+            "connection",
+            protocol = "amqp",
+            peer = %self.peer,
+            tls = self.tls.is_some(),
+            tenant = tracing::field::Empty,
+            device = tracing::field::Empty,
+        );
+        self.serve().instrument(span).await;
+    }
+
+    async fn serve(self) {
+        let Connection {
+            stream,
+            tls,
+            shared,
+            permit,
+            ..
+        } = self;
+        let _ = stream.set_nodelay(true);
+        let shutdown = shared.ctx.shutdown.clone();
+        tracing::debug!("accepted");
+        match tls {
+            None => serve_amqp(stream, shared).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream));
+                let outcome = tokio::select! {
+                    outcome = handshake => outcome,
+                    () = shutdown.cancelled() => return,
+                };
+                match outcome {
+                    Ok(Ok(stream)) => serve_amqp(stream, shared).await,
+                    Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!("TLS handshake timed out"),
+                }
+            }
+        }
+        drop(permit);
+        tracing::debug!("closed");
+    }
+}
+
+/// SASL, then the AMQP open, then sessions: the connection after TLS.
+async fn serve_amqp<S>(mut stream: S, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+{
+    let shutdown = shared.ctx.shutdown.clone();
+    let handshake =
+        tokio::time::timeout(shared.handshake_timeout, authenticate(&mut stream, &shared));
+    let device = tokio::select! {
+        outcome = handshake => match outcome {
+            Ok(Some(device)) => device,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::info!("SASL handshake timed out");
+                return;
+            }
+        },
+        () = shutdown.cancelled() => return,
+    };
+    if let Some(device) = &device {
+        let span = tracing::Span::current();
+        span.record("tenant", device.tenant_id.as_str());
+        span.record("device", device.device_id.as_str());
+    }
+    let idle_ms = u32::try_from(shared.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+    let acceptor = ConnectionAcceptor::builder()
+        .container_id(CONTAINER_ID)
+        .channel_max(MAX_SESSIONS)
+        .idle_time_out(idle_ms)
+        .add_offered_capabilities(ANONYMOUS_RELAY)
+        .build();
+    let open = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream));
+    let mut connection = tokio::select! {
+        outcome = open => match outcome {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                tracing::info!(%error, "AMQP open failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("AMQP open timed out");
+                return;
+            }
+        },
+        () = shutdown.cancelled() => return,
+    };
+    tracing::info!("device connected");
+    let state = Arc::new(ConnectionState {
+        device,
+        terminal: CancellationToken::new(),
+        terminal_error: Mutex::new(None),
+    });
+    run_connection(&mut connection, &state, &shared).await;
+    let error = state.take_error();
+    if let Some(error) = &error {
+        tracing::info!(%error, "closing the connection after a terminal error");
+    }
+    let closing = async {
+        match error {
+            Some(error) => connection.close_with_error(error).await,
+            None => connection.close().await,
+        }
+    };
+    if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+        tracing::debug!(%error, "connection closed with error");
+    }
+    tracing::info!("device disconnected");
+}
+
+/// Runs the SASL exchange and authenticates; `None` when the device was refused (it has been
+/// told, where SASL allows).
+async fn authenticate<S>(stream: &mut S, shared: &Shared) -> Option<Option<AuthenticatedDevice>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mechanisms = Mechanisms {
+        anonymous: !shared.authentication_required,
+    };
+    let credentials = match sasl::negotiate(stream, mechanisms).await {
+        Ok(credentials) => credentials,
+        Err(error) => {
+            tracing::info!(%error, "SASL negotiation failed");
+            if error.answers_with_outcome() {
+                let _ = sasl::send_outcome(stream, fe2o3_amqp::types::sasl::SaslCode::Auth).await;
+            }
+            return None;
+        }
+    };
+    let outcome = match &credentials {
+        Credentials::Plain { username, password } => shared
+            .ctx
+            .authenticator
+            .authenticate_password(username, password)
+            .await
+            .map(Some),
+        Credentials::Anonymous => Ok(None),
+    };
+    match outcome {
+        Ok(device) => {
+            sasl::send_outcome(stream, fe2o3_amqp::types::sasl::SaslCode::Ok)
+                .await
+                .ok()?;
+            Some(device)
+        }
+        Err(error) => {
+            tracing::info!(%error, ?credentials, "device authentication failed");
+            let _ = sasl::send_outcome(stream, sasl_code_for(error.kind())).await;
+            None
+        }
+    }
+}
+
+async fn run_connection(
+    connection: &mut ListenerConnectionHandle,
+    state: &Arc<ConnectionState>,
+    shared: &Arc<Shared>,
+) {
+    let session_acceptor = SessionAcceptor::builder().handle_max(MAX_LINKS).build();
+    let sessions = TaskTracker::new();
+    let shutdown = shared.ctx.shutdown.clone();
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = state.terminal.cancelled() => break,
+            incoming = connection.next_incoming_session() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        match session_acceptor
+            .accept_incoming_session(incoming, connection)
+            .await
+        {
+            Ok(session) => {
+                sessions.spawn(
+                    run_session(session, Arc::clone(state), Arc::clone(shared)).in_current_span(),
+                );
+            }
+            Err(error) => {
+                tracing::info!(%error, "session refused");
+                break;
+            }
+        }
+    }
+    sessions.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("links did not settle their deliveries in time");
+    }
+}
+
+async fn run_session(
+    mut session: ListenerSessionHandle,
+    state: Arc<ConnectionState>,
+    shared: Arc<Shared>,
+) {
+    let links = TaskTracker::new();
+    let shutdown = shared.ctx.shutdown.clone();
+    loop {
+        let attach = tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = state.terminal.cancelled() => break,
+            attach = session.next_incoming_attach() => attach,
+        };
+        let Some(attach) = attach else { break };
+        if let Some(link) = handle_attach(attach, &mut session, &state, &shared).await {
+            links.spawn(link.run().in_current_span());
+        }
+    }
+    links.close();
+    links.wait().await;
+    if !state.terminal.is_cancelled() {
+        if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await {
+            tracing::debug!(%error, "session ended with error");
+        }
+    }
+}
+
+/// Accepts an upload link, or refuses the attach and returns `None`.
+async fn handle_attach(
+    attach: Attach,
+    session: &mut ListenerSessionHandle,
+    state: &Arc<ConnectionState>,
+    shared: &Arc<Shared>,
+) -> Option<UploadLink> {
+    let target = attach.target.as_deref().and_then(|t| match t {
+        TargetArchetype::Target(t) => t.address.clone(),
+        #[allow(unreachable_patterns)] // other archetypes exist with fe2o3's `transaction` feature
+        _ => None,
+    });
+    let refusal = match (&attach.role, target) {
+        (Role::Sender, None) => None,
+        (Role::Sender, Some(address)) => Some((
+            Condition::NotImplemented,
+            format!(
+                "target {address:?}: this adapter only supports anonymous relay (a null target, \
+                 the address in each message's `to`)"
+            ),
+        )),
+        (Role::Receiver, _) => Some((
+            Condition::NotImplemented,
+            "receiving commands is not supported yet".to_owned(),
+        )),
+    };
+    if let Some((condition, description)) = refusal {
+        tracing::info!(link = %attach.name, %description, "link refused");
+        refuse(
+            attach,
+            session,
+            ErrorBody::new(condition, description, None),
+        )
+        .await;
+        return None;
+    }
+    let presettled = attach.snd_settle_mode == SenderSettleMode::Settled;
+    let max_message_size = (shared.max_payload_size + MESSAGE_OVERHEAD) as u64;
+    let acceptor = LinkAcceptor::builder()
+        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .max_message_size(max_message_size)
+        .build();
+    let name = attach.name.clone();
+    match acceptor.accept_incoming_attach(attach, session).await {
+        Ok(LinkEndpoint::Receiver(receiver)) => {
+            tracing::debug!(link = %name, presettled, "upload link attached");
+            Some(UploadLink::new(
+                receiver,
+                presettled,
+                Arc::clone(state),
+                Arc::clone(shared),
+            ))
+        }
+        Ok(LinkEndpoint::Sender(_)) => None,
+        Err(error) => {
+            tracing::info!(link = %name, %error, "link attach failed");
+            None
+        }
+    }
+}
+
+/// Attaches the link as asked and detaches it at once with `error` (the way the northbound does:
+/// fe2o3 clients mishandle an attach with a null terminus followed by a detach).
+async fn refuse(attach: Attach, session: &mut ListenerSessionHandle, error: ErrorBody) {
+    match LinkAcceptor::new()
+        .accept_incoming_attach(attach, session)
+        .await
+    {
+        Ok(link) => {
+            let mut closing: Pin<Box<dyn Future<Output = Result<(), DetachError>> + Send>> =
+                match link {
+                    LinkEndpoint::Sender(sender) => Box::pin(sender.close_with_error(error)),
+                    LinkEndpoint::Receiver(receiver) => Box::pin(receiver.close_with_error(error)),
+                };
+            // Polling once queues the detach before this session handles anything else of the
+            // peer; the peer's answer is awaited in the background.
+            if futures_util::poll!(closing.as_mut()).is_pending() {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+                });
+            }
+        }
+        Err(error) => tracing::debug!(%error, "refused link attach ended with error"),
+    }
+}
