@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use ferry_adapter_amqp::AmqpConfig;
 use ferry_adapter_core::CoreConfig;
 use ferry_adapter_http::HttpConfig;
 use ferry_northbound::NorthboundConfig;
@@ -36,6 +37,8 @@ pub struct Config {
     pub adapter: CoreConfig,
     /// The HTTP adapter.
     pub http: HttpConfig,
+    /// The AMQP 1.0 adapter.
+    pub amqp: AmqpConfig,
     /// The embedded AMQP 1.0 northbound endpoint for applications.
     pub northbound: NorthboundConfig,
 }
@@ -50,6 +53,7 @@ impl Default for Config {
             cache: CacheSettings::default(),
             adapter: CoreConfig::default(),
             http: HttpConfig::default(),
+            amqp: AmqpConfig::default(),
             northbound: NorthboundConfig::default(),
         }
     }
@@ -196,6 +200,9 @@ mod tests {
         assert_eq!(c.management.bind.port(), 28080);
         assert!(c.management.bind.ip().is_loopback());
         assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.amqp.bind.port(), 5672);
+        assert_eq!(c.amqp.tls_bind.port(), 5671);
+        assert!(c.amqp.bind.ip().is_loopback());
         Ok(())
     }
 
@@ -222,6 +229,19 @@ mod tests {
         )?;
         assert_eq!(c.data_dir, PathBuf::from("/from/env"));
         assert_eq!(c.management.bind.port(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn amqp_section_is_read() -> anyhow::Result<()> {
+        let c = Config::load(
+            None,
+            vec![("FERRY_AMQP__MAX_PAYLOAD_SIZE".to_owned(), "100".to_owned())],
+            &["amqp.authentication_required=false".to_owned()],
+        )?;
+        assert_eq!(c.amqp.max_payload_size, 100);
+        assert!(!c.amqp.authentication_required);
+        assert!(Config::load(None, Vec::new(), &["amqp.nope=1".to_owned()]).is_err());
         Ok(())
     }
 

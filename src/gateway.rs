@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use ferry_adapter_amqp::AmqpAdapter;
 use ferry_adapter_core::{AdapterContext, Northbound};
 use ferry_adapter_http::HttpAdapter;
 use ferry_northbound::{EmbeddedNorthbound, NorthboundConfig};
@@ -32,6 +33,10 @@ pub struct Addresses {
     pub http: Option<SocketAddr>,
     /// HTTP adapter, TLS.
     pub https: Option<SocketAddr>,
+    /// AMQP adapter, plain (absent when the insecure port is disabled).
+    pub amqp: Option<SocketAddr>,
+    /// AMQP adapter, TLS (`amqps`).
+    pub amqps: Option<SocketAddr>,
 }
 
 /// A running Ferry: every component started from one [`Config`].
@@ -105,17 +110,33 @@ impl Gateway {
             sender.clone(),
             shutdown.clone(),
         );
-        let http = HttpAdapter::bind(&config.http, Some(tls), context)
+        let http = HttpAdapter::bind(&config.http, Some(tls.clone()), context)
             .await
             .context("cannot start the HTTP adapter")?;
+        let context = AdapterContext::new(
+            &config.adapter,
+            ferry_adapter_amqp::ADAPTER_TYPE,
+            device_registry.clone(),
+            sender.clone(),
+            shutdown.clone(),
+        );
+        let amqp = AmqpAdapter::bind(&config.amqp, Some(tls), context)
+            .await
+            .context("cannot start the AMQP adapter")?;
         let addresses = Addresses {
             management: management_addr,
             northbound: northbound_addr,
             http: http.local_addr(),
             https: http.tls_local_addr(),
+            amqp: amqp.local_addr(),
+            amqps: amqp.tls_local_addr(),
         };
         tasks.spawn(async move {
             http.run().await;
+            Ok(())
+        });
+        tasks.spawn(async move {
+            amqp.run().await;
             Ok(())
         });
 
@@ -126,6 +147,12 @@ impl Gateway {
         }
         if let Some(address) = addresses.https {
             tracing::info!(%address, "HTTP adapter (TLS) listening");
+        }
+        if let Some(address) = addresses.amqp {
+            tracing::info!(%address, "AMQP adapter listening");
+        }
+        if let Some(address) = addresses.amqps {
+            tracing::info!(%address, "AMQP adapter (TLS) listening");
         }
         Ok(Gateway {
             addresses,

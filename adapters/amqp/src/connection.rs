@@ -314,10 +314,10 @@ async fn run_session(
     }
     links.close();
     links.wait().await;
-    if !state.terminal.is_cancelled() {
-        if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await {
-            tracing::debug!(%error, "session ended with error");
-        }
+    if !state.terminal.is_cancelled()
+        && let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await
+    {
+        tracing::debug!(%error, "session ended with error");
     }
 }
 

@@ -45,7 +45,7 @@ type InFlight = Pin<Box<dyn Future<Output = Forwarded> + Send>>;
 /// What happened next on the link.
 enum Event {
     Forwarded(Forwarded),
-    Received(Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, RecvError>),
+    Received(Box<Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, RecvError>>),
     Shutdown,
     Terminal,
 }
@@ -131,7 +131,7 @@ impl UploadLink {
                 () = terminal.cancelled() => Event::Terminal,
                 Some(done) = in_flight.next(), if busy => Event::Forwarded(done),
                 () = shutdown.cancelled(), if !draining => Event::Shutdown,
-                received = self.receiver.recv::<Body<Value>>(), if can_receive => Event::Received(received),
+                received = self.receiver.recv::<Body<Value>>(), if can_receive => Event::Received(Box::new(received)),
             };
             match event {
                 Event::Terminal => return End::Gone,
@@ -141,22 +141,24 @@ impl UploadLink {
                         return end;
                     }
                 }
-                Event::Received(Ok(delivery)) => in_flight.push(self.forward(delivery)),
-                Event::Received(Err(RecvError::MessageDecode(e))) => {
-                    let error = ErrorBody::new(
-                        fe2o3_amqp::types::definitions::AmqpError::DecodeError,
-                        "the message cannot be decoded".to_owned(),
-                        None,
-                    );
-                    tracing::info!(error = %e.source, "undecodable message");
-                    if self.receiver.reject(e.info, error).await.is_err() {
+                Event::Received(received) => match *received {
+                    Ok(delivery) => in_flight.push(self.forward(delivery)),
+                    Err(RecvError::MessageDecode(e)) => {
+                        let error = ErrorBody::new(
+                            fe2o3_amqp::types::definitions::AmqpError::DecodeError,
+                            "the message cannot be decoded".to_owned(),
+                            None,
+                        );
+                        tracing::info!(error = %e.source, "undecodable message");
+                        if self.receiver.reject(e.info, error).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "upload link ended");
                         return End::Gone;
                     }
-                }
-                Event::Received(Err(error)) => {
-                    tracing::debug!(%error, "upload link ended");
-                    return End::Gone;
-                }
+                },
             }
         }
     }
