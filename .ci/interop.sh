@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the debug build of Ferry with default ports in a temporary data dir, provisions a
 # device with curl, consumes with Python qpid-proton and checks that telemetry and an event
-# sent with curl arrive northbound.
+# sent with curl (HTTP adapter) and with qpid-proton (AMQP adapter) arrive northbound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +39,7 @@ expect 201 -X POST "$mgmt/devices/ci-tenant/dev1"
 expect 204 -X PUT -H 'content-type: application/json' "$mgmt/credentials/ci-tenant/dev1" \
   -d '[{"type":"hashed-password","auth-id":"dev1","secrets":[{"pwd-plain":"s3cret"}]}]'
 
-/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 3 >"$work/consumed" 2>"$work/consumer.err" &
+/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 5 >"$work/consumed" 2>"$work/consumer.err" &
 consumer_pid=$!
 for _ in $(seq 1 100); do
   grep -q '^ready' "$work/consumed" 2>/dev/null && break
@@ -54,6 +54,11 @@ expect 401 -u dev1@ci-tenant:wrong -H 'content-type: text/plain' -d 'x' http://1
 expect 202 --cacert "$work/data/tls/server-cert.pem" -u dev1@ci-tenant:s3cret \
   -H 'content-type: text/plain' -d 'over tls' https://localhost:8443/telemetry
 
+# AMQP adapter: qpid-proton as the device, SASL PLAIN, anonymous relay, unsettled.
+/usr/bin/python3 .ci/proton_device.py 127.0.0.1:5672 dev1@ci-tenant s3cret \
+  'telemetry=telemetry from proton' 'event=event from proton' >"$work/device.out" 2>&1 \
+  || fail "proton device: $(cat "$work/device.out")"
+
 wait "$consumer_pid" || fail "consumer failed: $(cat "$work/consumer.err")"
 consumer_pid=
 grep -q 'telemetry device_id=dev1 content-type=text/plain payload=hello from curl' "$work/consumed" \
@@ -62,5 +67,10 @@ grep -q 'event device_id=dev1 content-type=text/plain payload=event from curl' "
   || fail "event not received: $(cat "$work/consumed")"
 grep -q 'telemetry device_id=dev1 content-type=text/plain payload=over tls' "$work/consumed" \
   || fail "telemetry over TLS not received: $(cat "$work/consumed")"
+grep -q 'telemetry device_id=dev1 content-type=text/plain payload=telemetry from proton' "$work/consumed" \
+  || fail "AMQP telemetry not received: $(cat "$work/consumed")"
+grep -q 'event device_id=dev1 content-type=text/plain payload=event from proton' "$work/consumed" \
+  || fail "AMQP event not received: $(cat "$work/consumed")"
 echo "interop: curl -> Ferry -> qpid-proton: telemetry and event received"
+echo "interop: qpid-proton device -> Ferry AMQP adapter -> qpid-proton: telemetry and event received"
 echo "1 passed, 0 failed"
