@@ -5,6 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{AmqpConsumer, Error, TestGateway, TestResult};
@@ -20,6 +21,8 @@ use fe2o3_amqp::{Connection, Sender, Session};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(5);
 /// Long enough for a message that is going to arrive to arrive; used only to show absence.
@@ -466,6 +469,83 @@ async fn telemetry_over_tls() -> TestResult {
 
     device.close().await;
     consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+/// A TCP relay in front of the adapter for one connection. While `mute` is set it swallows what
+/// the device sends; the returned receiver fires when the adapter closed its side.
+async fn relay(
+    target: SocketAddr,
+    mute: Arc<AtomicBool>,
+) -> Result<(SocketAddr, oneshot::Receiver<()>), Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (closed_tx, closed_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((device, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(adapter) = tokio::net::TcpStream::connect(target).await else {
+            return;
+        };
+        let (mut device_rx, mut device_tx) = device.into_split();
+        let (mut adapter_rx, mut adapter_tx) = adapter.into_split();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = device_rx.read(&mut buf).await {
+                let bytes = buf.get(..n).unwrap_or_default();
+                if !mute.load(Ordering::SeqCst) && adapter_tx.write_all(bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _ = tokio::io::copy(&mut adapter_rx, &mut device_tx).await;
+        let _ = closed_tx.send(());
+    });
+    Ok((addr, closed_rx))
+}
+
+#[tokio::test]
+async fn a_silent_device_is_disconnected_after_the_idle_timeout() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut config = common::config(dir.path());
+    config.amqp.idle_timeout = Duration::from_secs(2);
+    let ferry = TestGateway::start_with(config).await?;
+    ferry.provision("a10", "dev1", "pw").await?;
+    let mute = Arc::new(AtomicBool::new(false));
+    let (addr, mut closed) = relay(amqp_addr(&ferry)?, Arc::clone(&mute)).await?;
+    let device = Device::connect(addr, "dev1@a10", "pw").await?;
+    // fe2o3 sends empty frames at half the announced idle timeout: the connection stays up.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut closed)
+            .await
+            .is_err()
+    );
+    mute.store(true, Ordering::SeqCst);
+    assert!(tokio::time::timeout(WAIT, closed).await.is_ok());
+    drop(device);
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_for_a_free_slot() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut config = common::config(dir.path());
+    config.amqp.max_connections = 1;
+    let ferry = TestGateway::start_with(config).await?;
+    ferry.provision("a11", "dev1", "pw").await?;
+    let addr = amqp_addr(&ferry)?;
+    let first = Device::connect(addr, "dev1@a11", "pw").await?;
+    let second = tokio::spawn(async move { Device::connect(addr, "dev1@a11", "pw").await });
+    tokio::time::sleep(QUIET).await;
+    assert!(!second.is_finished(), "a second connection was served");
+    first.close().await;
+    let second = tokio::time::timeout(WAIT, second)
+        .await?
+        .map_err(|e| e.to_string())??;
+    second.close().await;
     ferry.stop().await;
     Ok(())
 }

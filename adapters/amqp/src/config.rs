@@ -26,8 +26,8 @@ pub struct AmqpConfig {
     /// Largest message payload in bytes (default 2048, Hono's `maxPayloadSize`). A larger message
     /// is dropped and its link closed with `amqp:link:message-size-exceeded`.
     pub max_payload_size: usize,
-    /// Most connections open at once over both ports (default 10000). Further connections wait
-    /// in the listen backlog until one closes.
+    /// Most connections served at once over both ports (default 10000). Further connections wait
+    /// (one per port accepted, the rest in the listen backlog) until one closes.
     pub max_connections: usize,
     /// Longest time a TLS handshake may take, in seconds (default 10).
     #[serde(with = "duration_secs")]

@@ -1,7 +1,7 @@
 //! The adapter's ports: binding, and the accept loops.
 //!
-//! Each accept loop takes a permit of the connection limit before accepting, then spawns a
-//! [`Connection`] task; TLS handshakes happen in that task, so a slow client never holds up
+//! Each accept loop accepts, takes a permit of the connection limit (waiting while the limit is
+//! reached), then spawns a [`Connection`] task; TLS handshakes happen in that task, so a slow client never holds up
 //! accepting. On shutdown the loops stop accepting and [`AmqpAdapter::run`] waits until every
 //! connection settled what it had in flight and closed.
 
@@ -142,14 +142,6 @@ async fn accept_loop(
     let tls = port.tls.is_some();
     tracing::debug!(addr = %port.addr, tls, "AMQP adapter accepting");
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let accepted = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -163,6 +155,17 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        // The permit is taken after accepting: a loop waiting for a permit would otherwise hold
+        // it while it waits for a connection on its own port, starving the other port. At most
+        // one accepted connection per port waits here for a free slot.
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
         };
         let connection = Connection {
             stream,
