@@ -318,22 +318,54 @@ async fn each_outcome_comes_from_its_cause() -> TestResult {
     Ok(())
 }
 
+/// The error condition the adapter closed a freshly opened connection with.
+async fn refused_at_connect(
+    addr: SocketAddr,
+    user: &str,
+    pw: &str,
+) -> Result<ErrorCondition, Error> {
+    match open(addr, plain(user, pw)).await {
+        Err(OpenError::RemoteClosedWithError(e)) => Ok(e.condition),
+        Err(e) => Err(e.into()),
+        Ok(mut connection) => match tokio::time::timeout(WAIT, connection.on_close()).await? {
+            Err(fe2o3_amqp::connection::Error::RemoteClosedWithError(e)) => Ok(e.condition),
+            other => Err(format!("expected a close with an error, got {other:?}").into()),
+        },
+    }
+}
+
+async fn put(ferry: &TestGateway, path: &str, body: serde_json::Value) -> TestResult {
+    let r = ferry
+        .client
+        .put(ferry.mgmt(path))
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204, "PUT {path}");
+    Ok(())
+}
+
 #[tokio::test]
-async fn terminal_errors_close_the_connection() -> TestResult {
+async fn tenant_checks_at_connect_and_terminal_errors_close_the_connection() -> TestResult {
     let dir = tempfile::tempdir()?;
     let ferry = TestGateway::start(dir.path()).await?;
     let addr = amqp_addr(&ferry)?;
 
-    // The tenant does not allow the AMQP adapter.
-    ferry
-        .tenant(
-            "a5",
-            json!({"adapters": [{"type": "hono-amqp", "enabled": false}]}),
-        )
-        .await?;
+    // The tenant does not allow the AMQP adapter: refused when connecting.
+    let amqp_off = json!({"adapters": [{"type": "hono-amqp", "enabled": false}]});
+    ferry.tenant("a5", amqp_off.clone()).await?;
     ferry.device("a5", "dev1", json!({})).await?;
     ferry.password("a5", "dev1", "pw").await?;
-    let mut device = Device::connect(addr, "dev1@a5", "pw").await?;
+    let condition = refused_at_connect(addr, "dev1@a5", "pw").await?;
+    assert_eq!(condition, AmqpError::UnauthorizedAccess.into());
+
+    // The tenant disables the adapter while a device is connected.
+    ferry.provision("a6", "dev1", "pw").await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/a6").await?;
+    let mut device = Device::connect(addr, "dev1@a6", "pw").await?;
+    let (outcome, _) = send_consumed(&mut device, &mut consumer, "t", b"x").await?;
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    put(&ferry, "/tenants/a6", amqp_off).await?;
     let outcome = device.send("t", Some("text/plain"), b"x").await?;
     assert_eq!(
         rejected_with(&outcome),
@@ -342,21 +374,46 @@ async fn terminal_errors_close_the_connection() -> TestResult {
     assert!(is_cut_off(&mut device).await);
 
     // The device itself gets disabled while connected.
-    ferry.provision("a6", "dev1", "pw").await?;
-    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/a6").await?;
-    let mut device = Device::connect(addr, "dev1@a6", "pw").await?;
+    ferry.provision("a12", "dev1", "pw").await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/a12").await?;
+    let mut device = Device::connect(addr, "dev1@a12", "pw").await?;
     let (outcome, _) = send_consumed(&mut device, &mut consumer, "t", b"x").await?;
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
-    let r = ferry
-        .client
-        .put(ferry.mgmt("/devices/a6/dev1"))
-        .json(&json!({"enabled": false}))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 204);
+    put(&ferry, "/devices/a12/dev1", json!({"enabled": false})).await?;
     let outcome = device.send("t", Some("text/plain"), b"x").await?;
     assert_eq!(rejected_with(&outcome), Some(AmqpError::NotFound.into()));
     assert!(is_cut_off(&mut device).await);
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_tenant_connection_limit_refuses_further_devices() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let addr = amqp_addr(&ferry)?;
+    ferry
+        .tenant("a13", json!({"resource-limits": {"max-connections": 1}}))
+        .await?;
+    ferry.device("a13", "dev1", json!({})).await?;
+    ferry.password("a13", "dev1", "pw").await?;
+    let first = Device::connect(addr, "dev1@a13", "pw").await?;
+    let condition = refused_at_connect(addr, "dev1@a13", "pw").await?;
+    assert_eq!(condition, AmqpError::UnauthorizedAccess.into());
+    first.close().await;
+    // The place is free once the adapter has closed its side.
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(device) = Device::connect(addr, "dev1@a13", "pw").await {
+            again = Some(device);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    again
+        .ok_or("no connection after the first one closed")?
+        .close()
+        .await;
     ferry.stop().await;
     Ok(())
 }

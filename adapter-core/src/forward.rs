@@ -162,6 +162,17 @@ impl Forwarder {
         Ok(())
     }
 
+    /// Checks that `tenant_id` exists, is enabled and allows this adapter (for an unauthenticated
+    /// device: without requiring authentication), the tenant part of [`Self::forward`], and
+    /// returns the tenant. Connection-oriented adapters call it when a device connects.
+    pub async fn check_tenant(
+        &self,
+        tenant_id: &TenantId,
+        authenticated: bool,
+    ) -> Result<Arc<TenantObject>, ForwardError> {
+        self.tenant(tenant_id, authenticated).await
+    }
+
     /// Fetches the tenant and applies its enabled and adapter settings.
     async fn tenant(
         &self,

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admission::{self, TenantConnections};
 use crate::error::sasl_code_for;
 use crate::link::UploadLink;
 use crate::sasl::{self, Credentials, Mechanisms};
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) authentication_required: bool,
+    /// Open connections per tenant (the tenants' `max-connections`).
+    pub(crate) tenants: Arc<TenantConnections>,
 }
 
 /// What the tasks of one connection share.
@@ -162,11 +165,18 @@ where
         },
         () = shutdown.cancelled() => return,
     };
-    if let Some(device) = &device {
-        let span = tracing::Span::current();
-        span.record("tenant", device.tenant_id.as_str());
-        span.record("device", device.device_id.as_str());
-    }
+    // Hono's connect-time checks; a refusal is told in the close after the open.
+    let admission = match &device {
+        Some(device) => {
+            let span = tracing::Span::current();
+            span.record("tenant", device.tenant_id.as_str());
+            span.record("device", device.device_id.as_str());
+            admission::admit(&shared.ctx.forwarder, &shared.tenants, device)
+                .await
+                .map(Some)
+        }
+        None => Ok(None),
+    };
     let idle_ms = u32::try_from(shared.idle_timeout.as_millis()).unwrap_or(u32::MAX);
     let acceptor = ConnectionAcceptor::builder()
         .container_id(CONTAINER_ID)
@@ -188,6 +198,17 @@ where
             }
         },
         () = shutdown.cancelled() => return,
+    };
+    let _slot = match admission {
+        Ok(slot) => slot,
+        Err(refused) => {
+            tracing::info!(reason = %refused, "connection refused");
+            let closing = connection.close_with_error(refused.to_amqp());
+            if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+                tracing::debug!(%error, "refused connection closed with error");
+            }
+            return;
+        }
     };
     tracing::info!("device connected");
     let state = Arc::new(ConnectionState {

@@ -61,6 +61,14 @@ pub(crate) fn refusal_for(kind: ErrorKind) -> Refusal {
     }
 }
 
+/// The condition a connection is closed with when the device may not connect for `kind`.
+pub(crate) fn connection_condition(kind: ErrorKind) -> ErrorCondition {
+    match refusal_for(kind) {
+        Refusal::Rejected(condition) | Refusal::CloseLink(condition) => condition,
+        Refusal::Released => Condition::InternalError.into(),
+    }
+}
+
 /// The SASL outcome code for a failed authentication: `sys-temp` when the registry could not be
 /// asked (the device may retry), `auth` otherwise.
 pub(crate) fn sasl_code_for(kind: ErrorKind) -> SaslCode {

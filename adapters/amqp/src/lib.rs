@@ -31,6 +31,7 @@
 //! ```
 
 mod address;
+mod admission;
 pub mod config;
 mod connection;
 pub mod error;

@@ -97,6 +97,7 @@ impl AmqpAdapter {
                 handshake_timeout: config.handshake_timeout,
                 idle_timeout: config.idle_timeout,
                 authentication_required: config.authentication_required,
+                tenants: Arc::default(),
             }),
             permits: Arc::new(Semaphore::new(config.max_connections)),
         })
