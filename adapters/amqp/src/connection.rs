@@ -41,10 +41,12 @@ use crate::sasl::{self, Credentials, Mechanisms};
 pub(crate) const ANONYMOUS_RELAY: &str = "ANONYMOUS-RELAY";
 /// Container id of the adapter in `open`.
 const CONTAINER_ID: &str = "ferry-amqp-adapter";
-/// Most sessions one device connection may begin.
-const MAX_SESSIONS: u16 = 8;
-/// Most links one session may attach.
-const MAX_LINKS: u32 = 16;
+/// Highest session channel of a device connection (so at most 4 sessions): a device needs one.
+const MAX_SESSIONS: u16 = 3;
+/// Highest link handle of a session (so at most 8 links): a device needs an upload link and,
+/// later, a command link. With the link credit and the message size this bounds the memory one
+/// connection can make the adapter hold.
+const MAX_LINKS: u32 = 7;
 /// Bytes a message may carry on top of its payload (properties, annotations, encoding).
 const MESSAGE_OVERHEAD: usize = 16 * 1024;
 /// How long closing a link, session or connection waits for the peer.

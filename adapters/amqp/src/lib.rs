@@ -18,7 +18,8 @@
 //!
 //! Structure: [`AmqpAdapter`] binds the ports (`listener.rs`); each accepted connection runs as a
 //! task (`connection.rs`: TLS under a timeout, the SASL exchange of `sasl.rs` with asynchronous
-//! authentication, then fe2o3's connection acceptor, sessions and attaches); each upload link is
+//! authentication, the connect-time tenant checks of `admission.rs`, then fe2o3's connection
+//! acceptor, sessions and attaches); each upload link is
 //! a task (`link.rs`) that parses messages with `address.rs` and forwards them through the
 //! [`ferry_adapter_core::AdapterContext`]. All refusals become AMQP outcomes in `error.rs`.
 //!

@@ -28,7 +28,7 @@ use crate::connection::{ConnectionState, Shared};
 use crate::error::{DeliveryError, Refusal, is_terminal, refusal_for};
 
 /// Most deliveries of one link being forwarded at once; also the link credit.
-pub(crate) const MAX_IN_FLIGHT: u32 = 64;
+pub(crate) const MAX_IN_FLIGHT: u32 = 32;
 /// How long closing the link waits for the device's detach.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
