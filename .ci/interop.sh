@@ -39,7 +39,7 @@ expect 201 -X POST "$mgmt/devices/ci-tenant/dev1"
 expect 204 -X PUT -H 'content-type: application/json' "$mgmt/credentials/ci-tenant/dev1" \
   -d '[{"type":"hashed-password","auth-id":"dev1","secrets":[{"pwd-plain":"s3cret"}]}]'
 
-/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 5 >"$work/consumed" 2>"$work/consumer.err" &
+/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 6 >"$work/consumed" 2>"$work/consumer.err" &
 consumer_pid=$!
 for _ in $(seq 1 100); do
   grep -q '^ready' "$work/consumed" 2>/dev/null && break
@@ -48,16 +48,21 @@ for _ in $(seq 1 100); do
 done
 grep -q '^ready' "$work/consumed" || fail "consumer did not attach"
 
+# AMQP adapter: qpid-proton as the device, SASL PLAIN, anonymous relay, unsettled; plain and TLS.
+# First, so that each outcome (which needs the consumer's acceptance) is in before the consumer
+# has its count and closes.
+/usr/bin/python3 .ci/proton_device.py 127.0.0.1:5672 dev1@ci-tenant s3cret \
+  'telemetry=telemetry from proton' 'event=event from proton' >"$work/device.out" 2>&1 \
+  || fail "proton device: $(cat "$work/device.out")"
+/usr/bin/python3 .ci/proton_device.py --tls "$work/data/tls/server-cert.pem" localhost:5671 \
+  dev1@ci-tenant s3cret 'telemetry=amqps from proton' >"$work/device-tls.out" 2>&1 \
+  || fail "proton device over TLS: $(cat "$work/device-tls.out")"
+
 expect 202 -u dev1@ci-tenant:s3cret -H 'content-type: text/plain' -d 'hello from curl' http://127.0.0.1:8080/telemetry
 expect 202 -u dev1@ci-tenant:s3cret -H 'content-type: text/plain' -d 'event from curl' http://127.0.0.1:8080/event
 expect 401 -u dev1@ci-tenant:wrong -H 'content-type: text/plain' -d 'x' http://127.0.0.1:8080/telemetry
 expect 202 --cacert "$work/data/tls/server-cert.pem" -u dev1@ci-tenant:s3cret \
   -H 'content-type: text/plain' -d 'over tls' https://localhost:8443/telemetry
-
-# AMQP adapter: qpid-proton as the device, SASL PLAIN, anonymous relay, unsettled.
-/usr/bin/python3 .ci/proton_device.py 127.0.0.1:5672 dev1@ci-tenant s3cret \
-  'telemetry=telemetry from proton' 'event=event from proton' >"$work/device.out" 2>&1 \
-  || fail "proton device: $(cat "$work/device.out")"
 
 wait "$consumer_pid" || fail "consumer failed: $(cat "$work/consumer.err")"
 consumer_pid=
@@ -71,6 +76,8 @@ grep -q 'telemetry device_id=dev1 content-type=text/plain payload=telemetry from
   || fail "AMQP telemetry not received: $(cat "$work/consumed")"
 grep -q 'event device_id=dev1 content-type=text/plain payload=event from proton' "$work/consumed" \
   || fail "AMQP event not received: $(cat "$work/consumed")"
+grep -q 'telemetry device_id=dev1 content-type=text/plain payload=amqps from proton' "$work/consumed" \
+  || fail "AMQP telemetry over TLS not received: $(cat "$work/consumed")"
 echo "interop: curl -> Ferry -> qpid-proton: telemetry and event received"
-echo "interop: qpid-proton device -> Ferry AMQP adapter -> qpid-proton: telemetry and event received"
+echo "interop: qpid-proton device -> Ferry AMQP adapter (plain and TLS) -> qpid-proton: telemetry and event received"
 echo "1 passed, 0 failed"

@@ -2,24 +2,33 @@
 1.0 client): SASL PLAIN, one anonymous-relay sender link (null target), each message addressed by
 its `to`, unsettled. Prints one line per outcome and exits non-zero unless all were accepted.
 
-usage: proton_device.py HOST:PORT USER PASSWORD TO=PAYLOAD...
+usage: proton_device.py [--tls CA_PEM] HOST:PORT USER PASSWORD TO=PAYLOAD...
+With --tls, connects with amqps:// (TLS from the first byte) trusting CA_PEM and checking the
+server's host name.
 """
 import sys
 
-from proton import Message
+from proton import Message, SSLDomain
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
 
 class Device(MessagingHandler):
-    def __init__(self, address, user, password, messages):
+    def __init__(self, address, user, password, messages, ca=None):
         super().__init__()
-        self.address, self.user, self.password = address, user, password
+        self.address, self.user, self.password, self.ca = address, user, password, ca
         self.messages, self.outcomes = messages, []
 
     def on_start(self, event):
+        ssl = None
+        if self.ca:
+            ssl = SSLDomain(SSLDomain.MODE_CLIENT)
+            ssl.set_trusted_ca_db(self.ca)
+            ssl.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME)
+        scheme = "amqps" if self.ca else "amqp"
         conn = event.container.connect(
-            f"amqp://{self.address}",
+            f"{scheme}://{self.address}",
+            ssl_domain=ssl,
             user=self.user,
             password=self.password,
             allowed_mechs="PLAIN",
@@ -58,8 +67,11 @@ class Device(MessagingHandler):
         sys.exit(f"only {len(self.outcomes)} outcomes within 30 s")
 
 
-pairs = [arg.split("=", 1) for arg in sys.argv[4:]]
-device = Device(sys.argv[1], sys.argv[2], sys.argv[3], pairs)
+args, ca = sys.argv[1:], None
+if args[:1] == ["--tls"]:
+    ca, args = args[1], args[2:]
+pairs = [arg.split("=", 1) for arg in args[3:]]
+device = Device(args[0], args[1], args[2], pairs, ca)
 device.expected = len(pairs)
 Container(device).run()
 if device.outcomes != ["accepted"] * device.expected:
