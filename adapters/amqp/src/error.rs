@@ -1,9 +1,9 @@
 //! The AMQP adapter's errors, and the one exhaustive mapping from refusals to AMQP outcomes.
 //!
-//! [`refusal_for`] turns the pipeline's protocol-neutral [`ErrorKind`] into what the device sees
+//! `refusal_for` turns the pipeline's protocol-neutral [`ErrorKind`] into what the device sees
 //! (hono-api.md §5): a `rejected` outcome with Hono's error condition, a `released` outcome for
 //! transient trouble (the device may resend as is), or a closed link for an oversized message.
-//! [`DeliveryError::kind`] classifies the refusals only AMQP knows. Neither match has a
+//! `DeliveryError::kind` classifies the refusals only AMQP knows. Neither match has a
 //! catch-all arm, so a new kind cannot be forgotten.
 
 use std::net::SocketAddr;
