@@ -123,6 +123,8 @@ impl Gateway {
         let amqp = AmqpAdapter::bind(&config.amqp, Some(tls), context)
             .await
             .context("cannot start the AMQP adapter")?;
+        // After the cache's listener: re-checks then see the change.
+        registry.add_change_listener(amqp.change_listener());
         let addresses = Addresses {
             management: management_addr,
             northbound: northbound_addr,

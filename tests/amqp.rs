@@ -131,12 +131,6 @@ async fn send_consumed(
     Ok((outcome?, received?.ok_or("no telemetry arrived")?))
 }
 
-/// Whether the device can no longer send: its link or connection was closed.
-async fn is_cut_off(device: &mut Device) -> bool {
-    let send = device.send("t", Some("text/plain"), b"after");
-    matches!(tokio::time::timeout(WAIT, send).await, Ok(Err(_)))
-}
-
 #[tokio::test]
 async fn plain_password_is_checked() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -346,43 +340,19 @@ async fn put(ferry: &TestGateway, path: &str, body: serde_json::Value) -> TestRe
 }
 
 #[tokio::test]
-async fn tenant_checks_at_connect_and_terminal_errors_close_the_connection() -> TestResult {
+async fn a_tenant_that_disallows_the_adapter_is_refused_at_connect() -> TestResult {
     let dir = tempfile::tempdir()?;
     let ferry = TestGateway::start(dir.path()).await?;
     let addr = amqp_addr(&ferry)?;
 
     // The tenant does not allow the AMQP adapter: refused when connecting.
     let amqp_off = json!({"adapters": [{"type": "hono-amqp", "enabled": false}]});
-    ferry.tenant("a5", amqp_off.clone()).await?;
+    ferry.tenant("a5", amqp_off).await?;
     ferry.device("a5", "dev1", json!({})).await?;
     ferry.password("a5", "dev1", "pw").await?;
     let condition = refused_at_connect(addr, "dev1@a5", "pw").await?;
     assert_eq!(condition, AmqpError::UnauthorizedAccess.into());
 
-    // The tenant disables the adapter while a device is connected.
-    ferry.provision("a6", "dev1", "pw").await?;
-    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/a6").await?;
-    let mut device = Device::connect(addr, "dev1@a6", "pw").await?;
-    let (outcome, _) = send_consumed(&mut device, &mut consumer, "t", b"x").await?;
-    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
-    put(&ferry, "/tenants/a6", amqp_off).await?;
-    let outcome = device.send("t", Some("text/plain"), b"x").await?;
-    assert_eq!(
-        rejected_with(&outcome),
-        Some(AmqpError::UnauthorizedAccess.into())
-    );
-    assert!(is_cut_off(&mut device).await);
-
-    // The device itself gets disabled while connected.
-    ferry.provision("a12", "dev1", "pw").await?;
-    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/a12").await?;
-    let mut device = Device::connect(addr, "dev1@a12", "pw").await?;
-    let (outcome, _) = send_consumed(&mut device, &mut consumer, "t", b"x").await?;
-    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
-    put(&ferry, "/devices/a12/dev1", json!({"enabled": false})).await?;
-    let outcome = device.send("t", Some("text/plain"), b"x").await?;
-    assert_eq!(rejected_with(&outcome), Some(AmqpError::NotFound.into()));
-    assert!(is_cut_off(&mut device).await);
     ferry.stop().await;
     Ok(())
 }
@@ -603,6 +573,42 @@ async fn connections_over_the_limit_wait_for_a_free_slot() -> TestResult {
         .await?
         .map_err(|e| e.to_string())??;
     second.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn disabling_a_device_or_its_tenant_closes_open_connections() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let addr = amqp_addr(&ferry)?;
+    ferry.provision("a14", "dev1", "pw").await?;
+    ferry.device("a14", "dev2", json!({})).await?;
+    ferry.password("a14", "dev2", "pw").await?;
+    let mut dev1 = Device::connect(addr, "dev1@a14", "pw").await?;
+    let mut dev2 = Device::connect(addr, "dev2@a14", "pw").await?;
+
+    put(&ferry, "/devices/a14/dev1", json!({"enabled": false})).await?;
+    match tokio::time::timeout(WAIT, dev1.connection.on_close()).await? {
+        Err(fe2o3_amqp::connection::Error::RemoteClosedWithError(e)) => {
+            assert_eq!(e.condition, AmqpError::NotFound.into());
+        }
+        other => return Err(format!("dev1: expected a close with an error, got {other:?}").into()),
+    }
+    // The other device of the tenant stays connected.
+    assert!(
+        tokio::time::timeout(QUIET, dev2.connection.on_close())
+            .await
+            .is_err()
+    );
+
+    put(&ferry, "/tenants/a14", json!({"enabled": false})).await?;
+    match tokio::time::timeout(WAIT, dev2.connection.on_close()).await? {
+        Err(fe2o3_amqp::connection::Error::RemoteClosedWithError(e)) => {
+            assert_eq!(e.condition, AmqpError::UnauthorizedAccess.into());
+        }
+        other => return Err(format!("dev2: expected a close with an error, got {other:?}").into()),
+    }
     ferry.stop().await;
     Ok(())
 }

@@ -36,6 +36,7 @@ use crate::admission::{self, TenantConnections};
 use crate::error::sasl_code_for;
 use crate::link::UploadLink;
 use crate::sasl::{self, Credentials, Mechanisms};
+use crate::watch::ConnectionWatch;
 
 /// Capability offered in `open`: devices send on one link with a null target.
 pub(crate) const ANONYMOUS_RELAY: &str = "ANONYMOUS-RELAY";
@@ -66,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) authentication_required: bool,
     /// Open connections per tenant (the tenants' `max-connections`).
     pub(crate) tenants: Arc<TenantConnections>,
+    /// Open authenticated connections, re-checked on registry changes.
+    pub(crate) watch: Arc<ConnectionWatch>,
 }
 
 /// What the tasks of one connection share.
@@ -218,6 +221,10 @@ where
         terminal: CancellationToken::new(),
         terminal_error: Mutex::new(None),
     });
+    let _watched = state
+        .device
+        .as_ref()
+        .map(|d| shared.watch.watch(&d.tenant_id, &d.device_id, &state));
     run_connection(&mut connection, &state, &shared).await;
     let error = state.take_error();
     if let Some(error) = &error {

@@ -22,6 +22,8 @@
 //! acceptor, sessions and attaches); each upload link is
 //! a task (`link.rs`) that parses messages with `address.rs` and forwards them through the
 //! [`ferry_adapter_core::AdapterContext`]. All refusals become AMQP outcomes in `error.rs`.
+//! `watch.rs` closes open connections whose tenant or device the registry disables or deletes
+//! (register [`AmqpAdapter::change_listener`] with the registry).
 //!
 //! ```no_run
 //! # async fn start(ctx: ferry_adapter_core::AdapterContext) -> Result<(), ferry_adapter_amqp::AmqpError> {
@@ -39,6 +41,7 @@ pub mod error;
 mod link;
 mod listener;
 mod sasl;
+mod watch;
 
 pub use config::AmqpConfig;
 pub use error::AmqpError;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_adapter_core::AdapterContext;
+use ferry_registry_client::ChangeListener;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::AmqpConfig;
 use crate::connection::{Connection, Shared};
 use crate::error::AmqpError;
+use crate::watch::ConnectionWatch;
 
 /// A bound port.
 struct Port {
@@ -87,6 +89,7 @@ impl AmqpAdapter {
         let max_payload_size = config
             .max_payload_size
             .min(ctx.forwarder.max_payload_size());
+        let watch = Arc::new(ConnectionWatch::new(ctx.forwarder.clone()));
         Ok(Self {
             insecure,
             secure,
@@ -98,9 +101,16 @@ impl AmqpAdapter {
                 idle_timeout: config.idle_timeout,
                 authentication_required: config.authentication_required,
                 tenants: Arc::default(),
+                watch,
             }),
             permits: Arc::new(Semaphore::new(config.max_connections)),
         })
+    }
+
+    /// The listener to register with the registry (after its cache) so that open connections
+    /// of a tenant or device that gets disabled or deleted are closed at once.
+    pub fn change_listener(&self) -> Arc<dyn ChangeListener> {
+        Arc::clone(&self.shared.watch) as Arc<dyn ChangeListener>
     }
 
     /// The bound address of the insecure port, if it is open.

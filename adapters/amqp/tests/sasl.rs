@@ -1,65 +1,24 @@
 //! The SASL layer against the pipeline doubles: outcome codes, and garbage from a peer.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use fe2o3_amqp::Connection;
 use fe2o3_amqp::connection::OpenError;
-use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::types::sasl::SaslCode;
-use ferry_adapter_amqp::{ADAPTER_TYPE, AmqpAdapter, AmqpConfig};
-use ferry_adapter_core::test_util::{FakeNorthbound, FakeRegistry, tenant};
-use ferry_adapter_core::{AdapterContext, CoreConfig};
-use ferry_registry_client::{DeviceId, TenantId};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use common::{Harness, TestResult};
 
-async fn start(
-    registry: Arc<FakeRegistry>,
-) -> Result<(SocketAddr, CancellationToken), Box<dyn std::error::Error>> {
-    let shutdown = CancellationToken::new();
-    let ctx = AdapterContext::new(
-        &CoreConfig::default(),
-        ADAPTER_TYPE,
-        registry,
-        Arc::new(FakeNorthbound::new()),
-        shutdown.clone(),
-    );
-    let any = "127.0.0.1:0".parse()?;
-    let config = AmqpConfig {
-        bind: any,
-        tls_bind: any,
-        handshake_timeout: Duration::from_millis(500),
-        ..AmqpConfig::default()
-    };
-    let adapter = AmqpAdapter::bind(&config, None, ctx).await?;
-    let addr = adapter.local_addr().ok_or("no port")?;
-    tokio::spawn(adapter.run());
-    Ok((addr, shutdown))
-}
-
-fn registry() -> Result<Arc<FakeRegistry>, Box<dyn std::error::Error>> {
-    let registry = Arc::new(FakeRegistry::new());
-    let t1 = TenantId::parse("t1")?;
-    registry.add_tenant(tenant(json!({"tenant-id": "t1"}))?);
-    registry.add_password_device(&t1, &DeviceId::parse("dev-1")?, "sensor1", "pw1");
-    Ok(registry)
+/// Starts the adapter with a short handshake timeout.
+async fn start() -> Result<Harness, common::Error> {
+    common::start(|c| c.handshake_timeout = Duration::from_millis(500)).await
 }
 
 async fn sasl_code(addr: SocketAddr, password: &str) -> Result<Option<SaslCode>, OpenError> {
-    let opened = Connection::builder()
-        .container_id("device")
-        .sasl_profile(SaslProfile::Plain {
-            username: "sensor1@t1".to_owned(),
-            password: password.to_owned(),
-        })
-        .open(format!("amqp://{addr}").as_str())
-        .await;
+    let opened = common::open(addr, "sensor1@t1", password).await;
     match opened {
         Ok(mut connection) => {
             let _ = connection.close().await;
@@ -72,14 +31,14 @@ async fn sasl_code(addr: SocketAddr, password: &str) -> Result<Option<SaslCode>,
 
 #[tokio::test]
 async fn outcome_codes_tell_bad_credentials_from_an_unavailable_registry() -> TestResult {
-    let registry = registry()?;
-    let (addr, shutdown) = start(Arc::clone(&registry)).await?;
+    let h = start().await?;
+    let addr = h.addr;
     assert_eq!(sasl_code(addr, "pw1").await?, None);
     assert_eq!(sasl_code(addr, "nope").await?, Some(SaslCode::Auth));
-    registry.set_unavailable(true);
+    h.registry.set_unavailable(true);
     // A fresh password (not in the verification cache) needs the registry.
     assert_eq!(sasl_code(addr, "other").await?, Some(SaslCode::SysTemp));
-    shutdown.cancel();
+    h.shutdown.cancel();
     Ok(())
 }
 
@@ -92,7 +51,8 @@ async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 
 #[tokio::test]
 async fn garbage_and_silence_end_the_connection() -> TestResult {
-    let (addr, shutdown) = start(registry()?).await?;
+    let h = start().await?;
+    let addr = h.addr;
     let inputs: [&[u8]; 5] = [
         b"GET / HTTP/1.1\r\n\r\n",
         b"AMQP\x00\x01\x00\x00",
@@ -110,6 +70,6 @@ async fn garbage_and_silence_end_the_connection() -> TestResult {
     }
     // The adapter still serves well-behaved devices.
     assert_eq!(sasl_code(addr, "pw1").await?, None);
-    shutdown.cancel();
+    h.shutdown.cancel();
     Ok(())
 }
