@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts the debug build of Ferry with default ports in a temporary data dir, provisions a
 # device with curl, consumes with Python qpid-proton and checks that telemetry and an event
-# sent with curl, and events and telemetry sent with mosquitto_pub (MQTT 3.1.1 and 5, plain and
-# TLS), arrive northbound.
+# sent with curl (HTTP), mosquitto_pub (MQTT 3.1.1 and 5, plain and TLS) and qpid-proton (AMQP,
+# plain and TLS) arrive northbound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +40,7 @@ expect 201 -X POST "$mgmt/devices/ci-tenant/dev1"
 expect 204 -X PUT -H 'content-type: application/json' "$mgmt/credentials/ci-tenant/dev1" \
   -d '[{"type":"hashed-password","auth-id":"dev1","secrets":[{"pwd-plain":"s3cret"}]}]'
 
-/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 6 >"$work/consumed" 2>"$work/consumer.err" &
+/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 9 >"$work/consumed" 2>"$work/consumer.err" &
 consumer_pid=$!
 for _ in $(seq 1 100); do
   grep -q '^ready' "$work/consumed" 2>/dev/null && break
@@ -48,6 +48,16 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 grep -q '^ready' "$work/consumed" || fail "consumer did not attach"
+
+# AMQP adapter: qpid-proton as the device, SASL PLAIN, anonymous relay, unsettled; plain and TLS.
+# First, so that each outcome (which needs the consumer's acceptance) is in before the consumer
+# has its count and closes.
+/usr/bin/python3 .ci/proton_device.py 127.0.0.1:5672 dev1@ci-tenant s3cret \
+  'telemetry=telemetry from proton' 'event=event from proton' >"$work/device.out" 2>&1 \
+  || fail "proton device: $(cat "$work/device.out")"
+/usr/bin/python3 .ci/proton_device.py --tls "$work/data/tls/server-cert.pem" localhost:5671 \
+  dev1@ci-tenant s3cret 'telemetry=amqps from proton' >"$work/device-tls.out" 2>&1 \
+  || fail "proton device over TLS: $(cat "$work/device-tls.out")"
 
 expect 202 -u dev1@ci-tenant:s3cret -H 'content-type: text/plain' -d 'hello from curl' http://127.0.0.1:8080/telemetry
 expect 202 -u dev1@ci-tenant:s3cret -H 'content-type: text/plain' -d 'event from curl' http://127.0.0.1:8080/event
@@ -89,6 +99,13 @@ grep -q 'event device_id=dev1 content-type=application/json payload={"v":5}' "$w
   || fail "MQTT 5 event with content type not received: $(cat "$work/consumed")"
 grep -q 'telemetry device_id=dev1 content-type=.* payload=mqtt over tls' "$work/consumed" \
   || fail "MQTT telemetry over TLS not received: $(cat "$work/consumed")"
-echo "interop: curl -> Ferry -> qpid-proton: telemetry and event received"
 echo "interop: mosquitto_pub (3.1.1, 5, TLS) -> Ferry -> qpid-proton: events and telemetry received"
+grep -q 'telemetry device_id=dev1 content-type=text/plain payload=telemetry from proton' "$work/consumed" \
+  || fail "AMQP telemetry not received: $(cat "$work/consumed")"
+grep -q 'event device_id=dev1 content-type=text/plain payload=event from proton' "$work/consumed" \
+  || fail "AMQP event not received: $(cat "$work/consumed")"
+grep -q 'telemetry device_id=dev1 content-type=text/plain payload=amqps from proton' "$work/consumed" \
+  || fail "AMQP telemetry over TLS not received: $(cat "$work/consumed")"
+echo "interop: curl -> Ferry -> qpid-proton: telemetry and event received"
+echo "interop: qpid-proton device -> Ferry AMQP adapter (plain and TLS) -> qpid-proton: telemetry and event received"
 echo "1 passed, 0 failed"

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use ferry_adapter_amqp::AmqpConfig;
 use ferry_adapter_core::CoreConfig;
 use ferry_adapter_http::HttpConfig;
 use ferry_adapter_mqtt::MqttConfig;
@@ -39,6 +40,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The MQTT adapter.
     pub mqtt: MqttConfig,
+    /// The AMQP 1.0 adapter.
+    pub amqp: AmqpConfig,
     /// The embedded AMQP 1.0 northbound endpoint for applications.
     pub northbound: NorthboundConfig,
 }
@@ -54,6 +57,7 @@ impl Default for Config {
             adapter: CoreConfig::default(),
             http: HttpConfig::default(),
             mqtt: MqttConfig::default(),
+            amqp: AmqpConfig::default(),
             northbound: NorthboundConfig::default(),
         }
     }
@@ -122,6 +126,26 @@ impl CacheSettings {
 }
 
 impl Config {
+    /// The defaults with every listener on `127.0.0.1` and a port the operating system picks,
+    /// and data under `data_dir`: for tests, benchmarks and embedding several gateways on one
+    /// host. [`crate::Gateway::addresses`] tells the ports.
+    pub fn ephemeral(data_dir: &Path) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = Config {
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        };
+        config.management.bind = any;
+        config.northbound.bind = any;
+        config.http.bind = any;
+        config.http.tls_bind = any;
+        config.mqtt.bind = any;
+        config.mqtt.tls_bind = any;
+        config.amqp.bind = any;
+        config.amqp.tls_bind = any;
+        config
+    }
+
     /// Loads the configuration: the file (if any), then `FERRY_*` variables from `env`, then
     /// `overrides` given as `path.to.key=value`.
     pub fn load(
@@ -203,6 +227,9 @@ mod tests {
         assert_eq!(c.mqtt.bind.port(), 1883);
         assert_eq!(c.mqtt.tls_bind.port(), 8883);
         assert!(c.mqtt.bind.ip().is_loopback());
+        assert_eq!(c.amqp.bind.port(), 5672);
+        assert_eq!(c.amqp.tls_bind.port(), 5671);
+        assert!(c.amqp.bind.ip().is_loopback());
         Ok(())
     }
 
@@ -229,6 +256,19 @@ mod tests {
         )?;
         assert_eq!(c.data_dir, PathBuf::from("/from/env"));
         assert_eq!(c.management.bind.port(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn amqp_section_is_read() -> anyhow::Result<()> {
+        let c = Config::load(
+            None,
+            vec![("FERRY_AMQP__MAX_PAYLOAD_SIZE".to_owned(), "100".to_owned())],
+            &["amqp.authentication_required=false".to_owned()],
+        )?;
+        assert_eq!(c.amqp.max_payload_size, 100);
+        assert!(!c.amqp.authentication_required);
+        assert!(Config::load(None, Vec::new(), &["amqp.nope=1".to_owned()]).is_err());
         Ok(())
     }
 

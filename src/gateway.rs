@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use ferry_adapter_amqp::AmqpAdapter;
 use ferry_adapter_core::{AdapterContext, Northbound};
 use ferry_adapter_http::HttpAdapter;
 use ferry_adapter_mqtt::MqttAdapter;
@@ -37,6 +38,44 @@ pub struct Addresses {
     pub mqtt: Option<SocketAddr>,
     /// MQTT adapter, TLS.
     pub mqtts: Option<SocketAddr>,
+    /// AMQP adapter, plain (absent when the insecure port is disabled).
+    pub amqp: Option<SocketAddr>,
+    /// AMQP adapter, TLS (`amqps`).
+    pub amqps: Option<SocketAddr>,
+}
+
+impl Addresses {
+    /// Every listener with what it serves, in start-up order.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut all = vec![
+            (
+                "Management API (Hono device registry, http /v1)",
+                self.management,
+            ),
+            ("northbound AMQP 1.0 endpoint", self.northbound),
+        ];
+        let optional = [
+            ("HTTP adapter", self.http),
+            ("HTTP adapter (TLS)", self.https),
+            ("MQTT adapter", self.mqtt),
+            ("MQTT adapter (TLS)", self.mqtts),
+            ("AMQP adapter", self.amqp),
+            ("AMQP adapter (TLS)", self.amqps),
+        ];
+        all.extend(
+            optional
+                .into_iter()
+                .filter_map(|(name, a)| Some((name, a?))),
+        );
+        all
+    }
+
+    /// Logs one line per listener with its address.
+    fn log(&self) {
+        for (name, address) in self.listeners() {
+            tracing::info!(%address, "{name} listening");
+        }
+    }
 }
 
 /// A running Ferry: every component started from one [`Config`].
@@ -103,30 +142,39 @@ impl Gateway {
         });
 
         let tls = tls::server_config(&config.tls, &config.data_dir)?;
-        let context = AdapterContext::new(
-            &config.adapter,
-            "hono-http",
-            device_registry.clone(),
-            sender.clone(),
-            shutdown.clone(),
-        );
-        let http = HttpAdapter::bind(&config.http, Some(tls.clone()), context)
+        let context = |adapter_type: &str| {
+            AdapterContext::new(
+                &config.adapter,
+                adapter_type,
+                device_registry.clone(),
+                sender.clone(),
+                shutdown.clone(),
+            )
+        };
+        let http = HttpAdapter::bind(&config.http, Some(tls.clone()), context("hono-http"))
             .await
             .context("cannot start the HTTP adapter")?;
         // Same certificate and provider; MQTT clients negotiate no ALPN (or `mqtt`), so the
         // HTTP listener's `http/1.1` must not be required of them.
         let mut mqtt_tls = (*tls).clone();
         mqtt_tls.alpn_protocols = Vec::new();
-        let mqtt_context = AdapterContext::new(
-            &config.adapter,
-            ferry_adapter_mqtt::ADAPTER_TYPE,
-            device_registry.clone(),
-            sender.clone(),
-            shutdown.clone(),
-        );
-        let mqtt = MqttAdapter::bind(&config.mqtt, Some(Arc::new(mqtt_tls)), mqtt_context)
-            .await
-            .context("cannot start the MQTT adapter")?;
+        let mqtt = MqttAdapter::bind(
+            &config.mqtt,
+            Some(Arc::new(mqtt_tls)),
+            context(ferry_adapter_mqtt::ADAPTER_TYPE),
+        )
+        .await
+        .context("cannot start the MQTT adapter")?;
+        let amqp = AmqpAdapter::bind(
+            &config.amqp,
+            Some(tls),
+            context(ferry_adapter_amqp::ADAPTER_TYPE),
+        )
+        .await
+        .context("cannot start the AMQP adapter")?;
+        // After the cache's listener: the adapter's re-checks then see the change.
+        registry.add_change_listener(amqp.change_listener());
+
         let addresses = Addresses {
             management: management_addr,
             northbound: northbound_addr,
@@ -134,6 +182,8 @@ impl Gateway {
             https: http.tls_local_addr(),
             mqtt: mqtt.local_addr(),
             mqtts: mqtt.tls_local_addr(),
+            amqp: amqp.local_addr(),
+            amqps: amqp.tls_local_addr(),
         };
         tasks.spawn(async move {
             http.run().await;
@@ -143,21 +193,11 @@ impl Gateway {
             mqtt.run().await;
             Ok(())
         });
-
-        tracing::info!(address = %addresses.management, "Management API (Hono device registry /v1) listening");
-        tracing::info!(address = %addresses.northbound, "northbound AMQP 1.0 endpoint listening");
-        if let Some(address) = addresses.http {
-            tracing::info!(%address, "HTTP adapter listening");
-        }
-        if let Some(address) = addresses.https {
-            tracing::info!(%address, "HTTP adapter (TLS) listening");
-        }
-        if let Some(address) = addresses.mqtt {
-            tracing::info!(%address, "MQTT adapter listening");
-        }
-        if let Some(address) = addresses.mqtts {
-            tracing::info!(%address, "MQTT adapter (TLS) listening");
-        }
+        tasks.spawn(async move {
+            amqp.run().await;
+            Ok(())
+        });
+        addresses.log();
         Ok(Gateway {
             addresses,
             shutdown,

@@ -91,20 +91,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::start(config).await?;
     let a = gateway.addresses();
     println!("Ferry is running. Listeners:");
-    println!("  Management API   http://{}/v1", a.management);
-    if let Some(http) = a.http {
-        println!("  HTTP adapter     http://{http}");
+    for (name, address) in a.listeners() {
+        println!("  {name:<50} {address}");
     }
-    if let Some(https) = a.https {
-        println!("  HTTP adapter     https://{https}");
-    }
-    if let Some(mqtt) = a.mqtt {
-        println!("  MQTT adapter     mqtt://{mqtt}");
-    }
-    if let Some(mqtts) = a.mqtts {
-        println!("  MQTT adapter     mqtts://{mqtts}");
-    }
-    println!("  Northbound AMQP  amqp://{}", a.northbound);
     println!();
     println!("Send a first message:");
     println!(

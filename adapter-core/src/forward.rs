@@ -173,6 +173,27 @@ impl Forwarder {
         self.tenant(tenant_id, authenticated).await
     }
 
+    /// Checks that `device_id` of `tenant_id` exists and is enabled (its registration assertion),
+    /// the device part of [`Self::forward`]. Connection-oriented adapters call it to re-check an
+    /// open connection after the registry changed.
+    pub async fn check_device(
+        &self,
+        tenant_id: &TenantId,
+        device_id: &DeviceId,
+    ) -> Result<(), ForwardError> {
+        self.inner
+            .registry
+            .assert_registration(tenant_id, device_id, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                RegistryError::NotFound => ForwardError::DeviceUnknownOrDisabled(device_id.clone()),
+                RegistryError::Forbidden(m) => ForwardError::RegistrationForbidden(m),
+                RegistryError::BadRequest(m) => ForwardError::RegistryBadRequest(m),
+                RegistryError::Unavailable(m) => ForwardError::RegistryUnavailable(m),
+            })
+    }
+
     /// Fetches the tenant and applies its enabled and adapter settings.
     async fn tenant(
         &self,

@@ -14,15 +14,7 @@ type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 async fn start_ferry(
     dir: &std::path::Path,
 ) -> Result<Gateway, Box<dyn std::error::Error + Send + Sync>> {
-    let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
-    let mut config = Config {
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
-    config.management.bind = any;
-    config.northbound.bind = any;
-    config.http.bind = any;
-    config.http.tls_bind = any;
+    let mut config = Config::ephemeral(dir);
     config.registry.bcrypt_cost = 4;
     Gateway::start(config)
         .await

@@ -26,15 +26,7 @@ pub struct TestGateway {
 }
 
 pub fn config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    let any = "127.0.0.1:0".parse().expect_or_panic("address");
-    config.data_dir = data_dir.to_path_buf();
-    config.management.bind = any;
-    config.northbound.bind = any;
-    config.http.bind = any;
-    config.http.tls_bind = any;
-    config.mqtt.bind = any;
-    config.mqtt.tls_bind = any;
+    let mut config = Config::ephemeral(data_dir);
     config.registry.bcrypt_cost = 4;
     config
 }
@@ -260,6 +252,32 @@ impl AmqpConsumer {
         };
         self.receiver.accept(&delivery).await?;
         Ok(Some(received))
+    }
+
+    /// The next delivery within `wait`, left unsettled (settle it with
+    /// [`Self::settle`]); `None` if none arrived.
+    pub async fn next_unsettled(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<fe2o3_amqp::link::delivery::Delivery<Body<Value>>>, Error> {
+        match tokio::time::timeout(wait, self.receiver.recv::<Body<Value>>()).await {
+            Err(_) => Ok(None),
+            Ok(d) => Ok(Some(d?)),
+        }
+    }
+
+    /// Settles a delivery of [`Self::next_unsettled`]: accepted, or rejected without a reason.
+    pub async fn settle(
+        &mut self,
+        delivery: &fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
+        accept: bool,
+    ) -> Result<(), Error> {
+        if accept {
+            self.receiver.accept(delivery).await?;
+        } else {
+            self.receiver.reject(delivery, None).await?;
+        }
+        Ok(())
     }
 
     pub async fn close(mut self) {

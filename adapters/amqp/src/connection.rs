@@ -1,0 +1,311 @@
+//! One accepted connection, through its phases: TLS (on the TLS port, under a timeout), SASL with
+//! asynchronous authentication ([`crate::sasl`]), the AMQP open through fe2o3's acceptor, then
+//! sessions and links until the device leaves, a terminal error or shutdown.
+//!
+//! Sessions run in their own tasks ([`crate::session`]). On shutdown, links stop taking
+//! deliveries, settle the ones in flight, and the connection closes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SessionAcceptor};
+use fe2o3_amqp::types::definitions::Error as ErrorBody;
+use ferry_adapter_core::{AdapterContext, AuthenticatedDevice};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::admission::{self, TenantConnections};
+use crate::error::sasl_code_for;
+use crate::sasl::{self, Credentials, Mechanisms};
+use crate::watch::ConnectionWatch;
+
+/// Capability offered in `open`: devices send on one link with a null target.
+pub(crate) const ANONYMOUS_RELAY: &str = "ANONYMOUS-RELAY";
+/// Container id of the adapter in `open`.
+const CONTAINER_ID: &str = "ferry-amqp-adapter";
+/// Highest session channel of a device connection (so at most 4 sessions): a device needs one.
+const MAX_SESSIONS: u16 = 3;
+/// Highest link handle of a session (so at most 8 links): a device needs an upload link and,
+/// later, a command link. With the link credit and the message size this bounds the memory one
+/// connection can make the adapter hold.
+const MAX_LINKS: u32 = 7;
+/// How long closing a link, session or connection waits for the peer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection waits for its links to settle what they have in flight on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Adapter-wide settings and handles every connection uses.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) ctx: AdapterContext,
+    /// Largest payload forwarded.
+    pub(crate) max_payload_size: usize,
+    pub(crate) tls_handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) authentication_required: bool,
+    /// Open connections per tenant (the tenants' `max-connections`).
+    pub(crate) tenants: Arc<TenantConnections>,
+    /// Open authenticated connections, re-checked on registry changes.
+    pub(crate) watch: Arc<ConnectionWatch>,
+}
+
+/// What the tasks of one connection share.
+#[derive(Debug)]
+pub(crate) struct ConnectionState {
+    /// The authenticated device, `None` for an anonymous one.
+    pub(crate) device: Option<AuthenticatedDevice>,
+    /// Fires when a terminal error ends the connection.
+    pub(crate) terminal: CancellationToken,
+    terminal_error: Mutex<Option<ErrorBody>>,
+}
+
+impl ConnectionState {
+    /// Ends the connection with `error` (the first terminal error wins).
+    pub(crate) fn terminate(&self, error: ErrorBody) {
+        if let Ok(mut slot) = self.terminal_error.lock() {
+            slot.get_or_insert(error);
+        }
+        self.terminal.cancel();
+    }
+
+    fn take_error(&self) -> Option<ErrorBody> {
+        self.terminal_error.lock().ok().and_then(|mut e| e.take())
+    }
+}
+
+/// An accepted TCP connection and what it needs to be served.
+pub(crate) struct Connection {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) shared: Arc<Shared>,
+    /// Held for the connection's lifetime: the connection limit.
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Serves the connection to its end, in its own tracing span.
+    pub(crate) async fn run(self) {
+        let span = tracing::info_span!(
+            "connection",
+            protocol = "amqp",
+            peer = %self.peer,
+            tls = self.tls.is_some(),
+            tenant = tracing::field::Empty,
+            device = tracing::field::Empty,
+        );
+        self.serve().instrument(span).await;
+    }
+
+    async fn serve(self) {
+        let Connection {
+            stream,
+            tls,
+            shared,
+            permit,
+            ..
+        } = self;
+        let _ = stream.set_nodelay(true);
+        let shutdown = shared.ctx.shutdown.clone();
+        tracing::debug!("accepted");
+        match tls {
+            None => serve_amqp(stream, shared).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream));
+                let outcome = tokio::select! {
+                    outcome = handshake => outcome,
+                    () = shutdown.cancelled() => return,
+                };
+                match outcome {
+                    Ok(Ok(stream)) => serve_amqp(stream, shared).await,
+                    Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!("TLS handshake timed out"),
+                }
+            }
+        }
+        drop(permit);
+        tracing::debug!("closed");
+    }
+}
+
+/// SASL, then the AMQP open, then sessions: the connection after TLS.
+async fn serve_amqp<S>(mut stream: S, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+{
+    let shutdown = shared.ctx.shutdown.clone();
+    let handshake =
+        tokio::time::timeout(shared.handshake_timeout, authenticate(&mut stream, &shared));
+    let device = tokio::select! {
+        outcome = handshake => match outcome {
+            Ok(Some(device)) => device,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::info!("SASL handshake timed out");
+                return;
+            }
+        },
+        () = shutdown.cancelled() => return,
+    };
+    // Hono's connect-time checks; a refusal is told in the close after the open.
+    let admission = match &device {
+        Some(device) => {
+            let span = tracing::Span::current();
+            span.record("tenant", device.tenant_id.as_str());
+            span.record("device", device.device_id.as_str());
+            admission::admit(&shared.ctx.forwarder, &shared.tenants, device)
+                .await
+                .map(Some)
+        }
+        None => Ok(None),
+    };
+    let idle_ms = u32::try_from(shared.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+    let acceptor = ConnectionAcceptor::builder()
+        .container_id(CONTAINER_ID)
+        .channel_max(MAX_SESSIONS)
+        .idle_time_out(idle_ms)
+        .add_offered_capabilities(ANONYMOUS_RELAY)
+        .build();
+    let open = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream));
+    let mut connection = tokio::select! {
+        outcome = open => match outcome {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                tracing::info!(%error, "AMQP open failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("AMQP open timed out");
+                return;
+            }
+        },
+        () = shutdown.cancelled() => return,
+    };
+    let _slot = match admission {
+        Ok(slot) => slot,
+        Err(refused) => {
+            tracing::info!(reason = %refused, "connection refused");
+            let closing = connection.close_with_error(refused.to_amqp());
+            if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+                tracing::debug!(%error, "refused connection closed with error");
+            }
+            return;
+        }
+    };
+    tracing::info!("device connected");
+    let state = Arc::new(ConnectionState {
+        device,
+        terminal: CancellationToken::new(),
+        terminal_error: Mutex::new(None),
+    });
+    let _watched = state
+        .device
+        .as_ref()
+        .map(|d| shared.watch.watch(&d.tenant_id, &d.device_id, &state));
+    run_connection(&mut connection, &state, &shared).await;
+    let error = state.take_error();
+    if let Some(error) = &error {
+        tracing::info!(%error, "closing the connection after a terminal error");
+    }
+    let closing = async {
+        match error {
+            Some(error) => connection.close_with_error(error).await,
+            None => connection.close().await,
+        }
+    };
+    if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+        tracing::debug!(%error, "connection closed with error");
+    }
+    tracing::info!("device disconnected");
+}
+
+/// Runs the SASL exchange and authenticates; `None` when the device was refused (it has been
+/// told, where SASL allows).
+async fn authenticate<S>(stream: &mut S, shared: &Shared) -> Option<Option<AuthenticatedDevice>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mechanisms = Mechanisms {
+        anonymous: !shared.authentication_required,
+    };
+    let credentials = match sasl::negotiate(stream, mechanisms).await {
+        Ok(credentials) => credentials,
+        Err(error) => {
+            tracing::info!(%error, "SASL negotiation failed");
+            if error.answers_with_outcome() {
+                let _ = sasl::send_outcome(stream, fe2o3_amqp::types::sasl::SaslCode::Auth).await;
+            }
+            return None;
+        }
+    };
+    let outcome = match &credentials {
+        Credentials::Plain { username, password } => shared
+            .ctx
+            .authenticator
+            .authenticate_password(username, password)
+            .await
+            .map(Some),
+        Credentials::Anonymous => Ok(None),
+    };
+    match outcome {
+        Ok(device) => {
+            sasl::send_outcome(stream, fe2o3_amqp::types::sasl::SaslCode::Ok)
+                .await
+                .ok()?;
+            Some(device)
+        }
+        Err(error) => {
+            tracing::info!(%error, ?credentials, "device authentication failed");
+            let _ = sasl::send_outcome(stream, sasl_code_for(error.kind())).await;
+            None
+        }
+    }
+}
+
+async fn run_connection(
+    connection: &mut ListenerConnectionHandle,
+    state: &Arc<ConnectionState>,
+    shared: &Arc<Shared>,
+) {
+    let session_acceptor = SessionAcceptor::builder().handle_max(MAX_LINKS).build();
+    let sessions = TaskTracker::new();
+    let shutdown = shared.ctx.shutdown.clone();
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = state.terminal.cancelled() => break,
+            incoming = connection.next_incoming_session() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        match session_acceptor
+            .accept_incoming_session(incoming, connection)
+            .await
+        {
+            Ok(session) => {
+                sessions.spawn(
+                    crate::session::run(session, Arc::clone(state), Arc::clone(shared))
+                        .in_current_span(),
+                );
+            }
+            Err(error) => {
+                tracing::info!(%error, "session refused");
+                break;
+            }
+        }
+    }
+    sessions.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("links did not settle their deliveries in time");
+    }
+}

@@ -1,0 +1,191 @@
+//! The adapter's ports: binding, and the accept loops.
+//!
+//! Each accept loop accepts, takes a permit of the connection limit (waiting while the limit is
+//! reached), then spawns a [`Connection`] task; TLS handshakes happen in that task, so a slow client never holds up
+//! accepting. On shutdown the loops stop accepting and [`AmqpAdapter::run`] waits until every
+//! connection settled what it had in flight and closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_adapter_core::AdapterContext;
+use ferry_registry_client::ChangeListener;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AmqpConfig;
+use crate::connection::{Connection, Shared};
+use crate::error::AmqpError;
+use crate::watch::ConnectionWatch;
+
+/// A bound port.
+struct Port {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+}
+
+/// The AMQP adapter, bound and ready to [`run`](AmqpAdapter::run).
+pub struct AmqpAdapter {
+    insecure: Option<Port>,
+    secure: Option<Port>,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for AmqpAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpAdapter")
+            .field("local_addr", &self.local_addr())
+            .field("tls_local_addr", &self.tls_local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(addr: SocketAddr, tls: Option<TlsAcceptor>) -> Result<Port, AmqpError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AmqpError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| AmqpError::Bind { addr, source })?;
+    Ok(Port {
+        listener,
+        addr,
+        tls,
+    })
+}
+
+impl AmqpAdapter {
+    /// Validates `config` and binds the insecure port (if enabled) and, given a TLS server
+    /// configuration, the TLS port. ALPN protocols of `tls` are cleared for this port: AMQP
+    /// clients do not negotiate one.
+    pub async fn bind(
+        config: &AmqpConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        ctx: AdapterContext,
+    ) -> Result<Self, AmqpError> {
+        config.validate()?;
+        let insecure = match config.insecure_port_enabled {
+            true => Some(bind(config.bind, None).await?),
+            false => None,
+        };
+        let secure = match tls {
+            Some(tls) => {
+                let mut tls = Arc::unwrap_or_clone(tls);
+                tls.alpn_protocols.clear();
+                Some(bind(config.tls_bind, Some(TlsAcceptor::from(Arc::new(tls)))).await?)
+            }
+            None => None,
+        };
+        if insecure.is_none() && secure.is_none() {
+            return Err(AmqpError::InvalidConfig(
+                "the insecure port is disabled and no TLS configuration was given".to_owned(),
+            ));
+        }
+        let max_payload_size = config
+            .max_payload_size
+            .min(ctx.forwarder.max_payload_size());
+        let watch = Arc::new(ConnectionWatch::new(ctx.forwarder.clone()));
+        Ok(Self {
+            insecure,
+            secure,
+            shared: Arc::new(Shared {
+                ctx,
+                max_payload_size,
+                tls_handshake_timeout: config.tls_handshake_timeout,
+                handshake_timeout: config.handshake_timeout,
+                idle_timeout: config.idle_timeout,
+                authentication_required: config.authentication_required,
+                tenants: Arc::default(),
+                watch,
+            }),
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+        })
+    }
+
+    /// The listener to register with the registry (after its cache) so that open connections
+    /// of a tenant or device that gets disabled or deleted are closed at once.
+    pub fn change_listener(&self) -> Arc<dyn ChangeListener> {
+        Arc::clone(&self.shared.watch) as Arc<dyn ChangeListener>
+    }
+
+    /// The bound address of the insecure port, if it is open.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.insecure.as_ref().map(|p| p.addr)
+    }
+
+    /// The bound address of the TLS port, if it is open.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.secure.as_ref().map(|p| p.addr)
+    }
+
+    /// Serves until the context's shutdown token fires, then stops accepting and returns once
+    /// every connection has settled its deliveries in flight and closed.
+    pub async fn run(self) {
+        let tracker = TaskTracker::new();
+        let accept = |port: Option<Port>| {
+            let tracker = tracker.clone();
+            let (shared, permits) = (Arc::clone(&self.shared), Arc::clone(&self.permits));
+            async move {
+                if let Some(port) = port {
+                    accept_loop(port, shared, permits, tracker).await;
+                }
+            }
+        };
+        tokio::join!(accept(self.insecure), accept(self.secure));
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("AMQP adapter stopped");
+    }
+}
+
+async fn accept_loop(
+    port: Port,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    let shutdown = shared.ctx.shutdown.clone();
+    let tls = port.tls.is_some();
+    tracing::debug!(addr = %port.addr, tls, "AMQP adapter accepting");
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = port.listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // The permit is taken after accepting: a loop waiting for a permit would otherwise hold
+        // it while it waits for a connection on its own port, starving the other port. At most
+        // one accepted connection per port waits here for a free slot.
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let connection = Connection {
+            stream,
+            peer,
+            tls: port.tls.clone(),
+            shared: Arc::clone(&shared),
+            permit,
+        };
+        tracker.spawn(connection.run());
+    }
+    tracing::info!(addr = %port.addr, tls, "AMQP adapter stopped accepting");
+}
