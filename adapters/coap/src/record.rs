@@ -1,0 +1,111 @@
+//! Just enough of the DTLS 1.2 record layer (RFC 6347 §4.1, §4.2.2) to route datagrams before
+//! the DTLS library sees them: is this a ClientHello (worth a new peer), and which PSK identity
+//! does a ClientKeyExchange carry (RFC 4279 §2), so the key can be looked up asynchronously
+//! before the library's synchronous PSK callback asks for it. Pure functions over bytes.
+
+/// Record content type `handshake`.
+const HANDSHAKE: u8 = 22;
+/// Handshake message types.
+const CLIENT_HELLO: u8 = 1;
+const CLIENT_KEY_EXCHANGE: u8 = 16;
+/// Record header: type, version (2), epoch (2), sequence number (6), length (2).
+const RECORD_HEADER: usize = 13;
+/// Handshake header: type, length (3), message_seq (2), fragment_offset (3), fragment_length (3).
+const HANDSHAKE_HEADER: usize = 12;
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<usize> {
+    Some(usize::from(u16::from_be_bytes([
+        *bytes.get(at)?,
+        *bytes.get(at + 1)?,
+    ])))
+}
+
+fn u24_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let b = bytes.get(at..at + 3)?;
+    Some(usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
+}
+
+/// The unencrypted (epoch 0) handshake messages of a datagram: `(type, whole message body)`;
+/// fragments of a larger message are skipped.
+fn handshakes(datagram: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let header = datagram.get(offset..offset + RECORD_HEADER)?;
+            let length = u16_at(header, 11)?;
+            let body = datagram.get(offset + RECORD_HEADER..offset + RECORD_HEADER + length)?;
+            offset += RECORD_HEADER + length;
+            let epoch = u16_at(header, 3)?;
+            if header[0] != HANDSHAKE || epoch != 0 || body.len() < HANDSHAKE_HEADER {
+                continue;
+            }
+            let (kind, message_length) = (body[0], u24_at(body, 1)?);
+            let (fragment_offset, fragment_length) = (u24_at(body, 6)?, u24_at(body, 9)?);
+            if fragment_offset != 0 || fragment_length != message_length {
+                continue;
+            }
+            if let Some(message) = body.get(HANDSHAKE_HEADER..HANDSHAKE_HEADER + message_length) {
+                return Some((kind, message));
+            }
+        }
+    })
+}
+
+/// Whether the datagram starts a handshake: a ClientHello in epoch 0.
+pub(crate) fn is_client_hello(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&HANDSHAKE) && handshakes(datagram).any(|(k, _)| k == CLIENT_HELLO)
+}
+
+/// The PSK identity of a ClientKeyExchange in the datagram, if it carries one.
+pub(crate) fn psk_identity(datagram: &[u8]) -> Option<&[u8]> {
+    let (_, message) = handshakes(datagram).find(|(k, _)| *k == CLIENT_KEY_EXCHANGE)?;
+    let length = u16_at(message, 0)?;
+    message.get(2..2 + length).filter(|id| !id.is_empty())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// One epoch-0 handshake record holding a whole message of `kind`.
+    pub(crate) fn record(kind: u8, message: &[u8]) -> Vec<u8> {
+        let len = message.len();
+        let mut body = vec![kind, 0, (len >> 8) as u8, len as u8, 0, 0, 0, 0, 0, 0];
+        body.extend_from_slice(&[(len >> 8) as u8, len as u8]);
+        body.extend_from_slice(message);
+        let mut r = vec![HANDSHAKE, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1];
+        r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        r.extend_from_slice(&body);
+        r
+    }
+
+    #[test]
+    fn finds_the_identity_among_the_records_of_a_flight() {
+        let identity = b"sensor@tenant";
+        let mut cke = vec![0, identity.len() as u8];
+        cke.extend_from_slice(identity);
+        // ClientKeyExchange, then ChangeCipherSpec and an encrypted Finished (epoch 1).
+        let mut flight = record(CLIENT_KEY_EXCHANGE, &cke);
+        flight.extend_from_slice(&[20, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 1]);
+        flight.extend_from_slice(&[22, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3, 9, 9, 9]);
+        assert_eq!(psk_identity(&flight), Some(&identity[..]));
+        assert!(!is_client_hello(&flight));
+        assert!(is_client_hello(&record(CLIENT_HELLO, &[0xfe, 0xfd])));
+    }
+
+    #[test]
+    fn junk_and_truncated_records_yield_nothing() {
+        let mut cke = record(CLIENT_KEY_EXCHANGE, &[0, 5, b'a']);
+        assert_eq!(psk_identity(&cke), None);
+        cke.truncate(20);
+        assert_eq!(psk_identity(&cke), None);
+        for junk in [&[][..], &[22], &[22; 40], &[0x40, 1, 0, 0], &[0xff; 100]] {
+            assert_eq!(psk_identity(junk), None);
+            assert!(!is_client_hello(junk));
+        }
+        // An identity in an encrypted epoch is not read.
+        let mut encrypted = record(CLIENT_KEY_EXCHANGE, &[0, 1, b'x']);
+        encrypted[4] = 1;
+        assert_eq!(psk_identity(&encrypted), None);
+    }
+}
