@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use ferry_adapter_coap::CoapConfig;
 use ferry_adapter_core::CoreConfig;
 use ferry_adapter_http::HttpConfig;
 use ferry_northbound::NorthboundConfig;
@@ -36,6 +37,8 @@ pub struct Config {
     pub adapter: CoreConfig,
     /// The HTTP adapter.
     pub http: HttpConfig,
+    /// The CoAP adapter (UDP and DTLS).
+    pub coap: CoapConfig,
     /// The embedded AMQP 1.0 northbound endpoint for applications.
     pub northbound: NorthboundConfig,
 }
@@ -50,6 +53,7 @@ impl Default for Config {
             cache: CacheSettings::default(),
             adapter: CoreConfig::default(),
             http: HttpConfig::default(),
+            coap: CoapConfig::default(),
             northbound: NorthboundConfig::default(),
         }
     }

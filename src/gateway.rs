@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use ferry_adapter_coap::{CoapAdapter, DtlsCertificate};
 use ferry_adapter_core::{AdapterContext, Northbound};
 use ferry_adapter_http::HttpAdapter;
 use ferry_northbound::{EmbeddedNorthbound, NorthboundConfig};
@@ -32,6 +33,10 @@ pub struct Addresses {
     pub http: Option<SocketAddr>,
     /// HTTP adapter, TLS.
     pub https: Option<SocketAddr>,
+    /// CoAP adapter, plain UDP (open only when the adapter does not require authentication).
+    pub coap: Option<SocketAddr>,
+    /// CoAP adapter, DTLS.
+    pub coaps: Option<SocketAddr>,
 }
 
 /// A running Ferry: every component started from one [`Config`].
@@ -108,14 +113,35 @@ impl Gateway {
         let http = HttpAdapter::bind(&config.http, Some(tls), context)
             .await
             .context("cannot start the HTTP adapter")?;
+
+        let configured_tls = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
+        let certificate = DtlsCertificate::load_or_create(configured_tls, &config.data_dir)
+            .context("cannot prepare the DTLS server certificate")?;
+        let context = AdapterContext::new(
+            &config.adapter,
+            ferry_adapter_coap::ADAPTER_TYPE,
+            device_registry.clone(),
+            sender.clone(),
+            shutdown.clone(),
+        );
+        let coap = CoapAdapter::bind(&config.coap, Some(certificate), context)
+            .await
+            .context("cannot start the CoAP adapter")?;
+
         let addresses = Addresses {
             management: management_addr,
             northbound: northbound_addr,
             http: http.local_addr(),
             https: http.tls_local_addr(),
+            coap: coap.local_addr(),
+            coaps: Some(coap.dtls_local_addr()),
         };
         tasks.spawn(async move {
             http.run().await;
+            Ok(())
+        });
+        tasks.spawn(async move {
+            coap.run().await;
             Ok(())
         });
 
@@ -126,6 +152,12 @@ impl Gateway {
         }
         if let Some(address) = addresses.https {
             tracing::info!(%address, "HTTP adapter (TLS) listening");
+        }
+        if let Some(address) = addresses.coap {
+            tracing::info!(%address, "CoAP adapter (UDP, unauthenticated) listening");
+        }
+        if let Some(address) = addresses.coaps {
+            tracing::info!(%address, "CoAP adapter (DTLS) listening");
         }
         Ok(Gateway {
             addresses,

@@ -28,6 +28,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::{Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_util::conn::Conn;
@@ -78,9 +79,9 @@ impl DtlsPort {
         let (socket, addr) = (self.socket, self.addr);
         match &self.certificate {
             Some(c) => {
-                tracing::info!(%addr, cert = %c.path.display(), "CoAP adapter listening (DTLS, PSK)")
+                tracing::debug!(%addr, cert = %c.path.display(), "CoAP DTLS port serving")
             }
-            None => tracing::info!(%addr, "CoAP adapter listening (DTLS, PSK)"),
+            None => tracing::debug!(%addr, "CoAP DTLS port serving"),
         }
         let settings = Arc::new(PeerSettings {
             shared: Arc::clone(&shared),
@@ -290,8 +291,16 @@ impl Conn for PeerConn {
 }
 
 /// The server configuration of one PSK handshake, its callback answering from `slot`.
+///
+/// The suites must be named: webrtc-dtls's default list has no PSK suite, so a PSK config
+/// without them fails every handshake with "no available cipher suites".
 fn psk_config(slot: Arc<PskSlot>) -> Config {
     Config {
+        cipher_suites: vec![
+            CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
+            CipherSuiteId::Tls_Psk_With_Aes_128_Ccm,
+            CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
+        ],
         psk: Some(Arc::new(move |identity: &[u8]| {
             slot.key(identity)
                 .ok_or_else(|| webrtc_dtls::Error::Other("unknown PSK identity".to_owned()))

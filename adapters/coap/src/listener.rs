@@ -120,7 +120,7 @@ impl CoapAdapter {
         let buffer_size = self.shared.max_payload_size + HEADER_ROOM;
         let plain = async {
             if let Some((socket, addr)) = self.plain {
-                tracing::info!(%addr, "CoAP adapter listening (plain UDP, unauthenticated)");
+                tracing::debug!(%addr, "CoAP plain UDP port serving");
                 Session {
                     transport: socket,
                     shared: Arc::clone(&self.shared),
