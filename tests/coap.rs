@@ -576,3 +576,53 @@ async fn dtls_psk_authenticates_devices_and_gateways_and_refuses_wrong_keys() ->
     ferry.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn junk_and_half_open_handshakes_do_not_block_others_and_idle_sessions_end() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut config = common::config(dir.path());
+    config.coap.idle_timeout = Duration::from_millis(800);
+    let ferry = TestGateway::start_with(config).await?;
+    let coaps = ferry.addrs.coaps.ok_or("no DTLS port")?;
+    ferry.tenant("c7", json!({})).await?;
+    ferry.device("c7", "dev1", json!({})).await?;
+    ferry.psk("c7", "dev1", "sensor1", b"secret-key-7").await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/c7")
+        .await?
+        .accept_in_background();
+
+    // Junk from one address, a handshake abandoned after its ClientHello from another.
+    let junk = UdpSocket::bind("127.0.0.1:0").await?;
+    for datagram in [
+        &[0xffu8; 64][..],
+        b"GET / HTTP/1.1\r\n\r\n",
+        &[22, 0xfe, 0xfd, 0, 0],
+    ] {
+        junk.send_to(datagram, coaps).await?;
+    }
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(1),
+        dtls_client(coaps, "sensor1@c7", b"secret-key-7"),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the abandoned handshake completed");
+
+    let conn = dtls_client(coaps, "sensor1@c7", b"secret-key-7").await?;
+    let req = non(RequestType::Post, "/t", b"not blocked");
+    let bytes = req.packet(7).to_bytes().map_err(|e| format!("{e:?}"))?;
+    conn.write(&bytes, None).await?;
+    let response = dtls_read(&conn).await?;
+    assert_eq!(response.header.get_type(), MessageType::NonConfirmable);
+    assert_eq!(code(&response)?, ResponseType::Changed);
+    let msg = consumer.next(WAIT).await.ok_or("no telemetry")?;
+    assert_eq!(msg.payload, b"not blocked");
+    assert_eq!(msg.prop("qos").as_deref(), Some("0"));
+
+    // Silent for longer than idle_timeout: the server closes the session (close_notify).
+    let mut buf = vec![0u8; 256];
+    let read = tokio::time::timeout(WAIT, conn.read(&mut buf, None)).await?;
+    assert!(read.is_err(), "the idle session was not closed: {read:?}");
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}

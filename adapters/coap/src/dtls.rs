@@ -36,7 +36,7 @@ use webrtc_util::conn::Conn;
 use crate::cert::DtlsCertificate;
 use crate::config::CoapConfig;
 use crate::exchange::{ExchangeConfig, Exchanges};
-use crate::listener::{HEADER_ROOM, rand_u16};
+use crate::listener::{HEADER_ROOM, RECEIVE_ERROR_PAUSE, rand_u16};
 use crate::record;
 use crate::session::{Session, Shared, Transport};
 
@@ -110,6 +110,7 @@ impl DtlsPort {
                         Ok(r) => r,
                         Err(e) => {
                             tracing::debug!(error = %e, "DTLS port receive error");
+                            tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
                             continue;
                         }
                     };

@@ -20,15 +20,20 @@ use crate::session::{Session, Shared, Transport};
 /// Room for a request's header and options next to its payload in the receive buffer.
 pub(crate) const HEADER_ROOM: usize = 1024;
 
+/// Pause after a failed receive on a shared socket, so a persistent error cannot spin a core.
+pub(crate) const RECEIVE_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl Transport for Arc<UdpSocket> {
+    /// Never fails: one socket serves every peer, so receive errors (ICMP errors of earlier
+    /// sends, buffer shortages) are logged and the port keeps serving.
     async fn recv(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
         loop {
             match self.recv_from(buf).await {
                 Ok(r) => return Ok(r),
-                // ICMP errors of earlier sends surface here on some systems: not fatal.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "CoAP UDP receive error");
+                    tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
+                }
             }
         }
     }
