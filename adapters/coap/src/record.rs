@@ -108,4 +108,31 @@ pub(crate) mod tests {
         encrypted[4] = 1;
         assert_eq!(psk_identity(&encrypted), None);
     }
+
+    #[test]
+    fn random_datagrams_never_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid = record(CLIENT_KEY_EXCHANGE, &[0, 3, b'a', b'@', b't']);
+        for i in 0..20_000 {
+            let mut datagram: Vec<u8> = if i % 2 == 0 {
+                valid.clone()
+            } else {
+                (0..next() % 80).map(|_| next() as u8).collect()
+            };
+            if !datagram.is_empty() {
+                let at = (next() as usize) % datagram.len();
+                datagram[at] = next() as u8;
+            }
+            let _ = is_client_hello(&datagram);
+            if let Some(identity) = psk_identity(&datagram) {
+                assert!(identity.len() <= datagram.len());
+            }
+        }
+    }
 }

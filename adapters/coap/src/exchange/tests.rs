@@ -267,3 +267,45 @@ fn the_oldest_ids_are_forgotten_when_the_table_is_full() -> TestResult {
     );
     Ok(())
 }
+
+/// A small deterministic generator (xorshift), so the smoke test below is reproducible.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn random_and_mutated_datagrams_never_panic_and_answers_always_parse() -> TestResult {
+    let (mut ex, t0) = (layer(), Instant::now());
+    let valid = request(MessageType::Confirmable, 500, b"tok")?;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut handed_up = 0;
+    for i in 0..20_000u32 {
+        let mut datagram = if i % 2 == 0 {
+            valid.clone()
+        } else {
+            let len = (xorshift(&mut state) % 64) as usize;
+            (0..len).map(|_| xorshift(&mut state) as u8).collect()
+        };
+        // Flip a few bytes.
+        for _ in 0..(xorshift(&mut state) % 4) {
+            if !datagram.is_empty() {
+                let at = (xorshift(&mut state) as usize) % datagram.len();
+                datagram[at] = xorshift(&mut state) as u8;
+            }
+        }
+        let now = t0 + Duration::from_millis(u64::from(i));
+        if let Some(incoming) = ex.handle(now, PEER, &datagram) {
+            handed_up += 1;
+            ex.respond(now, incoming.id, changed());
+        }
+        ex.handle_timeout(now);
+        for t in drain(&mut ex) {
+            decode(&t)?;
+        }
+    }
+    assert!(handed_up > 0);
+    Ok(())
+}
