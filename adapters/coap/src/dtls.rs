@@ -44,6 +44,9 @@ use crate::session::{Session, Shared, Transport};
 const PEER_QUEUE: usize = 16;
 /// Requests one DTLS peer may have in flight at once.
 const PEER_IN_FLIGHT: usize = 16;
+/// Message ids remembered per DTLS session: a device flooding its own session with fresh ids
+/// only makes its oldest ones forgettable early, and costs a bounded amount of memory.
+const PEER_EXCHANGES: usize = 256;
 
 /// The bound DTLS port.
 pub(crate) struct DtlsPort {
@@ -380,7 +383,13 @@ async fn run_peer(
                     transport,
                     shared,
                     sender: Some(Arc::new(device)),
-                    exchanges: Exchanges::new(settings.exchange.clone(), rand_u16()),
+                    exchanges: Exchanges::new(
+                        ExchangeConfig {
+                            max_exchanges: PEER_EXCHANGES,
+                            ..settings.exchange.clone()
+                        },
+                        rand_u16(),
+                    ),
                     max_in_flight: PEER_IN_FLIGHT,
                     idle_timeout: Some(settings.idle_timeout),
                     buffer_size,
