@@ -135,6 +135,10 @@ impl DtlsPort {
                         tracing::trace!(%peer, n, "not a ClientHello from an unknown peer: dropped");
                         continue;
                     }
+                    if !offers_psk(datagram) {
+                        tracing::debug!(%peer, "ClientHello without a PSK cipher suite dropped (certificate authentication over DTLS is not available yet)");
+                        continue;
+                    }
                     if peers.len() >= config.max_peers {
                         tracing::debug!(%peer, max = config.max_peers, "peer table full: ClientHello dropped");
                         continue;
@@ -294,17 +298,28 @@ impl Conn for PeerConn {
     }
 }
 
+/// The PSK cipher suites the port offers, best first.
+const PSK_SUITES: [CipherSuiteId; 3] = [
+    CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
+    CipherSuiteId::Tls_Psk_With_Aes_128_Ccm,
+    CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
+];
+
+/// Whether a ClientHello offers one of [`PSK_SUITES`]. This is where a peer's DTLS
+/// configuration is chosen; certificate suites (ECDHE_ECDSA) get theirs once X.509 over DTLS is
+/// wired.
+fn offers_psk(client_hello: &[u8]) -> bool {
+    record::client_hello_suites(client_hello)
+        .is_some_and(|offered| PSK_SUITES.iter().any(|s| offered.contains(&(*s as u16))))
+}
+
 /// The server configuration of one PSK handshake, its callback answering from `slot`.
 ///
 /// The suites must be named: webrtc-dtls's default list has no PSK suite, so a PSK config
 /// without them fails every handshake with "no available cipher suites".
 fn psk_config(slot: Arc<PskSlot>) -> Config {
     Config {
-        cipher_suites: vec![
-            CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
-            CipherSuiteId::Tls_Psk_With_Aes_128_Ccm,
-            CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
-        ],
+        cipher_suites: PSK_SUITES.to_vec(),
         psk: Some(Arc::new(move |identity: &[u8]| {
             slot.key(identity)
                 .ok_or_else(|| webrtc_dtls::Error::Other("unknown PSK identity".to_owned()))
@@ -402,4 +417,19 @@ async fn run_peer(
         },
     }
     let _ = closed.send((peer, id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::client_hello;
+
+    #[test]
+    fn only_client_hellos_offering_a_psk_suite_start_a_psk_peer() {
+        assert!(offers_psk(&client_hello(&[0xc02b, 0xc0a8])));
+        assert!(offers_psk(&client_hello(&[0x00a8])));
+        // ECDHE_ECDSA only: a certificate handshake.
+        assert!(!offers_psk(&client_hello(&[0xc02b, 0xc0ae])));
+        assert!(!offers_psk(&[22, 0xfe, 0xfd]));
+    }
 }

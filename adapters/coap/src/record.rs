@@ -56,6 +56,23 @@ pub(crate) fn is_client_hello(datagram: &[u8]) -> bool {
     datagram.first() == Some(&HANDSHAKE) && handshakes(datagram).any(|(k, _)| k == CLIENT_HELLO)
 }
 
+/// The cipher suites a ClientHello in the datagram offers (RFC 5246 §7.4.1.2, with DTLS's
+/// cookie after the session id).
+pub(crate) fn client_hello_suites(datagram: &[u8]) -> Option<Vec<u16>> {
+    let (_, hello) = handshakes(datagram).find(|(k, _)| *k == CLIENT_HELLO)?;
+    // version (2), random (32), then session id, cookie (each with a one-byte length).
+    let session_id = 34;
+    let cookie = session_id + 1 + usize::from(*hello.get(session_id)?);
+    let suites = cookie + 1 + usize::from(*hello.get(cookie)?);
+    let length = u16_at(hello, suites)?;
+    let list = hello.get(suites + 2..suites + 2 + length)?;
+    Some(
+        list.chunks_exact(2)
+            .map(|s| u16::from_be_bytes([s[0], s[1]]))
+            .collect(),
+    )
+}
+
 /// The PSK identity of a ClientKeyExchange in the datagram, if it carries one.
 pub(crate) fn psk_identity(datagram: &[u8]) -> Option<&[u8]> {
     let (_, message) = handshakes(datagram).find(|(k, _)| *k == CLIENT_KEY_EXCHANGE)?;
@@ -91,6 +108,31 @@ pub(crate) mod tests {
         assert_eq!(psk_identity(&flight), Some(&identity[..]));
         assert!(!is_client_hello(&flight));
         assert!(is_client_hello(&record(CLIENT_HELLO, &[0xfe, 0xfd])));
+    }
+
+    /// A ClientHello body offering `suites`, with a session id and a cookie.
+    pub(crate) fn client_hello(suites: &[u16]) -> Vec<u8> {
+        let mut hello = vec![0xfe, 0xfd];
+        hello.extend_from_slice(&[7; 32]);
+        hello.extend_from_slice(&[2, 0xaa, 0xbb]); // session id
+        hello.extend_from_slice(&[3, 1, 2, 3]); // cookie
+        hello.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+        for s in suites {
+            hello.extend_from_slice(&s.to_be_bytes());
+        }
+        hello.extend_from_slice(&[1, 0]); // compression methods
+        record(CLIENT_HELLO, &hello)
+    }
+
+    #[test]
+    fn reads_the_offered_cipher_suites() {
+        let datagram = client_hello(&[0xc0a8, 0xc02b]);
+        assert_eq!(client_hello_suites(&datagram), Some(vec![0xc0a8, 0xc02b]));
+        assert!(is_client_hello(&datagram));
+        let mut truncated = datagram.clone();
+        truncated.truncate(60);
+        assert_eq!(client_hello_suites(&truncated), None);
+        assert_eq!(client_hello_suites(&record(CLIENT_HELLO, &[0xfe])), None);
     }
 
     #[test]
@@ -130,6 +172,7 @@ pub(crate) mod tests {
                 datagram[at] = next() as u8;
             }
             let _ = is_client_hello(&datagram);
+            let _ = client_hello_suites(&datagram);
             if let Some(identity) = psk_identity(&datagram) {
                 assert!(identity.len() <= datagram.len());
             }
