@@ -149,7 +149,12 @@ impl DtlsPort {
                     }
                     next_id += 1;
                     peers.insert(peer, PeerHandle { id: next_id, tx });
-                    let span = tracing::info_span!("coaps", %peer);
+                    let span = tracing::info_span!(
+                        "coaps",
+                        %peer,
+                        tenant = tracing::field::Empty,
+                        device = tracing::field::Empty
+                    );
                     tracker.spawn(
                         run_peer(Arc::clone(&settings), peer, rx, closed_tx.clone(), next_id)
                             .instrument(span),
@@ -386,11 +391,10 @@ async fn run_peer(
                 let _ = conn.close().await;
             }
             Some(device) => {
-                tracing::debug!(
-                    tenant = %device.tenant_id.as_str(),
-                    device = %device.device_id.as_str(),
-                    "DTLS session established"
-                );
+                let span = tracing::Span::current();
+                span.record("tenant", device.tenant_id.as_str());
+                span.record("device", device.device_id.as_str());
+                tracing::debug!(auth_id = device.auth_id, "DTLS session established");
                 let transport = DtlsTransport { conn, peer };
                 let shared = Arc::clone(&settings.shared);
                 let buffer_size = shared.max_payload_size + HEADER_ROOM;
