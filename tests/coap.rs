@@ -626,3 +626,39 @@ async fn junk_and_half_open_handshakes_do_not_block_others_and_idle_sessions_end
     ferry.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_device_restarting_on_the_same_address_can_handshake_again() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let coaps = ferry.addrs.coaps.ok_or("no DTLS port")?;
+    ferry.tenant("c8", json!({})).await?;
+    ferry.device("c8", "dev1", json!({})).await?;
+    ferry.psk("c8", "dev1", "sensor1", b"secret-key-8").await?;
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    socket.connect(coaps).await?;
+    let config = || DtlsConfig {
+        psk: Some(Arc::new(|_hint: &[u8]| Ok(b"secret-key-8".to_vec()))),
+        psk_identity_hint: Some(b"sensor1@c8".to_vec()),
+        cipher_suites: vec![CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8],
+        ..DtlsConfig::default()
+    };
+    let first =
+        tokio::time::timeout(WAIT, DTLSConn::new(socket.clone(), config(), true, None)).await??;
+    // The device "restarts": it forgets the session without a close_notify.
+    drop(first);
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        DTLSConn::new(socket.clone(), config(), true, None),
+    )
+    .await??;
+    let req = non(RequestType::Put, "/t//dev1", b"x");
+    let bytes = req.packet(9).to_bytes().map_err(|e| format!("{e:?}"))?;
+    second.write(&bytes, None).await?;
+    let response = dtls_read(&second).await?;
+    // Nobody consumes c8's telemetry: the request went through the new session into the
+    // pipeline as far as the northbound.
+    assert_eq!(code(&response)?, ResponseType::ServiceUnavailable);
+    ferry.stop().await;
+    Ok(())
+}

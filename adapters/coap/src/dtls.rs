@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use ferry_adapter_core::{AuthenticatedDevice, Authenticator, PskKey};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use webrtc_dtls::cipher_suite::CipherSuiteId;
@@ -60,6 +62,10 @@ pub(crate) struct DtlsPort {
 pub(crate) struct PeerHandle {
     id: u64,
     tx: mpsc::Sender<Bytes>,
+    /// Set once the handshake completed.
+    established: Arc<AtomicBool>,
+    /// Ends this peer's task (a child of the shutdown token).
+    stop: CancellationToken,
 }
 
 /// What one peer task needs besides its queue.
@@ -118,6 +124,17 @@ impl DtlsPort {
                         }
                     };
                     let datagram = buf.get(..n).unwrap_or_default();
+                    // A ClientHello on an established session: the device restarted on the same
+                    // address (e.g. behind the same NAT mapping) and lost its session. Without
+                    // this it could not handshake again until the old session went idle.
+                    if let Some(handle) = peers.get(&peer)
+                        && handle.established.load(Ordering::Relaxed)
+                        && record::is_client_hello(datagram)
+                    {
+                        tracing::info!(%peer, "new handshake on an established DTLS session: replacing it");
+                        handle.stop.cancel();
+                        peers.remove(&peer);
+                    }
                     if let Some(handle) = peers.get(&peer) {
                         match handle.tx.try_send(Bytes::copy_from_slice(datagram)) {
                             Ok(()) => continue,
@@ -148,7 +165,17 @@ impl DtlsPort {
                         continue;
                     }
                     next_id += 1;
-                    peers.insert(peer, PeerHandle { id: next_id, tx });
+                    let (established, stop) = (Arc::new(AtomicBool::new(false)), shutdown.child_token());
+                    peers.insert(
+                        peer,
+                        PeerHandle {
+                            id: next_id,
+                            tx,
+                            established: Arc::clone(&established),
+                            stop: stop.clone(),
+                        },
+                    );
+                    let control = PeerControl { id: next_id, established, stop };
                     let span = tracing::info_span!(
                         "coaps",
                         %peer,
@@ -156,7 +183,7 @@ impl DtlsPort {
                         device = tracing::field::Empty
                     );
                     tracker.spawn(
-                        run_peer(Arc::clone(&settings), peer, rx, closed_tx.clone(), next_id)
+                        run_peer(Arc::clone(&settings), peer, rx, closed_tx.clone(), control)
                             .instrument(span),
                     );
                 }
@@ -359,13 +386,20 @@ impl Transport for DtlsTransport {
     }
 }
 
-/// One peer: handshake under a timeout, then CoAP until idle or shutdown.
+/// The peer task's side of its [`PeerHandle`].
+struct PeerControl {
+    id: u64,
+    established: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+/// One peer: handshake under a timeout, then CoAP until idle, shutdown or replacement.
 async fn run_peer(
     settings: Arc<PeerSettings>,
     peer: SocketAddr,
     rx: mpsc::Receiver<Bytes>,
     closed: mpsc::UnboundedSender<(SocketAddr, u64)>,
-    id: u64,
+    control: PeerControl,
 ) {
     let psk = Arc::new(PskSlot::default());
     let conn = Arc::new(PeerConn {
@@ -376,9 +410,9 @@ async fn run_peer(
         authenticator: settings.shared.ctx.authenticator.clone(),
     });
     let handshake = DTLSConn::new(conn, psk_config(Arc::clone(&psk)), false, None);
-    let shutdown = settings.shared.ctx.shutdown.clone();
+    let stop = control.stop.clone();
     let outcome = tokio::select! {
-        () = shutdown.cancelled() => None,
+        () = stop.cancelled() => None,
         outcome = tokio::time::timeout(settings.handshake_timeout, handshake) => Some(outcome),
     };
     match outcome {
@@ -391,6 +425,7 @@ async fn run_peer(
                 let _ = conn.close().await;
             }
             Some(device) => {
+                control.established.store(true, Ordering::Relaxed);
                 let span = tracing::Span::current();
                 span.record("tenant", device.tenant_id.as_str());
                 span.record("device", device.device_id.as_str());
@@ -412,15 +447,20 @@ async fn run_peer(
                     max_in_flight: PEER_IN_FLIGHT,
                     idle_timeout: Some(settings.idle_timeout),
                     buffer_size,
+                    stop: stop.clone(),
                 }
                 .run()
                 .await;
-                // Tell the peer (close_notify), so it handshakes anew next time.
-                let _ = transport.conn.close().await;
+                // Tell the peer (close_notify), so it handshakes anew next time; not when the
+                // session was replaced: the device is already in a new handshake.
+                let replaced = stop.is_cancelled() && !settings.shared.ctx.shutdown.is_cancelled();
+                if !replaced {
+                    let _ = transport.conn.close().await;
+                }
             }
         },
     }
-    let _ = closed.send((peer, id));
+    let _ = closed.send((peer, control.id));
 }
 
 #[cfg(test)]

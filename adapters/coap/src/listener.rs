@@ -134,6 +134,7 @@ impl CoapAdapter {
                     max_in_flight: self.config.max_peers,
                     idle_timeout: None,
                     buffer_size,
+                    stop: self.shared.ctx.shutdown.clone(),
                 }
                 .run()
                 .await;

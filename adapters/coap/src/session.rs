@@ -17,6 +17,7 @@ use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Upload};
 use ferry_registry_client::{DeviceId, TenantId};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::RequestError;
 use crate::exchange::{Exchanges, Incoming, RequestId};
@@ -55,6 +56,8 @@ pub(crate) struct Session<T> {
     pub(crate) idle_timeout: Option<Duration>,
     /// Size of the receive buffer (larger datagrams are truncated and refused).
     pub(crate) buffer_size: usize,
+    /// Stop reading and finish (the shutdown token, or a child of it for one DTLS peer).
+    pub(crate) stop: CancellationToken,
 }
 
 impl<T: Transport> Session<T> {
@@ -68,8 +71,8 @@ impl<T: Transport> Session<T> {
             max_in_flight,
             idle_timeout,
             buffer_size,
+            stop,
         } = self;
-        let shutdown = shared.ctx.shutdown.clone();
         let mut buf = vec![0u8; buffer_size];
         let mut tasks: JoinSet<(RequestId, Packet)> = JoinSet::new();
         let mut last_activity = Instant::now();
@@ -88,7 +91,7 @@ impl<T: Transport> Session<T> {
                 .filter(|_| tasks.is_empty() && exchanges.is_idle())
                 .map(|idle| last_activity + idle);
             tokio::select! {
-                () = shutdown.cancelled(), if !stopping => stopping = true,
+                () = stop.cancelled(), if !stopping => stopping = true,
                 Some(done) = tasks.join_next() => match done {
                     Ok((id, response)) => exchanges.respond(Instant::now().into_std(), id, response),
                     Err(e) => tracing::error!(error = %e, "CoAP request task failed"),
