@@ -64,6 +64,9 @@ pub(crate) struct PeerHandle {
     tx: mpsc::Sender<Bytes>,
     /// Set once the handshake completed.
     established: Arc<AtomicBool>,
+    /// Digest of the client random of the ClientHello that started the peer: a late duplicate
+    /// of that ClientHello must not replace the session it created.
+    hello: u64,
     /// Ends this peer's task (a child of the shutdown token).
     stop: CancellationToken,
 }
@@ -130,6 +133,7 @@ impl DtlsPort {
                     if let Some(handle) = peers.get(&peer)
                         && handle.established.load(Ordering::Relaxed)
                         && record::is_client_hello(datagram)
+                        && hello_digest(datagram) != handle.hello
                     {
                         tracing::info!(%peer, "new handshake on an established DTLS session: replacing it");
                         handle.stop.cancel();
@@ -172,6 +176,7 @@ impl DtlsPort {
                             id: next_id,
                             tx,
                             established: Arc::clone(&established),
+                            hello: hello_digest(datagram),
                             stop: stop.clone(),
                         },
                     );
@@ -330,6 +335,14 @@ impl Conn for PeerConn {
     }
 }
 
+/// A digest of a ClientHello's client random (0 if there is none).
+fn hello_digest(datagram: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    record::client_hello_random(datagram).hash(&mut hasher);
+    hasher.finish()
+}
+
 /// The PSK cipher suites the port offers, best first.
 const PSK_SUITES: [CipherSuiteId; 3] = [
     CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
@@ -475,5 +488,16 @@ mod tests {
         // ECDHE_ECDSA only: a certificate handshake.
         assert!(!offers_psk(&client_hello(&[0xc02b, 0xc0ae])));
         assert!(!offers_psk(&[22, 0xfe, 0xfd]));
+    }
+
+    #[test]
+    fn a_duplicate_client_hello_is_told_from_a_new_handshake() {
+        let hello = client_hello(&[0xc0a8]);
+        let mut other = hello.clone();
+        // The first byte of the client random: record header 13 + handshake header 12 + version 2.
+        other[27] ^= 0xff;
+        assert_eq!(hello_digest(&hello), hello_digest(&hello.clone()));
+        assert_ne!(hello_digest(&hello), hello_digest(&other));
+        assert!(offers_psk(&other));
     }
 }

@@ -73,6 +73,13 @@ pub(crate) fn client_hello_suites(datagram: &[u8]) -> Option<Vec<u16>> {
     )
 }
 
+/// The client random of a ClientHello in the datagram (the same in the ClientHello that answers
+/// a HelloVerifyRequest and in retransmissions; new for a new handshake).
+pub(crate) fn client_hello_random(datagram: &[u8]) -> Option<&[u8]> {
+    let (_, hello) = handshakes(datagram).find(|(k, _)| *k == CLIENT_HELLO)?;
+    hello.get(2..34)
+}
+
 /// The PSK identity of a ClientKeyExchange in the datagram, if it carries one.
 pub(crate) fn psk_identity(datagram: &[u8]) -> Option<&[u8]> {
     let (_, message) = handshakes(datagram).find(|(k, _)| *k == CLIENT_KEY_EXCHANGE)?;
@@ -128,6 +135,7 @@ pub(crate) mod tests {
     fn reads_the_offered_cipher_suites() {
         let datagram = client_hello(&[0xc0a8, 0xc02b]);
         assert_eq!(client_hello_suites(&datagram), Some(vec![0xc0a8, 0xc02b]));
+        assert_eq!(client_hello_random(&datagram), Some(&[7u8; 32][..]));
         assert!(is_client_hello(&datagram));
         let mut truncated = datagram.clone();
         truncated.truncate(60);
