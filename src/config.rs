@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use ferry_adapter_amqp::AmqpConfig;
+use ferry_adapter_coap::CoapConfig;
 use ferry_adapter_core::CoreConfig;
 use ferry_adapter_http::HttpConfig;
 use ferry_adapter_mqtt::MqttConfig;
@@ -42,6 +43,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// The AMQP 1.0 adapter.
     pub amqp: AmqpConfig,
+    /// The CoAP adapter (UDP and DTLS).
+    pub coap: CoapConfig,
     /// The embedded AMQP 1.0 northbound endpoint for applications.
     pub northbound: NorthboundConfig,
 }
@@ -58,6 +61,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             mqtt: MqttConfig::default(),
             amqp: AmqpConfig::default(),
+            coap: CoapConfig::default(),
             northbound: NorthboundConfig::default(),
         }
     }
@@ -143,6 +147,8 @@ impl Config {
         config.mqtt.tls_bind = any;
         config.amqp.bind = any;
         config.amqp.tls_bind = any;
+        config.coap.bind = any;
+        config.coap.dtls_bind = any;
         config
     }
 

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use ferry_adapter_amqp::AmqpAdapter;
+use ferry_adapter_coap::{CoapAdapter, DtlsCertificate};
 use ferry_adapter_core::{AdapterContext, Northbound};
 use ferry_adapter_http::HttpAdapter;
 use ferry_adapter_mqtt::MqttAdapter;
@@ -42,6 +43,10 @@ pub struct Addresses {
     pub amqp: Option<SocketAddr>,
     /// AMQP adapter, TLS (`amqps`).
     pub amqps: Option<SocketAddr>,
+    /// CoAP adapter, plain UDP (only when authentication is switched off).
+    pub coap: Option<SocketAddr>,
+    /// CoAP adapter, DTLS over UDP.
+    pub coaps: Option<SocketAddr>,
 }
 
 impl Addresses {
@@ -61,6 +66,8 @@ impl Addresses {
             ("MQTT adapter (TLS)", self.mqtts),
             ("AMQP adapter", self.amqp),
             ("AMQP adapter (TLS)", self.amqps),
+            ("CoAP adapter (UDP)", self.coap),
+            ("CoAP adapter (DTLS, UDP)", self.coaps),
         ];
         all.extend(
             optional
@@ -174,6 +181,16 @@ impl Gateway {
         .context("cannot start the AMQP adapter")?;
         // After the cache's listener: the adapter's re-checks then see the change.
         registry.add_change_listener(amqp.change_listener());
+        let configured_tls = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
+        let certificate = DtlsCertificate::load_or_create(configured_tls, &config.data_dir)
+            .context("cannot prepare the DTLS server certificate")?;
+        let coap = CoapAdapter::bind(
+            &config.coap,
+            Some(certificate),
+            context(ferry_adapter_coap::ADAPTER_TYPE),
+        )
+        .await
+        .context("cannot start the CoAP adapter")?;
 
         let addresses = Addresses {
             management: management_addr,
@@ -184,6 +201,8 @@ impl Gateway {
             mqtts: mqtt.tls_local_addr(),
             amqp: amqp.local_addr(),
             amqps: amqp.tls_local_addr(),
+            coap: coap.local_addr(),
+            coaps: Some(coap.dtls_local_addr()),
         };
         tasks.spawn(async move {
             http.run().await;
@@ -195,6 +214,10 @@ impl Gateway {
         });
         tasks.spawn(async move {
             amqp.run().await;
+            Ok(())
+        });
+        tasks.spawn(async move {
+            coap.run().await;
             Ok(())
         });
         addresses.log();

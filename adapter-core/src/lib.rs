@@ -18,7 +18,7 @@ mod ttl;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
-pub use auth::{AuthenticatedDevice, Authenticator};
+pub use auth::{AuthenticatedDevice, Authenticator, PskKey};
 pub use config::CoreConfig;
 pub use context::AdapterContext;
 pub use error::{AuthError, ErrorKind, ForwardError};

@@ -166,6 +166,28 @@ impl TestGateway {
         Ok(r.status().as_u16())
     }
 
+    /// Gives a device `psk` credentials: `auth_id` with the pre-shared `key`.
+    pub async fn psk(
+        &self,
+        tenant: &str,
+        device: &str,
+        auth_id: &str,
+        key: &[u8],
+    ) -> Result<(), Error> {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        let r = self
+            .client
+            .put(self.mgmt(&format!("/credentials/{tenant}/{device}")))
+            .json(&json!([{"type": "psk", "auth-id": auth_id, "secrets": [{"key": key}]}]))
+            .send()
+            .await?;
+        if r.status() != 204 {
+            return Err(format!("set psk of {device}: {} {}", r.status(), r.text().await?).into());
+        }
+        Ok(())
+    }
+
     pub async fn stop(self) {
         self.gateway.shutdown().await;
     }
@@ -226,6 +248,16 @@ impl AmqpConsumer {
 
     /// The next message within `wait`, accepted; `None` if none arrived.
     pub async fn next(&mut self, wait: Duration) -> Result<Option<Received>, Error> {
+        self.next_accepted_after(wait, Duration::ZERO).await
+    }
+
+    /// The next message within `wait`, accepted only `delay` after it arrived (a slow
+    /// application); `None` if none arrived.
+    pub async fn next_accepted_after(
+        &mut self,
+        wait: Duration,
+        delay: Duration,
+    ) -> Result<Option<Received>, Error> {
         let delivery = match tokio::time::timeout(wait, self.receiver.recv::<Body<Value>>()).await {
             Err(_) => return Ok(None),
             Ok(d) => d?,
@@ -250,6 +282,7 @@ impl AmqpConsumer {
                 .unwrap_or_default(),
             payload,
         };
+        tokio::time::sleep(delay).await;
         self.receiver.accept(&delivery).await?;
         Ok(Some(received))
     }
@@ -280,10 +313,53 @@ impl AmqpConsumer {
         Ok(())
     }
 
+    /// Keeps receiving and accepting in a task (an application that settles at once, which QoS 1
+    /// uploads wait for); the messages are read from the returned [`Inbox`].
+    pub fn accept_in_background(mut self) -> Inbox {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match self.next(Duration::from_millis(100)).await {
+                    Ok(Some(m)) => {
+                        if tx.send(m).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) if !tx.is_closed() => {}
+                    _ => break,
+                }
+            }
+            self.close().await;
+        });
+        Inbox { rx, task }
+    }
+
     pub async fn close(mut self) {
         let _ = self.receiver.close().await;
         let _ = self.session.end().await;
         let _ = self.connection.close().await;
+    }
+}
+
+/// Messages accepted by a background consumer.
+pub struct Inbox {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Received>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Inbox {
+    /// The next message within `wait`; `None` if none arrived.
+    pub async fn next(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Stops the consumer.
+    pub async fn close(self) {
+        drop(self.rx);
+        let _ = self.task.await;
     }
 }
 

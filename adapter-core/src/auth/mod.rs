@@ -11,6 +11,7 @@
 //! (hash, salt, password). Passwords are never logged.
 
 mod password;
+mod psk;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use tokio::sync::Semaphore;
 use crate::config::CoreConfig;
 use crate::error::AuthError;
 use password::Scheme;
+pub use psk::PskKey;
 
 /// A device whose identity was proven.
 #[derive(Clone, Debug, PartialEq, Eq)]
