@@ -5,12 +5,15 @@
 //! registry, disabled credentials and secrets outside their validity window are skipped, and the
 //! password is checked against each remaining secret (module `password` has the formats).
 //!
+//! X.509 client certificates: see the `x509` module ([`Authenticator::authenticate_x509`]).
+//!
 //! bcrypt is deliberately slow, so it runs on tokio's blocking pool behind a semaphore (at most one
 //! check per core at a time), hashes above a configured cost are refused without computing them,
 //! and successful checks are remembered for a short while keyed by a digest of
 //! (hash, salt, password). Passwords are never logged.
 
 mod password;
+mod x509;
 
 use std::sync::Arc;
 
@@ -208,3 +211,5 @@ impl Authenticator {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod x509_tests;
