@@ -337,10 +337,6 @@ impl Registry {
         }]);
         self.send_notification(tenant_id, device_id, Some(gateway_id))
             .await;
-        let mut doc = doc;
-        if let Some(Value::Object(status)) = doc.get_mut("status") {
-            status.insert("auto-provisioning-notification-sent".into(), true.into());
-        }
         Ok(Some(doc))
     }
 
