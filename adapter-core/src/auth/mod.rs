@@ -15,6 +15,8 @@
 mod password;
 mod x509;
 
+pub use x509::MAX_CHAIN_LENGTH;
+
 use std::sync::Arc;
 
 use chrono::Utc;

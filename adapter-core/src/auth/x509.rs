@@ -31,6 +31,10 @@ use serde_json::{Map, Value};
 use super::{AuthenticatedDevice, Authenticator};
 use crate::error::AuthError;
 
+/// Longest chain a device may present (leaf and intermediates): bounds the registry lookups and
+/// path building one handshake can cause.
+pub const MAX_CHAIN_LENGTH: usize = 8;
+
 /// The ring provider's signature verification algorithms: the product's only crypto provider.
 fn algorithms() -> &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm] {
     rustls::crypto::ring::default_provider()
@@ -48,6 +52,12 @@ impl Authenticator {
     ) -> Result<AuthenticatedDevice, AuthError> {
         if chain.is_empty() {
             return Err(AuthError::NoClientCertificate);
+        }
+        if chain.len() > MAX_CHAIN_LENGTH {
+            return Err(AuthError::MalformedCertificate(format!(
+                "a chain of {} certificates exceeds the maximum of {MAX_CHAIN_LENGTH}",
+                chain.len()
+            )));
         }
         let names = trust::chain_names(chain)
             .map_err(|e| AuthError::MalformedCertificate(e.to_string()))?;

@@ -7,6 +7,7 @@ use ferry_registry_client::{CredentialType, CredentialsObject, DeviceId, Secret,
 use rcgen::DnType;
 use serde_json::{Map, Value, json};
 
+use super::x509::MAX_CHAIN_LENGTH;
 use super::*;
 use crate::test_util::{FakeRegistry, tenant};
 
@@ -284,6 +285,11 @@ async fn no_certificate_garbage_and_outages_have_their_own_errors() -> TestResul
         Err(AuthError::MalformedCertificate(_))
     ));
     let cert = TestCa::root("ca")?.device("dev")?;
+    let long = vec![cert.cert.clone(); MAX_CHAIN_LENGTH + 1];
+    assert!(matches!(
+        f.auth.authenticate_x509(&long, None).await,
+        Err(AuthError::MalformedCertificate(_))
+    ));
     f.registry.set_unavailable(true);
     assert!(matches!(
         f.login(&cert).await,
