@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod ca;
 pub mod config;
 pub mod error;
 mod management;
@@ -39,7 +40,7 @@ use std::sync::{Arc, RwLock};
 
 use ferry_registry_client::{ChangeListener, RegistryChange};
 
-pub use config::{ManagementUser, RegistryConfig};
+pub use config::{EncryptionKey, ManagementUser, RegistryConfig};
 pub use error::{ManageError, RegistryOpenError};
 pub use provisioning::{
     AUTO_PROVISIONING_AUTHORITY, NotifyError, PROVISIONING_NOTIFICATION, ProvisioningNotice,

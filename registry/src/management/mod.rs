@@ -2,12 +2,14 @@
 //!
 //! Handlers parse ids, bodies and headers, call the operations in `crate::ops`, and map the
 //! result: 201 with `Location`, `ETag` and `{"id"}`; 200 with `ETag`; 204 with the new `ETag`;
-//! errors as `{"error": ...}` (see `error`).
+//! errors as `{"error": ...}` (see `error`). Ferry's own extension lives under `/v1/provisioning`
+//! (tenant CAs and device certificates).
 
 mod auth;
 mod credentials;
 mod devices;
 mod error;
+mod provisioning;
 mod search;
 mod tenants;
 
@@ -55,6 +57,18 @@ pub(crate) fn router(registry: Registry) -> Router {
         .route(
             "/credentials/{tenant_id}/{device_id}",
             get(credentials::read).put(credentials::update),
+        )
+        .route(
+            "/provisioning/{tenant_id}/cas",
+            axum::routing::post(provisioning::create_ca),
+        )
+        .route(
+            "/provisioning/{tenant_id}/cas/{ca_id}",
+            get(provisioning::read_ca),
+        )
+        .route(
+            "/provisioning/{tenant_id}/cas/{ca_id}/certificates",
+            axum::routing::post(provisioning::issue),
         )
         .layer(middleware::from_fn_with_state(
             registry.clone(),
