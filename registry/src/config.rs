@@ -23,6 +23,8 @@ pub struct RegistryConfig {
     /// keys of tenant CAs created or imported under `/v1/provisioning` (AES-256-GCM). Without it
     /// those endpoints answer 503.
     pub ca_encryption_key: Option<EncryptionKey>,
+    /// Largest bulk provisioning file in bytes (`/v1/provisioning/{tenant}/bulk`); default 64 MiB.
+    pub max_bulk_body_size: usize,
     /// Longest validity of a device certificate issued under `/v1/provisioning`, in days
     /// (default 825).
     pub max_device_certificate_days: u32,
@@ -70,6 +72,7 @@ impl Default for RegistryConfig {
             max_body_size: 64 * 1024,
             users: Vec::new(),
             ca_encryption_key: None,
+            max_bulk_body_size: 64 * 1024 * 1024,
             max_device_certificate_days: 825,
         }
     }

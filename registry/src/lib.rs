@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bulk;
 mod ca;
 pub mod config;
 pub mod error;
@@ -60,6 +61,7 @@ struct Inner {
     listeners: RwLock<Vec<Arc<dyn ChangeListener>>>,
     notifier: RwLock<Option<Arc<dyn ProvisioningNotifier>>>,
     in_flight: provisioning::InFlight,
+    jobs: bulk::Jobs,
 }
 
 impl std::fmt::Debug for Registry {
@@ -85,6 +87,7 @@ impl Registry {
                 listeners: RwLock::new(Vec::new()),
                 notifier: RwLock::new(None),
                 in_flight: provisioning::InFlight::default(),
+                jobs: bulk::Jobs::default(),
             }),
         }
     }

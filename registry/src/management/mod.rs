@@ -6,6 +6,7 @@
 //! (tenant CAs and device certificates).
 
 mod auth;
+mod bulk;
 mod credentials;
 mod devices;
 mod error;
@@ -29,6 +30,7 @@ use error::{ApiError, bad_request};
 /// The Management API router, nested under `/v1`.
 pub(crate) fn router(registry: Registry) -> Router {
     let limit = registry.config().max_body_size;
+    let bulk_limit = registry.config().max_bulk_body_size;
     let v1 = Router::new()
         .route(
             "/tenants",
@@ -70,6 +72,11 @@ pub(crate) fn router(registry: Registry) -> Router {
             "/provisioning/{tenant_id}/cas/{ca_id}/certificates",
             axum::routing::post(provisioning::issue),
         )
+        .route(
+            "/provisioning/{tenant_id}/bulk",
+            axum::routing::post(bulk::start).layer(DefaultBodyLimit::max(bulk_limit)),
+        )
+        .route("/provisioning/{tenant_id}/bulk/{job_id}", get(bulk::status))
         .layer(middleware::from_fn_with_state(
             registry.clone(),
             auth::authenticate,

@@ -202,4 +202,13 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         ca_id: &str,
     ) -> Result<Option<TenantCaRecord>, StoreError>;
+
+    /// Creates many devices with their credentials in one transaction; each row succeeds or
+    /// fails on its own (in order).
+    async fn create_devices(
+        &self,
+        tenant: &TenantId,
+        rows: Vec<(DeviceRecord, Vec<CredentialRecord>)>,
+        max_devices: Option<u64>,
+    ) -> Result<Vec<Result<String, StoreError>>, StoreError>;
 }

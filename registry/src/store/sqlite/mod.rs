@@ -336,4 +336,32 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn create_devices(
+        &self,
+        tenant: &TenantId,
+        rows: Vec<(DeviceRecord, Vec<CredentialRecord>)>,
+        max_devices: Option<u64>,
+    ) -> Result<Vec<Result<String, StoreError>>, StoreError> {
+        let t = tenant.to_string();
+        self.tx(move |tx| {
+            let mut out = Vec::with_capacity(rows.len());
+            for (device, credentials) in &rows {
+                tx.execute_batch("SAVEPOINT bulk_row").map_err(backend)?;
+                match devices::create(tx, &t, device, credentials, max_devices) {
+                    Ok(version) => {
+                        tx.execute_batch("RELEASE bulk_row").map_err(backend)?;
+                        out.push(Ok(version));
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO bulk_row; RELEASE bulk_row")
+                            .map_err(backend)?;
+                        out.push(Err(e));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
