@@ -1,6 +1,6 @@
-//! End to end: a tenant CA created through `/v1/provisioning` issues a device certificate with a
-//! generated key; the device connects with it over TLS and is auto-provisioned by its first
-//! request.
+//! End to end, `/v1/provisioning`: a tenant CA issues a device certificate that auto-provisions
+//! its device; `ferry pki` files uploaded in bulk with `ferry provision` make devices that
+//! authenticate by certificate.
 
 mod common;
 
@@ -63,6 +63,46 @@ async fn a_certificate_issued_by_a_tenant_ca_provisions_its_device() -> TestResu
         .await?
         .ok_or("device not provisioned")?;
     assert_eq!(doc["status"]["auto-provisioned"], json!(true));
+    telemetry.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pki_files_and_a_bulk_upload_make_devices_that_authenticate() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(&dir.path().join("ferry")).await?;
+    let pki_dir = dir.path().join("pki");
+    let written = ferry::pki::run(&pki_dir, "E2E Demo CA", "demo", 3)?;
+    let tenant: Value =
+        serde_json::from_str(&std::fs::read_to_string(pki_dir.join("tenant.json"))?)?;
+    ferry.tenant("t1", tenant).await?;
+    let target = ferry::provision::Target {
+        base: format!("http://{}", ferry.addrs.management),
+        user: None,
+    };
+    let summary = ferry::provision::run(&target, "t1", &pki_dir.join("devices.csv"), false).await?;
+    assert_eq!(summary.total, 3);
+    assert_eq!(summary.created, 3, "{:?}", summary.failures);
+
+    let (cert_path, key_path) = &written.devices[0];
+    let cert = CertificateDer::from_pem_file(cert_path)?;
+    let device = TestCert {
+        chain: vec![cert.clone()],
+        cert,
+        key_pem: std::fs::read_to_string(key_path)?,
+    };
+    let mut telemetry = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+    let client = CertDevice::new(&ferry, Some(&device), None)?;
+    assert_eq!(client.send("/telemetry", "bulk").await?, 202);
+    let msg = telemetry.next(WAIT).await?.ok_or("no telemetry")?;
+    assert_eq!(msg.prop("device_id").as_deref(), Some("demo-1"));
+    // Provisioned in bulk, not on first contact.
+    let doc = ferry
+        .read_device("t1", "demo-1")
+        .await?
+        .ok_or("no device")?;
+    assert_eq!(doc["status"].get("auto-provisioned"), None);
     telemetry.close().await;
     ferry.stop().await;
     Ok(())

@@ -41,6 +41,7 @@ use std::sync::{Arc, RwLock};
 
 use ferry_registry_client::{ChangeListener, RegistryChange};
 
+pub use ca::pki;
 pub use config::{EncryptionKey, ManagementUser, RegistryConfig};
 pub use error::{ManageError, RegistryOpenError};
 pub use provisioning::{
