@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::{Server, TestResult, config, start};
 use ferry_registry_client::test_pki::TestCa;
-use ferry_registry_client::{CredentialType, CredentialsApi, TenantId};
+use ferry_registry_client::{CredentialType, CredentialsApi, DeviceId, RegistryChange, TenantId};
 use serde_json::{Map, Value, json};
 
 async fn upload(
@@ -72,6 +72,15 @@ async fn each_row_succeeds_or_fails_on_its_own() -> TestResult {
     );
 
     let t = TenantId::parse("t1")?;
+    // Caches hear about each new device.
+    let changes = s.changes.take();
+    for id in ["d-cert", "d-pw", "d-psk"] {
+        let change = RegistryChange::Device {
+            tenant_id: t.clone(),
+            device_id: DeviceId::parse(id)?,
+        };
+        assert!(changes.contains(&change), "{id}: {changes:?}");
+    }
     let x509 = s
         .registry
         .get_credentials(
@@ -170,5 +179,11 @@ async fn ten_thousand_rows_in_one_file() -> TestResult {
     assert_eq!(body["failed"], json!(0));
     let listed = s.get("/devices/t1?pageSize=1").await?;
     assert_eq!(listed.body["total"], json!(N));
+    // So many devices are announced as tenant changes, not ten thousand device changes.
+    let changes = s.changes.take();
+    assert!(changes.len() < 100, "{} changes", changes.len());
+    assert!(changes.contains(&RegistryChange::Tenant {
+        tenant_id: TenantId::parse("t1")?
+    }));
     Ok(())
 }

@@ -28,6 +28,8 @@ use rows::{Numbered, Row};
 
 /// Rows per store transaction.
 pub const BATCH: usize = 500;
+/// Up to this many devices created in one batch are announced one by one.
+const PER_DEVICE_CHANGES: usize = 16;
 /// Finished jobs kept for their status endpoint.
 const KEPT_JOBS: usize = 100;
 
@@ -238,13 +240,21 @@ impl Registry {
                     Err(e) => failures.push((n, ManageError::from(e).to_string())),
                 }
             }
-            let changes: Vec<RegistryChange> = created
-                .iter()
-                .map(|d| RegistryChange::Device {
+            // Caches may hold "not found" for the new devices. Many devices at once are
+            // announced as one tenant change (a few cache scans instead of one per device).
+            let changes: Vec<RegistryChange> = if created.len() > PER_DEVICE_CHANGES {
+                vec![RegistryChange::Tenant {
                     tenant_id: tenant.clone(),
-                    device_id: d.clone(),
-                })
-                .collect();
+                }]
+            } else {
+                created
+                    .iter()
+                    .map(|d| RegistryChange::Device {
+                        tenant_id: tenant.clone(),
+                        device_id: d.clone(),
+                    })
+                    .collect()
+            };
             self.notify(&changes);
             let mut status = lock(job);
             status.processed += count;
