@@ -82,9 +82,15 @@ struct InFlightGuard<'a> {
 
 impl InFlight {
     fn enter(&self, key: (TenantId, DeviceId)) -> Option<InFlightGuard<'_>> {
-        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        set.insert(key.clone())
-            .then_some(InFlightGuard { set: self, key })
+        // The lock is released before a guard exists: a guard's drop takes it again (and a
+        // guard must only be made when the key was inserted, or its drop would remove the key
+        // of the notification in flight).
+        let inserted = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone());
+        inserted.then(|| InFlightGuard { set: self, key })
     }
 }
 
@@ -359,6 +365,15 @@ impl Registry {
         else {
             return;
         };
+        // Another lookup may have sent it between our read of the device and now.
+        match self.store().get_device(tenant_id, device_id).await {
+            Ok(Some(device)) if notification_pending(&device.value.doc) => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant_id, device = %device_id, error = %e, "cannot read the device to notify its provisioning");
+                return;
+            }
+        }
         let notice = ProvisioningNotice {
             tenant_id: tenant_id.clone(),
             device_id: device_id.clone(),
@@ -403,5 +418,24 @@ impl Registry {
             }
         }
         Err(StoreError::PreconditionFailed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_notification_per_device_is_in_flight() -> Result<(), Box<dyn std::error::Error>> {
+        let in_flight = InFlight::default();
+        let key = (TenantId::parse("t")?, DeviceId::parse("d")?);
+        let first = in_flight.enter(key.clone());
+        assert!(first.is_some());
+        // Refused while the first is in flight, and the refusal does not end the first.
+        assert!(in_flight.enter(key.clone()).is_none());
+        assert!(in_flight.enter(key.clone()).is_none());
+        drop(first);
+        assert!(in_flight.enter(key).is_some());
+        Ok(())
     }
 }
