@@ -9,13 +9,17 @@ use anyhow::{Context, bail};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use ferry_adapter_amqp::AmqpAdapter;
 use ferry_adapter_coap::{CoapAdapter, DtlsCertificate};
-use ferry_adapter_core::{AdapterContext, Northbound};
+use ferry_adapter_core::{AdapterContext, DownstreamMessage, Endpoint, Northbound, Qos};
 use ferry_adapter_http::HttpAdapter;
 use ferry_adapter_mqtt::MqttAdapter;
 use ferry_northbound::{EmbeddedNorthbound, NorthboundConfig};
-use ferry_registry::Registry;
+use ferry_registry::{
+    NotifyError, PROVISIONING_NOTIFICATION, ProvisioningNotice, ProvisioningNotifier, Registry,
+};
 use ferry_registry_client::{Cached, ChangeListener, DeviceRegistry};
 
 use crate::config::Config;
@@ -142,6 +146,7 @@ impl Gateway {
             .context("cannot start the northbound endpoint")?;
         let northbound_addr = northbound.local_addr();
         let sender: Arc<dyn Northbound> = northbound.clone();
+        registry.set_provisioning_notifier(Arc::new(NorthboundNotifier(sender.clone())));
         let token = shutdown.clone();
         tasks.spawn(async move {
             northbound.run(token).await;
@@ -261,6 +266,47 @@ impl Gateway {
             tracing::warn!("shutdown deadline passed; aborting the remaining tasks");
             self.tasks.abort_all();
         }
+    }
+}
+
+/// Sends the registry's provisioning notifications northbound as Hono's well-known event
+/// (hono-api.md §11): `event/TENANT`, empty body, `hono_registration_status=NEW`.
+struct NorthboundNotifier(Arc<dyn Northbound>);
+
+/// `orig_adapter` of the registry's own events.
+const REGISTRY_ADAPTER: &str = "hono-device-registry";
+
+#[async_trait]
+impl ProvisioningNotifier for NorthboundNotifier {
+    async fn device_provisioned(&self, notice: &ProvisioningNotice) -> Result<(), NotifyError> {
+        let mut properties = std::collections::BTreeMap::new();
+        properties.insert("hono_registration_status".to_owned(), "NEW".into());
+        if let Some(gateway) = &notice.gateway_id {
+            properties.insert("gateway_id".to_owned(), gateway.as_str().into());
+        }
+        let creation_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let message = DownstreamMessage {
+            tenant_id: notice.tenant_id.clone(),
+            device_id: notice.device_id.clone(),
+            endpoint: Endpoint::Event,
+            qos: Qos::AtLeastOnce,
+            content_type: PROVISIONING_NOTIFICATION.to_owned(),
+            creation_time,
+            ttl_ms: None,
+            ttd: None,
+            orig_adapter: REGISTRY_ADAPTER.to_owned(),
+            orig_address: String::new(),
+            properties,
+            retain: false,
+            payload: Bytes::new(),
+        };
+        // Events are stored durably before `send` returns.
+        self.0
+            .send(message)
+            .await
+            .map_err(|e| NotifyError(e.to_string()))
     }
 }
 

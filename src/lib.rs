@@ -7,6 +7,8 @@
 pub mod config;
 pub mod consume;
 pub mod gateway;
+pub mod pki;
+pub mod provision;
 pub mod tls;
 
 pub use config::Config;

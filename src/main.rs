@@ -44,6 +44,38 @@ enum Command {
         #[arg(long, env = "FERRY_CONSUMER_PASSWORD")]
         password: Option<String>,
     },
+    /// Make a demo CA and device certificates in files (see docs/provisioning.md).
+    Pki {
+        /// Directory for the files.
+        #[arg(long, default_value = "pki")]
+        out: PathBuf,
+        /// Number of device certificates.
+        #[arg(long, default_value_t = 3)]
+        devices: u32,
+        /// Common name of the CA.
+        #[arg(long, default_value = "Ferry Demo CA")]
+        ca_name: String,
+        /// Device names are PREFIX-1, PREFIX-2, ...
+        #[arg(long, default_value = "device")]
+        prefix: String,
+    },
+    /// Upload a bulk provisioning file (.csv or .jsonl) and follow the job to its end.
+    Provision {
+        /// The tenant to create the devices in.
+        #[arg(long)]
+        tenant: String,
+        /// The file.
+        file: PathBuf,
+        /// Management API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:28080")]
+        management: String,
+        /// Management API user (HTTP Basic).
+        #[arg(long, env = "FERRY_MANAGEMENT_USER")]
+        user: Option<String>,
+        /// Password of the Management API user.
+        #[arg(long, env = "FERRY_MANAGEMENT_PASSWORD")]
+        password: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,6 +114,37 @@ fn main() -> anyhow::Result<()> {
             } => {
                 let credentials = user.map(|u| (u, password.unwrap_or_default()));
                 ferry::consume::run(northbound, &tenant, credentials).await
+            }
+            Command::Pki {
+                out,
+                devices,
+                ca_name,
+                prefix,
+            } => {
+                let written = ferry::pki::run(&out, &ca_name, &prefix, devices)?;
+                println!(
+                    "Wrote {} and {} device certificates to {}; tenant.json trusts the CA \
+                     (auto-provisioning on), devices.csv is ready for `ferry provision`.",
+                    written.ca_cert.display(),
+                    written.devices.len(),
+                    out.display()
+                );
+                Ok(())
+            }
+            Command::Provision {
+                tenant,
+                file,
+                management,
+                user,
+                password,
+            } => {
+                let target = ferry::provision::Target {
+                    base: management,
+                    user: user.map(|u| (u, password.unwrap_or_default())),
+                };
+                let summary = ferry::provision::run(&target, &tenant, &file, true).await?;
+                ferry::provision::print(&summary);
+                Ok(())
             }
         }
     })

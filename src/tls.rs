@@ -1,5 +1,7 @@
 //! The server certificate of Ferry's TLS listeners: loaded from PEM files, or created once as a
-//! self-signed certificate for `localhost` under the data directory.
+//! self-signed certificate for `localhost` under the data directory. The configuration comes
+//! from [`ferry_adapter_core::tls::server_config`]: devices may authenticate with a client
+//! certificate on the same port as password clients.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,11 +35,8 @@ pub fn server_config(config: &TlsConfig, data_dir: &Path) -> anyhow::Result<Arc<
     }
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("cannot read private key {}", key_path.display()))?;
-    let mut server = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
+    // Client certificates are asked for but not required; adapter-core validates them per tenant.
+    let mut server = ferry_adapter_core::tls::server_config(provider(), certs, key)
         .context("the server certificate does not match its key")?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(server))
@@ -66,8 +65,9 @@ fn self_signed(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((cert_path, key_path))
 }
 
+/// Writes a file only its owner can read.
 #[cfg(unix)]
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -81,8 +81,9 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Writes a file (no permission bits on this platform).
 #[cfg(not(unix))]
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
 }
 

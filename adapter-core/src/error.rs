@@ -48,6 +48,35 @@ pub enum AuthError {
     /// The registry could not be asked.
     #[error("registry unavailable: {0}")]
     RegistryUnavailable(String),
+    /// X.509 was asked for, but the client sent no certificate.
+    #[error("no client certificate")]
+    NoClientCertificate,
+    /// A certificate of the client's chain cannot be parsed.
+    #[error("malformed client certificate: {0}")]
+    MalformedCertificate(String),
+    /// No tenant trusts the issuer of the chain (and the SNI names no tenant that does).
+    #[error("unknown issuer: {0}")]
+    UnknownIssuer(String),
+    /// The chain does not lead to the tenant's trusted CA: bad signature, missing intermediate,
+    /// or no client-auth usage.
+    #[error("untrusted certificate chain: {0}")]
+    UntrustedChain(String),
+    /// A certificate of the chain has expired.
+    #[error("client certificate expired")]
+    CertificateExpired,
+    /// A certificate of the chain is not valid yet.
+    #[error("client certificate not yet valid")]
+    CertificateNotYetValid,
+    /// The tenant's CA that issued the chain is outside its configured validity window.
+    #[error("trusted CA {0} is outside its validity period")]
+    CaOutsideValidity(String),
+    /// The CA's `auth-id-template` cannot be applied to the certificate.
+    #[error("auth-id template: {0}")]
+    AuthIdTemplate(String),
+    /// The certificate is trusted, but no device is registered for it and its CA does not
+    /// auto-provision.
+    #[error("no device is registered for the certificate and its CA does not auto-provision")]
+    UnregisteredCertificate,
 }
 
 impl AuthError {
@@ -58,7 +87,16 @@ impl AuthError {
             | AuthError::UnknownCredentials
             | AuthError::CredentialsDisabled
             | AuthError::NoValidSecret
-            | AuthError::WrongPassword => ErrorKind::Unauthorized,
+            | AuthError::WrongPassword
+            | AuthError::NoClientCertificate
+            | AuthError::MalformedCertificate(_)
+            | AuthError::UnknownIssuer(_)
+            | AuthError::UntrustedChain(_)
+            | AuthError::CertificateExpired
+            | AuthError::CertificateNotYetValid
+            | AuthError::CaOutsideValidity(_)
+            | AuthError::AuthIdTemplate(_)
+            | AuthError::UnregisteredCertificate => ErrorKind::Unauthorized,
             AuthError::RegistryUnavailable(_) => ErrorKind::Unavailable,
         }
     }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod forward;
 pub mod message;
 pub mod northbound;
+pub mod tls;
 mod ttl;
 
 #[cfg(any(test, feature = "test-util"))]

@@ -53,6 +53,7 @@ struct State {
     tenants: HashMap<TenantId, TenantObject>,
     credentials: HashMap<(TenantId, String), CredentialsObject>,
     devices: HashMap<(TenantId, DeviceId), RegistrationAssertion>,
+    contexts: Vec<Map<String, Value>>,
     unavailable: bool,
 }
 
@@ -132,6 +133,11 @@ impl FakeRegistry {
         );
     }
 
+    /// The client contexts of every credentials lookup so far.
+    pub fn credential_contexts(&self) -> Vec<Map<String, Value>> {
+        lock(&self.state).contexts.clone()
+    }
+
     /// While set, every call fails with [`RegistryError::Unavailable`].
     pub fn set_unavailable(&self, unavailable: bool) {
         lock(&self.state).unavailable = unavailable;
@@ -172,13 +178,15 @@ impl TenantApi for FakeRegistry {
         subject_dn: &str,
     ) -> Result<Response<TenantObject>, RegistryError> {
         let state = self.state()?;
-        state
+        let mut trusting = state
             .tenants
             .values()
-            .find(|t| t.trusted_ca.iter().any(|ca| ca.subject_dn == subject_dn))
-            .cloned()
-            .map(ok)
-            .ok_or(RegistryError::NotFound)
+            .filter(|t| t.trusted_ca.iter().any(|ca| ca.subject_dn == subject_dn));
+        match (trusting.next(), trusting.next()) {
+            // Several tenants share the CA (a trust anchor group): ambiguous, as in Hono.
+            (Some(t), None) => Ok(ok(t.clone())),
+            _ => Err(RegistryError::NotFound),
+        }
     }
 }
 
@@ -189,9 +197,10 @@ impl CredentialsApi for FakeRegistry {
         tenant_id: &TenantId,
         credential_type: CredentialType,
         auth_id: &str,
-        _client_context: &Map<String, Value>,
+        client_context: &Map<String, Value>,
     ) -> Result<Response<CredentialsObject>, RegistryError> {
-        let state = self.state()?;
+        let mut state = self.state()?;
+        state.contexts.push(client_context.clone());
         state
             .credentials
             .get(&(tenant_id.clone(), auth_id.to_owned()))

@@ -126,6 +126,8 @@ impl<B: DeviceRegistry> Cached<B> {
         result: Result<Response<T>, RegistryError>,
     ) -> Result<Entry<T>, RegistryError> {
         let ttl = match &result {
+            // "Just created" is true once: the next lookup asks the backend again.
+            Ok(r) if r.created => Duration::ZERO,
             Ok(r) => match r.cache {
                 CacheDirective::NoCache => Duration::ZERO,
                 CacheDirective::MaxAge(age) => age.min(self.config.max_ttl),

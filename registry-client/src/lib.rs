@@ -9,7 +9,11 @@ mod cache;
 mod credentials;
 mod ids;
 mod registration;
+pub mod template;
 mod tenant;
+#[cfg(feature = "test-pki")]
+pub mod test_pki;
+pub mod trust;
 pub mod x509;
 
 pub use api::{

@@ -19,6 +19,39 @@ pub struct RegistryConfig {
     pub max_body_size: usize,
     /// Management API users (HTTP Basic). Empty: the Management API needs no authentication.
     pub users: Vec<ManagementUser>,
+    /// Key (Base64 of 32 random bytes, e.g. `openssl rand -base64 32`) that encrypts the private
+    /// keys of tenant CAs created or imported under `/v1/provisioning` (AES-256-GCM). Without it
+    /// those endpoints answer 503.
+    pub ca_encryption_key: Option<EncryptionKey>,
+    /// Largest bulk provisioning file in bytes (`/v1/provisioning/{tenant}/bulk`); default 64 MiB.
+    pub max_bulk_body_size: usize,
+    /// Longest validity of a device certificate issued under `/v1/provisioning`, in days
+    /// (default 825).
+    pub max_device_certificate_days: u32,
+}
+
+/// A secret key from the configuration; never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct EncryptionKey(pub String);
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncryptionKey(***)")
+    }
+}
+
+impl EncryptionKey {
+    /// The 32 key bytes, or why the value is unusable.
+    pub fn bytes(&self) -> Result<[u8; 32], String> {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(self.0.trim())
+            .map_err(|_| "ca_encryption_key must be Base64".to_owned())?;
+        raw.try_into().map_err(|_| {
+            "ca_encryption_key must be 32 bytes (Base64 of 32 random bytes)".to_owned()
+        })
+    }
 }
 
 /// One Management API user.
@@ -38,6 +71,9 @@ impl Default for RegistryConfig {
             bcrypt_cost: 10,
             max_body_size: 64 * 1024,
             users: Vec::new(),
+            ca_encryption_key: None,
+            max_bulk_body_size: 64 * 1024 * 1024,
+            max_device_certificate_days: 825,
         }
     }
 }
@@ -58,6 +94,12 @@ impl RegistryConfig {
                 "bcrypt_cost must be between 4 and {MAX_BCRYPT_COST}, not {}",
                 self.bcrypt_cost
             ));
+        }
+        if let Some(key) = &self.ca_encryption_key {
+            key.bytes()?;
+        }
+        if self.max_device_certificate_days == 0 {
+            return Err("max_device_certificate_days must be at least 1".to_owned());
         }
         if self.max_body_size < 1024 {
             return Err("max_body_size must be at least 1024 bytes".to_owned());

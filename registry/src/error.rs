@@ -31,6 +31,9 @@ pub enum ManageError {
     /// 412: `If-Match` does not match the resource version.
     #[error("resource version does not match If-Match")]
     PreconditionFailed,
+    /// 503: the operation needs configuration that is missing (e.g. the CA encryption key).
+    #[error("{0}")]
+    NotConfigured(String),
     /// 500: storage failure.
     #[error("internal error: {0}")]
     Internal(String),

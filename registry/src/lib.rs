@@ -3,6 +3,10 @@
 //! Credentials and Device Registration service APIs, implemented in-process on [`Registry`]
 //! (the `registry-client` traits).
 //!
+//! Auto-provisioning by certificate and by gateway (hono-api.md §13) happens inside the service
+//! APIs; provisioning notifications go to a [`ProvisioningNotifier`] set with
+//! [`Registry::set_provisioning_notifier`].
+//!
 //! Every committed change is reported synchronously to the registered
 //! [`ChangeListener`]s before the Management API answers, so caches drop stale entries at once.
 //!
@@ -20,12 +24,15 @@
 //! # Ok(()) }
 //! ```
 
+mod bulk;
+mod ca;
 pub mod config;
 pub mod error;
 mod management;
 mod model;
 mod ops;
 pub mod password;
+mod provisioning;
 mod service;
 pub mod store;
 
@@ -34,8 +41,13 @@ use std::sync::{Arc, RwLock};
 
 use ferry_registry_client::{ChangeListener, RegistryChange};
 
-pub use config::{ManagementUser, RegistryConfig};
+pub use ca::pki;
+pub use config::{EncryptionKey, ManagementUser, RegistryConfig};
 pub use error::{ManageError, RegistryOpenError};
+pub use provisioning::{
+    AUTO_PROVISIONING_AUTHORITY, NotifyError, PROVISIONING_NOTIFICATION, ProvisioningNotice,
+    ProvisioningNotifier,
+};
 pub use store::{Store, StoreError};
 
 /// The device registry: a cheap-to-clone handle.
@@ -48,6 +60,9 @@ struct Inner {
     store: Arc<dyn Store>,
     config: RegistryConfig,
     listeners: RwLock<Vec<Arc<dyn ChangeListener>>>,
+    notifier: RwLock<Option<Arc<dyn ProvisioningNotifier>>>,
+    in_flight: provisioning::InFlight,
+    jobs: bulk::Jobs,
 }
 
 impl std::fmt::Debug for Registry {
@@ -71,6 +86,9 @@ impl Registry {
                 store,
                 config,
                 listeners: RwLock::new(Vec::new()),
+                notifier: RwLock::new(None),
+                in_flight: provisioning::InFlight::default(),
+                jobs: bulk::Jobs::default(),
             }),
         }
     }

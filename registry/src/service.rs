@@ -1,8 +1,9 @@
 //! Hono's Tenant, Credentials and Device Registration APIs, answered in-process by [`Registry`].
 //!
-//! Every answer carries `max-age = cache_max_age`. The client context of a credentials lookup is
-//! accepted and not yet used: auto-provisioning will create the device and its credentials in one
-//! [`crate::store::Store::create_device`] transaction from here.
+//! Every answer carries `max-age = cache_max_age`. An `x509-cert` lookup for an unknown auth-id
+//! whose client context carries `client-certificate`, and an `assert` for an unknown device by a
+//! provisioning gateway, auto-provision the device (module `provisioning`). Lookups of an
+//! auto-provisioned device whose notification was not yet sent send it again.
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -17,6 +18,7 @@ use crate::Registry;
 use crate::error::ManageError;
 use crate::model::device::{strings, via};
 use crate::model::{credentials, enabled, tenant};
+use crate::provisioning::notification_pending;
 use crate::store::{StoreError, TenantRecord, Versioned};
 
 fn unavailable(e: impl std::fmt::Display) -> RegistryError {
@@ -34,7 +36,7 @@ fn internal(e: ManageError) -> RegistryError {
 }
 
 impl Registry {
-    fn answer<T>(&self, payload: T) -> Response<T> {
+    pub(crate) fn answer<T>(&self, payload: T) -> Response<T> {
         Response::ok(
             payload,
             CacheDirective::MaxAge(self.config().cache_max_age()),
@@ -95,7 +97,7 @@ impl CredentialsApi for Registry {
         tenant_id: &TenantId,
         credential_type: CredentialType,
         auth_id: &str,
-        _client_context: &Map<String, Value>,
+        client_context: &Map<String, Value>,
     ) -> Result<Response<CredentialsObject>, RegistryError> {
         if auth_id.is_empty() {
             return Err(RegistryError::BadRequest("auth-id is empty".into()));
@@ -105,13 +107,31 @@ impl CredentialsApi for Registry {
             _ => None,
         };
         let auth_id = normalized.as_deref().unwrap_or(auth_id);
-        let (device, record) = self
+        let found = self
             .store()
             .find_credentials(tenant_id, credential_type, auth_id)
-            .await?
-            .ok_or(RegistryError::NotFound)?;
+            .await?;
+        let certificate = client_context
+            .get("client-certificate")
+            .and_then(Value::as_str)
+            .filter(|_| credential_type == CredentialType::X509Cert);
+        let (device, record) = match (found, certificate) {
+            (Some(found), _) => found,
+            (None, Some(certificate)) => {
+                return self
+                    .provision_by_certificate(tenant_id, auth_id, certificate)
+                    .await;
+            }
+            (None, None) => return Err(RegistryError::NotFound),
+        };
         if !enabled(&record.doc) {
             return Err(RegistryError::NotFound);
+        }
+        if credential_type == CredentialType::X509Cert
+            && let Some(doc) = self.store().get_device(tenant_id, &device).await?
+            && notification_pending(&doc.value.doc)
+        {
+            self.send_notification(tenant_id, &device, None).await;
         }
         Ok(self.answer(credentials::credentials_object(&device, &record).map_err(internal)?))
     }
@@ -128,13 +148,21 @@ impl RegistrationApi for Registry {
         if self.store().get_tenant(tenant_id).await?.is_none() {
             return Err(RegistryError::NotFound);
         }
-        let device = self
-            .store()
-            .get_device(tenant_id, device_id)
-            .await?
-            .map(|d| d.value.doc)
-            .filter(enabled)
-            .ok_or(RegistryError::NotFound)?;
+        let device = match (
+            self.store().get_device(tenant_id, device_id).await?,
+            gateway_id,
+        ) {
+            (Some(d), _) => {
+                if notification_pending(&d.value.doc) {
+                    self.send_notification(tenant_id, device_id, gateway_id)
+                        .await;
+                }
+                Some(d.value.doc)
+            }
+            (None, Some(gw)) => self.provision_by_gateway(tenant_id, device_id, gw).await?,
+            (None, None) => None,
+        };
+        let device = device.filter(enabled).ok_or(RegistryError::NotFound)?;
         let mut via_ids = via(&device);
         let via_groups: Vec<String> = strings(&device, "viaGroups").map(str::to_owned).collect();
         if !via_groups.is_empty() {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod x509;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;

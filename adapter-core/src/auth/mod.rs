@@ -5,6 +5,8 @@
 //! registry, disabled credentials and secrets outside their validity window are skipped, and the
 //! password is checked against each remaining secret (module `password` has the formats).
 //!
+//! X.509 client certificates: see the `x509` module ([`Authenticator::authenticate_x509`]).
+//!
 //! bcrypt is deliberately slow, so it runs on tokio's blocking pool behind a semaphore (at most one
 //! check per core at a time), hashes above a configured cost are refused without computing them,
 //! and successful checks are remembered for a short while keyed by a digest of
@@ -12,6 +14,9 @@
 
 mod password;
 mod psk;
+mod x509;
+
+pub use x509::MAX_CHAIN_LENGTH;
 
 use std::sync::Arc;
 
@@ -210,3 +215,5 @@ impl Authenticator {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod x509_tests;

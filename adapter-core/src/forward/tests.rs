@@ -459,6 +459,15 @@ fn every_auth_failure_is_unauthorized_except_an_outage() {
         AuthError::CredentialsDisabled,
         AuthError::NoValidSecret,
         AuthError::WrongPassword,
+        AuthError::NoClientCertificate,
+        AuthError::MalformedCertificate(String::new()),
+        AuthError::UnknownIssuer(String::new()),
+        AuthError::UntrustedChain(String::new()),
+        AuthError::CertificateExpired,
+        AuthError::CertificateNotYetValid,
+        AuthError::CaOutsideValidity(String::new()),
+        AuthError::AuthIdTemplate(String::new()),
+        AuthError::UnregisteredCertificate,
     ] {
         assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
     }

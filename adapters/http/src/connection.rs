@@ -1,6 +1,10 @@
 //! One accepted connection: the TLS handshake (under a timeout, never in the accept loop), then
 //! HTTP/1.1 with keep-alive until the peer leaves, the connection idles out, or shutdown.
 //!
+//! A client certificate chain and the SNI host name are read from the TLS session right after
+//! the handshake and handed to every request of the connection: a request without
+//! `authorization` authenticates by that certificate.
+//!
 //! On shutdown hyper's graceful shutdown lets a request in flight finish and closes the connection
 //! after its response; idle connections close at once.
 
@@ -8,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_adapter_core::tls::TlsPeer;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -63,7 +68,7 @@ impl Connection {
         let shutdown = shared.ctx.shutdown.clone();
         tracing::debug!("accepted");
         match tls {
-            None => serve_http(stream, shared, &config, &shutdown).await,
+            None => serve_http(stream, None, shared, &config, &shutdown).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(config.tls_handshake_timeout, acceptor.accept(stream));
@@ -72,7 +77,18 @@ impl Connection {
                     () = shutdown.cancelled() => return,
                 };
                 match outcome {
-                    Ok(Ok(stream)) => serve_http(stream, shared, &config, &shutdown).await,
+                    Ok(Ok(stream)) => {
+                        // The chain was accepted as is; the device pipeline validates it per
+                        // tenant when a request relies on it.
+                        let peer = TlsPeer::from_connection(stream.get_ref().1);
+                        tracing::debug!(
+                            client_certificate = peer.has_certificate(),
+                            sni = peer.sni.as_deref().unwrap_or("-"),
+                            "TLS established"
+                        );
+                        let peer = peer.has_certificate().then(|| Arc::new(peer));
+                        serve_http(stream, peer, shared, &config, &shutdown).await
+                    }
                     Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::info!("TLS handshake timed out"),
                 }
@@ -85,13 +101,14 @@ impl Connection {
 
 async fn serve_http<I>(
     io: I,
+    peer: Option<Arc<TlsPeer>>,
     shared: Arc<Shared>,
     config: &ConnectionConfig,
     shutdown: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| service::handle(req, Arc::clone(&shared)));
+    let service = service_fn(move |req| service::handle(req, Arc::clone(&shared), peer.clone()));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -4,7 +4,7 @@
 //!
 //! | request | who |
 //! |---|---|
-//! | `POST /telemetry`, `POST /event` | the device authenticated by Basic `auth-id@tenant:password` |
+//! | `POST /telemetry`, `POST /event` | the device authenticated by Basic `auth-id@tenant:password`, or (TLS port, no `authorization`) by its client certificate |
 //! | `PUT /telemetry/TENANT/DEVICE` (and `/event`) | a gateway for DEVICE, the device itself, or (if allowed) an unauthenticated device |
 //! | `PUT /telemetry//DEVICE` | a gateway for DEVICE of its own tenant |
 //!

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_adapter_core::tls::TlsPeer;
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Upload};
 use ferry_registry_client::{DeviceId, TenantId};
 use http::header::{ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -40,14 +41,17 @@ struct Who {
 }
 
 /// Answers one request. Never fails: refusals are responses.
+///
+/// `peer` is the connection's TLS client certificate, if the client presented one.
 pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
+    peer: Option<Arc<TlsPeer>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut who = Who::default();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    match upload(req, &shared, &mut who).await {
+    match upload(req, &shared, peer.as_deref(), &mut who).await {
         Ok(()) => Ok(status_only(StatusCode::ACCEPTED)),
         Err(e) => {
             let status = e.status();
@@ -117,23 +121,48 @@ async fn authenticate(
     Ok(device)
 }
 
+/// Authenticates by the TLS client certificate of the connection.
+async fn authenticate_certificate(
+    shared: &Shared,
+    peer: &TlsPeer,
+    who: &mut Who,
+) -> Result<AuthenticatedDevice, RequestError> {
+    who.user = Some("(client certificate)".to_owned());
+    let device = shared
+        .ctx
+        .authenticator
+        .authenticate_x509(&peer.chain, peer.sni.as_deref())
+        .await?;
+    who.user = Some(device.auth_id.chars().take(128).collect());
+    who.tenant = Some(device.tenant_id.clone());
+    who.device = Some(device.device_id.clone());
+    Ok(device)
+}
+
 /// Who sends, and for which device: authenticates where credentials are given or required.
+/// Basic credentials win over a client certificate; without either the request is anonymous.
 async fn identify(
     target: Target,
     credentials: Option<BasicCredentials>,
+    peer: Option<&TlsPeer>,
     shared: &Shared,
     who: &mut Who,
 ) -> Result<(Option<AuthenticatedDevice>, TenantId, DeviceId), RequestError> {
-    match (target, credentials) {
+    if let Target::Device { device, .. } = &target {
+        who.device = Some(device.clone());
+    }
+    let sender = match (credentials, peer.filter(|p| p.has_certificate())) {
+        (Some(credentials), _) => Some(authenticate(shared, credentials, who).await?),
+        (None, Some(peer)) => Some(authenticate_certificate(shared, peer, who).await?),
+        (None, None) => None,
+    };
+    match (target, sender) {
         (Target::Own, None) => Err(RequestError::MissingCredentials),
-        (Target::Own, Some(credentials)) => {
-            let sender = authenticate(shared, credentials, who).await?;
+        (Target::Own, Some(sender)) => {
             let (tenant, device) = (sender.tenant_id.clone(), sender.device_id.clone());
             Ok((Some(sender), tenant, device))
         }
-        (Target::Device { tenant, device }, Some(credentials)) => {
-            who.device = Some(device.clone());
-            let sender = authenticate(shared, credentials, who).await?;
+        (Target::Device { tenant, device }, Some(sender)) => {
             let tenant = tenant.unwrap_or_else(|| sender.tenant_id.clone());
             who.tenant = Some(tenant.clone());
             who.device = Some(device.clone());
@@ -143,7 +172,6 @@ async fn identify(
             Err(RequestError::MissingCredentials)
         }
         (Target::Device { tenant, device }, None) => {
-            who.device = Some(device.clone());
             let tenant = tenant.ok_or(RequestError::TenantRequired)?;
             who.tenant = Some(tenant.clone());
             Ok((None, tenant, device))
@@ -154,12 +182,13 @@ async fn identify(
 async fn upload(
     req: Request<Incoming>,
     shared: &Shared,
+    peer: Option<&TlsPeer>,
     who: &mut Who,
 ) -> Result<(), RequestError> {
     let (parts, body) = req.into_parts();
     let route = Route::parse(&parts.method, parts.uri.path())?;
     let credentials = BasicCredentials::from_headers(&parts.headers)?;
-    let (sender, tenant, device) = identify(route.target, credentials, shared, who).await?;
+    let (sender, tenant, device) = identify(route.target, credentials, peer, shared, who).await?;
     let params = Params::parse(route.endpoint, &parts.headers, parts.uri.query())?;
     let payload = read_body(body, shared.max_payload_size, shared.body_timeout).await?;
     let upload = Upload {

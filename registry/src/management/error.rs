@@ -34,6 +34,7 @@ fn status(e: &ManageError) -> StatusCode {
         ManageError::NotFound => StatusCode::NOT_FOUND,
         ManageError::Conflict(_) => StatusCode::CONFLICT,
         ManageError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+        ManageError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
         ManageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

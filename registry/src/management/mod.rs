@@ -2,12 +2,15 @@
 //!
 //! Handlers parse ids, bodies and headers, call the operations in `crate::ops`, and map the
 //! result: 201 with `Location`, `ETag` and `{"id"}`; 200 with `ETag`; 204 with the new `ETag`;
-//! errors as `{"error": ...}` (see `error`).
+//! errors as `{"error": ...}` (see `error`). Ferry's own extension lives under `/v1/provisioning`
+//! (tenant CAs and device certificates).
 
 mod auth;
+mod bulk;
 mod credentials;
 mod devices;
 mod error;
+mod provisioning;
 mod search;
 mod tenants;
 
@@ -27,6 +30,7 @@ use error::{ApiError, bad_request};
 /// The Management API router, nested under `/v1`.
 pub(crate) fn router(registry: Registry) -> Router {
     let limit = registry.config().max_body_size;
+    let bulk_limit = registry.config().max_bulk_body_size;
     let v1 = Router::new()
         .route(
             "/tenants",
@@ -56,6 +60,23 @@ pub(crate) fn router(registry: Registry) -> Router {
             "/credentials/{tenant_id}/{device_id}",
             get(credentials::read).put(credentials::update),
         )
+        .route(
+            "/provisioning/{tenant_id}/cas",
+            axum::routing::post(provisioning::create_ca),
+        )
+        .route(
+            "/provisioning/{tenant_id}/cas/{ca_id}",
+            get(provisioning::read_ca),
+        )
+        .route(
+            "/provisioning/{tenant_id}/cas/{ca_id}/certificates",
+            axum::routing::post(provisioning::issue),
+        )
+        .route(
+            "/provisioning/{tenant_id}/bulk",
+            axum::routing::post(bulk::start).layer(DefaultBodyLimit::max(bulk_limit)),
+        )
+        .route("/provisioning/{tenant_id}/bulk/{job_id}", get(bulk::status))
         .layer(middleware::from_fn_with_state(
             registry.clone(),
             auth::authenticate,

@@ -75,6 +75,25 @@ pub struct DeviceRecord {
     pub doc: Map<String, Value>,
 }
 
+/// A tenant-managed CA: its certificate and its sealed private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TenantCaRecord {
+    /// The CA id (also the `id` of its `trusted-ca` entry).
+    pub id: String,
+    /// The CA certificate, DER.
+    pub cert: Vec<u8>,
+    /// The private key, sealed (never stored in the clear).
+    pub sealed_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TenantCaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantCaRecord")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A change with an optional expected version (`If-Match`).
 pub type Expected = Option<String>;
 
@@ -174,4 +193,22 @@ pub trait Store: Send + Sync + 'static {
         credential_type: CredentialType,
         auth_id: &str,
     ) -> Result<Option<(DeviceId, CredentialRecord)>, StoreError>;
+
+    /// Stores a tenant CA; `Conflict` if the id is used, `NotFound` without the tenant.
+    async fn put_tenant_ca(&self, tenant: &TenantId, ca: TenantCaRecord) -> Result<(), StoreError>;
+    /// A tenant CA.
+    async fn get_tenant_ca(
+        &self,
+        tenant: &TenantId,
+        ca_id: &str,
+    ) -> Result<Option<TenantCaRecord>, StoreError>;
+
+    /// Creates many devices with their credentials in one transaction; each row succeeds or
+    /// fails on its own (in order).
+    async fn create_devices(
+        &self,
+        tenant: &TenantId,
+        rows: Vec<(DeviceRecord, Vec<CredentialRecord>)>,
+        max_devices: Option<u64>,
+    ) -> Result<Vec<Result<String, StoreError>>, StoreError>;
 }

@@ -14,10 +14,16 @@ use serde_json::{Map, Value};
 mod devices;
 mod tenants;
 
-use super::{CredentialRecord, DeviceRecord, Expected, Store, StoreError, TenantRecord, Versioned};
+use super::{
+    CredentialRecord, DeviceRecord, Expected, Store, StoreError, TenantCaRecord, TenantRecord,
+    Versioned,
+};
 
 /// Compiled-in migrations, in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/0001_init.sql"),
+    include_str!("../../../migrations/0002_tenant_cas.sql"),
+];
 
 /// SQLite storage.
 #[derive(Clone)]
@@ -288,5 +294,74 @@ impl Store for SqliteStore {
         let (t, a) = (tenant.to_string(), auth_id.to_owned());
         self.tx(move |tx| devices::find_credentials(tx, &t, credential_type, &a))
             .await
+    }
+
+    async fn put_tenant_ca(&self, tenant: &TenantId, ca: TenantCaRecord) -> Result<(), StoreError> {
+        let t = tenant.to_string();
+        self.tx(move |tx| {
+            if !tenants::exists(tx, &t)? {
+                return Err(StoreError::NotFound);
+            }
+            tx.execute(
+                "INSERT INTO tenant_cas (tenant_id, ca_id, cert, sealed_key) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![t, ca.id, ca.cert, ca.sealed_key],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_tenant_ca(
+        &self,
+        tenant: &TenantId,
+        ca_id: &str,
+    ) -> Result<Option<TenantCaRecord>, StoreError> {
+        let (t, id) = (tenant.to_string(), ca_id.to_owned());
+        self.tx(move |tx| {
+            use rusqlite::OptionalExtension;
+            tx.query_row(
+                "SELECT ca_id, cert, sealed_key FROM tenant_cas WHERE tenant_id = ?1 AND ca_id = ?2",
+                [&t, &id],
+                |r| {
+                    Ok(TenantCaRecord {
+                        id: r.get(0)?,
+                        cert: r.get(1)?,
+                        sealed_key: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn create_devices(
+        &self,
+        tenant: &TenantId,
+        rows: Vec<(DeviceRecord, Vec<CredentialRecord>)>,
+        max_devices: Option<u64>,
+    ) -> Result<Vec<Result<String, StoreError>>, StoreError> {
+        let t = tenant.to_string();
+        self.tx(move |tx| {
+            let mut out = Vec::with_capacity(rows.len());
+            for (device, credentials) in &rows {
+                tx.execute_batch("SAVEPOINT bulk_row").map_err(backend)?;
+                match devices::create(tx, &t, device, credentials, max_devices) {
+                    Ok(version) => {
+                        tx.execute_batch("RELEASE bulk_row").map_err(backend)?;
+                        out.push(Ok(version));
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO bulk_row; RELEASE bulk_row")
+                            .map_err(backend)?;
+                        out.push(Err(e));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 }

@@ -1,0 +1,188 @@
+//! End to end: devices authenticating with X.509 client certificates on the HTTP adapter's TLS
+//! port, with the real registry and northbound; certificates made by the test with rcgen.
+
+mod common;
+
+use std::time::Duration;
+
+use common::x509::CertDevice;
+use common::{AmqpConsumer, TestGateway, TestResult};
+use ferry_registry_client::test_pki::{TestCa, Validity};
+use rcgen::DnType;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn a_certificate_authenticates_on_the_port_basic_auth_uses() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let ca = TestCa::root("x509-e2e")?;
+    ferry
+        .tenant("t1", json!({"trusted-ca": [ca.trusted_ca()]}))
+        .await?;
+    let cert = ca.device("dev-1")?;
+    ferry.device("t1", "d1", json!({})).await?;
+    ferry
+        .x509_credential("t1", "d1", &cert.subject_dn())
+        .await?;
+    ferry.device("t1", "d2", json!({})).await?;
+    ferry.password("t1", "d2", "pw").await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+
+    let device = CertDevice::new(&ferry, Some(&cert), None)?;
+    assert_eq!(device.send("/telemetry", "by certificate").await?, 202);
+    let msg = consumer.next(WAIT).await?.ok_or("no telemetry")?;
+    assert_eq!(msg.prop("device_id").as_deref(), Some("d1"));
+    assert_eq!(msg.payload, b"by certificate");
+
+    // Basic auth on the same TLS port, from a client without a certificate.
+    let plain = CertDevice::new(&ferry, None, None)?;
+    let r = plain
+        .client()
+        .post(format!("{}/telemetry", plain.base()))
+        .basic_auth("d2@t1", Some("pw"))
+        .header("content-type", "text/plain")
+        .body("by password")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 202);
+    let msg = consumer.next(WAIT).await?.ok_or("no telemetry")?;
+    assert_eq!(msg.prop("device_id").as_deref(), Some("d2"));
+    // Basic credentials win over a certificate.
+    let r = device
+        .client()
+        .post(format!("{}/telemetry", device.base()))
+        .basic_auth("d2@t1", Some("wrong"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    // Neither: 401.
+    assert_eq!(plain.send("/telemetry", "x").await?, 401);
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn intermediates_and_two_cas_per_tenant() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let root = TestCa::root("x509-root")?;
+    let intermediate = root.intermediate("x509-intermediate")?;
+    let second = TestCa::root("x509-second")?;
+    ferry
+        .tenant(
+            "t1",
+            json!({"trusted-ca": [root.trusted_ca(), second.trusted_ca()]}),
+        )
+        .await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+    for (ca, id) in [(&intermediate, "via-intermediate"), (&second, "second-ca")] {
+        let cert = ca.device(id)?;
+        ferry.device("t1", id, json!({})).await?;
+        ferry.x509_credential("t1", id, &cert.subject_dn()).await?;
+        let device = CertDevice::new(&ferry, Some(&cert), None)?;
+        assert_eq!(device.send("/telemetry", "x").await?, 202, "{id}");
+        let msg = consumer.next(WAIT).await?.ok_or("no telemetry")?;
+        assert_eq!(msg.prop("device_id").as_deref(), Some(id));
+    }
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_certificates_are_refused_with_401() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let ca = TestCa::root("x509-refusals")?;
+    ferry
+        .tenant("t1", json!({"trusted-ca": [ca.trusted_ca()]}))
+        .await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+    let subject = [(DnType::CommonName, "refused")];
+    let cases = [
+        ("expired", ca.issue(&subject, Validity::Expired)?),
+        ("not yet valid", ca.issue(&subject, Validity::NotYetValid)?),
+        (
+            "foreign CA",
+            TestCa::root("x509-foreign")?.issue(&subject, Validity::Current)?,
+        ),
+        (
+            "impostor CA",
+            TestCa::root("x509-refusals")?.issue(&subject, Validity::Current)?,
+        ),
+        ("unregistered", ca.device("unregistered")?),
+    ];
+    ferry.device("t1", "refused", json!({})).await?;
+    ferry.x509_credential("t1", "refused", "CN=refused").await?;
+    for (case, cert) in &cases {
+        let device = CertDevice::new(&ferry, Some(cert), None)?;
+        assert_eq!(device.send("/telemetry", "x").await?, 401, "{case}");
+    }
+    // The registered subject with a good certificate passes: the refusals were the certificates'.
+    let good = CertDevice::new(&ferry, Some(&ca.issue(&subject, Validity::Current)?), None)?;
+    assert_eq!(good.send("/telemetry", "x").await?, 202);
+    assert!(consumer.next(WAIT).await?.is_some());
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_ca_outside_its_window_is_refused_until_the_window_is_current() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let ca = TestCa::root("x509-window")?;
+    let mut entry = ca.trusted_ca();
+    entry["not-before"] = json!("2080-01-01T00:00:00Z");
+    ferry.tenant("t1", json!({"trusted-ca": [entry]})).await?;
+    let cert = ca.device("dev")?;
+    ferry.device("t1", "dev", json!({})).await?;
+    ferry
+        .x509_credential("t1", "dev", &cert.subject_dn())
+        .await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+    let device = CertDevice::new(&ferry, Some(&cert), None)?;
+    assert_eq!(device.send("/telemetry", "x").await?, 401);
+    ferry
+        .update_tenant("t1", json!({"trusted-ca": [ca.trusted_ca()]}))
+        .await?;
+    assert_eq!(device.send("/telemetry", "x").await?, 202);
+    assert!(consumer.next(WAIT).await?.is_some());
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sni_does_not_override_the_issuer_and_names_no_untrusting_tenant() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let ca = TestCa::root("x509-sni")?;
+    ferry
+        .tenant("t1", json!({"trusted-ca": [ca.trusted_ca()]}))
+        .await?;
+    ferry.tenant("t2", json!({})).await?;
+    let cert = ca.device("dev")?;
+    ferry.device("t1", "dev", json!({})).await?;
+    ferry
+        .x509_credential("t1", "dev", &cert.subject_dn())
+        .await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+    // The issuer finds t1 even though the SNI names t2.
+    let device = CertDevice::new(&ferry, Some(&cert), Some("t2.ferry.test"))?;
+    assert_eq!(device.send("/telemetry", "x").await?, 202);
+    let msg = consumer.next(WAIT).await?.ok_or("no telemetry")?;
+    assert_eq!(msg.prop("device_id").as_deref(), Some("dev"));
+    // An unknown issuer falls back to the SNI tenant, which does not trust it either.
+    let foreign = TestCa::root("x509-sni-foreign")?.device("dev")?;
+    let device = CertDevice::new(&ferry, Some(&foreign), Some("t1.ferry.test"))?;
+    assert_eq!(device.send("/telemetry", "x").await?, 401);
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
