@@ -1,7 +1,8 @@
 //! The adapter's ports: binding, and the accept loops.
 //!
-//! Each accept loop takes a permit of the connection limit before accepting, then spawns a
-//! [`Connection`] task; TLS handshakes happen in that task, so a slow client never holds up
+//! Each accept loop accepts, then takes a permit of the connection limit (waiting for one while
+//! the limit is reached; the ports share the limit, and an idle port holds no permit), then
+//! spawns a [`Connection`] task; TLS handshakes happen in that task, so a slow client never holds up
 //! accepting. On shutdown the loops stop accepting and [`HttpAdapter::run`] waits until every
 //! connection task has finished its request in flight.
 
@@ -146,14 +147,6 @@ async fn accept_loop(
     let tls = port.tls.is_some();
     tracing::info!(addr = %port.addr, tls, "HTTP adapter listening");
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let accepted = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -167,6 +160,14 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
         };
         let connection = Connection {
             stream,

@@ -110,3 +110,35 @@ async fn silent_or_plain_clients_are_dropped_after_the_handshake_timeout() -> Te
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     h.stop().await
 }
+
+/// With both ports open and room for one connection, the idle TLS port must not sit on the only
+/// permit: a plain connection is served.
+#[tokio::test]
+async fn an_idle_port_holds_no_connection_permit() -> TestResult {
+    let (tls, _) = server_tls()?;
+    let h = start_with(
+        ferry_adapter_http::HttpConfig {
+            max_connections: 1,
+            ..config()
+        },
+        Some(tls),
+    )
+    .await?;
+    let request = format!(
+        "POST /telemetry HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+        basic("sensor1@t1", "pw1")
+    );
+    // Two connections one after the other on the plain port: whichever loop held the permit
+    // before, a loop sitting idle in `accept` must not keep it from the port that is used.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut stream = tokio::net::TcpStream::connect(h.addr.ok_or("no plain port")?).await?;
+        let response = tokio::time::timeout(
+            Duration::from_secs(5),
+            raw_exchange(&mut stream, request.as_bytes()),
+        )
+        .await??;
+        assert_eq!(response.status, 202);
+    }
+    h.stop().await
+}
