@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{AmqpConsumer, Error, TestGateway, TestResult};
+use ferry_registry_client::test_pki::{TestCa, TestCert};
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -637,18 +638,33 @@ async fn garbage_timeouts_and_keep_alive_close_raw_connections() -> TestResult {
 }
 
 fn tls_client_config(data_dir: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, Error> {
-    use rustls::pki_types::CertificateDer;
+    tls_client_config_with(data_dir, None)
+}
+
+/// A ring-only client configuration trusting the gateway's server certificate, presenting
+/// `identity` as client certificate if given.
+fn tls_client_config_with(
+    data_dir: &std::path::Path,
+    identity: Option<&TestCert>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(data_dir.join("tls/server-cert.pem"))? {
         roots.add(cert?)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match identity {
+        Some(cert) => builder.with_client_auth_cert(
+            cert.chain.clone(),
+            PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 
@@ -874,6 +890,206 @@ async fn connection_events_announce_connect_and_disconnect() -> TestResult {
     let payload: serde_json::Value = serde_json::from_slice(&disconnected.payload)?;
     assert_eq!(payload["cause"], "disconnected");
     events.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+/// MQTT 3.1.1 options for the TLS port (`localhost`), presenting `identity` if given.
+fn tls_options(
+    id: &str,
+    ferry: &TestGateway,
+    data_dir: &std::path::Path,
+    identity: Option<&TestCert>,
+    credentials: Option<(&str, &str)>,
+) -> Result<MqttOptions, Error> {
+    let port = ferry.addrs.mqtts.ok_or("no TLS listener")?.port();
+    let mut o = MqttOptions::new(id, "localhost", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    if let Some((user, password)) = credentials {
+        o.set_credentials(user, password);
+    }
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls_client_config_with(data_dir, identity)?),
+    ));
+    Ok(o)
+}
+
+const PROVISIONING_NOTIFICATION: &str =
+    "application/vnd.eclipse-hono-device-provisioning-notification";
+
+#[tokio::test]
+async fn a_registered_device_authenticates_with_its_client_certificate() -> TestResult {
+    let (dir, ferry) = start().await?;
+    let ca = TestCa::root("mqtt-registered")?;
+    ferry
+        .tenant("t1", json!({"trusted-ca": [ca.trusted_ca()]}))
+        .await?;
+    ferry.device("t1", "dev1", json!({})).await?;
+    let cert = ca.device("dev1-cert")?;
+    ferry
+        .x509_credential("t1", "dev1", &cert.subject_dn())
+        .await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+
+    // Credentials in the CONNECT are ignored when a certificate is presented (as in Hono).
+    let o = tls_options(
+        "cert1",
+        &ferry,
+        dir.path(),
+        Some(&cert),
+        Some(("nobody@nowhere", "wrong")),
+    )?;
+    let mut d = Device::connect(o).await?;
+    d.publish("t", QoS::AtLeastOnce, b"by certificate").await?;
+    let (acked, msg) = tokio::join!(d.puback(), consumer.next(WAIT));
+    acked?;
+    let msg = msg?.ok_or("no telemetry from the certificate device")?;
+    assert_eq!(msg.payload, b"by certificate");
+    assert_eq!(msg.prop("device_id").as_deref(), Some("dev1"));
+    assert_eq!(msg.prop("tenant_id").as_deref(), Some("t1"));
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_x509_device_is_provisioned_by_its_first_mqtt_connection() -> TestResult {
+    let (dir, ferry) = start().await?;
+    let ca = TestCa::root("mqtt-provisioning")?;
+    let mut entry = ca.trusted_ca();
+    entry["auto-provisioning-enabled"] = json!(true);
+    entry["auto-provisioning-device-id-template"] = json!("auto-{{subject-cn}}");
+    ferry.tenant("t1", json!({"trusted-ca": [entry]})).await?;
+    let mut telemetry = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+    let mut events = AmqpConsumer::attach(&ferry.addrs, "event/t1").await?;
+    let cert = ca.device("sensor-9")?;
+    assert_eq!(ferry.read_device("t1", "auto-sensor-9").await?, None);
+
+    let mut d =
+        Device::connect(tls_options("prov", &ferry, dir.path(), Some(&cert), None)?).await?;
+    d.publish("t", QoS::AtLeastOnce, b"first words").await?;
+    let (acked, msg) = tokio::join!(d.puback(), telemetry.next(WAIT));
+    acked?;
+    let msg = msg?.ok_or("no telemetry from the provisioned device")?;
+    assert_eq!(msg.payload, b"first words");
+    assert_eq!(msg.prop("device_id").as_deref(), Some("auto-sensor-9"));
+
+    // The registry's notification on event/t1 (connection events may come too).
+    let note = loop {
+        let event = events
+            .next(WAIT)
+            .await?
+            .ok_or("no provisioning notification")?;
+        if event.content_type.as_deref() == Some(PROVISIONING_NOTIFICATION) {
+            break event;
+        }
+    };
+    assert_eq!(note.prop("device_id").as_deref(), Some("auto-sensor-9"));
+    assert_eq!(
+        note.prop("hono_registration_status").as_deref(),
+        Some("NEW")
+    );
+    let doc = ferry
+        .read_device("t1", "auto-sensor-9")
+        .await?
+        .ok_or("device not created")?;
+    assert_eq!(doc["status"]["auto-provisioned"], json!(true));
+    telemetry.close().await;
+    events.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_certificate_of_an_untrusted_ca_is_refused_without_password_fallback() -> TestResult {
+    use rumqttc::ConnectReturnCode as C;
+    let (dir, ferry) = start().await?;
+    ferry.provision("t1", "dev1", "pw").await?;
+    let trusted = TestCa::root("mqtt-trusted")?;
+    ferry
+        .update_tenant("t1", json!({"trusted-ca": [trusted.trusted_ca()]}))
+        .await?;
+    let stranger = TestCa::root("mqtt-untrusted")?.device("intruder")?;
+
+    // The CONNECT's password is right, but the certificate is checked first and fails.
+    let o = tls_options(
+        "bad3",
+        &ferry,
+        dir.path(),
+        Some(&stranger),
+        Some(("dev1@t1", "pw")),
+    )?;
+    assert_eq!(Device::refused(o).await?, C::BadUserNamePassword);
+
+    let port = ferry.addrs.mqtts.ok_or("no TLS listener")?.port();
+    let mut o = rumqttc::v5::MqttOptions::new("bad5", "localhost", port);
+    o.set_credentials("dev1@t1", "pw");
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls_client_config_with(dir.path(), Some(&stranger))?),
+    ));
+    assert_eq!(
+        Device5::refused(o).await?,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::BadUserNamePassword
+    );
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn password_and_certificate_clients_share_the_tls_port() -> TestResult {
+    let (dir, ferry) = start().await?;
+    let ca = TestCa::root("mqtt-shared-port")?;
+    ferry.provision("t1", "pwdev", "pw").await?;
+    ferry
+        .update_tenant("t1", json!({"trusted-ca": [ca.trusted_ca()]}))
+        .await?;
+    ferry.device("t1", "certdev", json!({})).await?;
+    let cert = ca.device("certdev")?;
+    ferry
+        .x509_credential("t1", "certdev", &cert.subject_dn())
+        .await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+
+    let mut by_cert = Device::connect(tls_options(
+        "c-cert",
+        &ferry,
+        dir.path(),
+        Some(&cert),
+        None,
+    )?)
+    .await?;
+    let mut by_password = Device::connect(tls_options(
+        "c-pw",
+        &ferry,
+        dir.path(),
+        None,
+        Some(("pwdev@t1", "pw")),
+    )?)
+    .await?;
+    for (device, payload, expected) in [
+        (&mut by_password, b"by password".as_slice(), "pwdev"),
+        (&mut by_cert, b"by certificate".as_slice(), "certdev"),
+    ] {
+        device.publish("t", QoS::AtLeastOnce, payload).await?;
+        let (acked, msg) = tokio::join!(device.puback(), consumer.next(WAIT));
+        acked?;
+        let msg = msg?.ok_or("no telemetry")?;
+        assert_eq!(msg.payload, payload);
+        assert_eq!(msg.prop("device_id").as_deref(), Some(expected));
+    }
+    // A TLS client without certificate and with a wrong password is still refused.
+    let o = tls_options(
+        "c-bad",
+        &ferry,
+        dir.path(),
+        None,
+        Some(("pwdev@t1", "nope")),
+    )?;
+    assert_eq!(
+        Device::refused(o).await?,
+        rumqttc::ConnectReturnCode::BadUserNamePassword
+    );
+    consumer.close().await;
     ferry.stop().await;
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! One accepted TCP connection: the TLS handshake (under a timeout, never in the accept loop),
-//! then the MQTT session's phases (`session.rs`), in one tracing span per connection.
+//! then the MQTT session's phases (`session.rs`), in one tracing span per connection. The
+//! handshake accepts any client certificate; the chain is taken here and validated per tenant
+//! when the CONNECT is handled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ferry_adapter_core::tls::TlsPeer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -52,7 +55,7 @@ impl Connection {
         // connection then costs the serving phase's state, not the sum of the TLS handshake,
         // authentication and serving futures' largest states.
         match tls {
-            None => Box::pin(session(stream, peer, shared, permit)).await,
+            None => Box::pin(session(stream, peer, None, shared, permit)).await,
             Some(acceptor) => {
                 let handshake = Box::pin(tokio::time::timeout(
                     shared.tls_handshake_timeout,
@@ -63,7 +66,15 @@ impl Connection {
                     () = shutdown.cancelled() => return,
                 };
                 match outcome {
-                    Ok(Ok(stream)) => Box::pin(session(stream, peer, shared, permit)).await,
+                    Ok(Ok(stream)) => {
+                        let tls_peer = TlsPeer::from_connection(stream.get_ref().1);
+                        tracing::debug!(
+                            client_certificate = tls_peer.has_certificate(),
+                            sni = tls_peer.sni.as_deref().unwrap_or("-"),
+                            "TLS established"
+                        );
+                        Box::pin(session(stream, peer, Some(tls_peer), shared, permit)).await;
+                    }
                     Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::info!("TLS handshake timed out"),
                 }
@@ -75,6 +86,7 @@ impl Connection {
 async fn session<S>(
     stream: S,
     peer: SocketAddr,
+    tls_peer: Option<TlsPeer>,
     shared: Arc<Shared>,
     permit: Option<OwnedSemaphorePermit>,
 ) where
@@ -86,6 +98,7 @@ async fn session<S>(
         shared,
         peer,
         permit,
+        tls_peer,
     })
     .await;
 }

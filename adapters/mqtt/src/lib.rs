@@ -1,8 +1,10 @@
 //! Ferry's MQTT protocol adapter: Hono's MQTT adapter API (hono-api.md §3) for MQTT 3.1.1 and 5,
 //! on our own tokio server with `rmqtt-codec` framing.
 //!
-//! Devices connect with `auth-id@tenant` and a password (or without credentials when the
-//! adapter's authentication is switched off) and publish:
+//! Devices authenticate with an X.509 client certificate on the TLS port (validated per tenant
+//! after the handshake; the CONNECT's username and password are then ignored), otherwise with
+//! `auth-id@tenant` and a password in the CONNECT (or without credentials when the adapter's
+//! authentication is switched off), and publish:
 //!
 //! | topic | who |
 //! |---|---|

@@ -1,9 +1,10 @@
 //! One MQTT connection's protocol phases as states that are consumed:
 //! [`AwaitingConnect`] → [`Connected`] → [`Closing`].
 //!
-//! * `AwaitingConnect` reads the CONNECT within the connect timeout, authenticates, checks the
-//!   tenant (enabled, adapter enabled, connection limit) and answers with the CONNACK; a refusal
-//!   goes straight to `Closing`.
+//! * `AwaitingConnect` reads the CONNECT within the connect timeout, authenticates (the TLS
+//!   client certificate if the device presented one, otherwise the CONNECT's username and
+//!   password), checks the tenant (enabled, adapter enabled, connection limit) and answers with
+//!   the CONNACK; a refusal goes straight to `Closing`.
 //! * `Connected` reads packets and forwards uploads with up to `max_in_flight` forwards running
 //!   at once; their results are taken in arrival order, so PUBACKs go out in order, each only
 //!   after the northbound accepted its message. At the limit the connection is not read
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_adapter_core::tls::TlsPeer;
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Endpoint, Qos, Upload};
 use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -102,6 +104,8 @@ pub(crate) struct AwaitingConnect<S> {
     /// The adapter connection limit's permit; `None` when the limit is reached (the CONNECT is
     /// then answered with a refusal).
     pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// What the TLS handshake told about the client; `None` on the insecure port.
+    pub(crate) tls_peer: Option<TlsPeer>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
@@ -114,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
         tracing::debug!(client_id = %connect.client_id, version = ?connect.version, "CONNECT");
         let admitted = match self.permit.take() {
             None => Err(Refusal::AdapterConnectionLimit),
-            Some(permit) => admit(&self.shared, self.peer, &connect)
+            Some(permit) => admit(&self.shared, self.peer, self.tls_peer.take(), &connect)
                 .await
                 .map(|a| (a, permit)),
         };
@@ -202,28 +206,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
 async fn admit(
     shared: &Shared,
     peer: SocketAddr,
+    tls_peer: Option<TlsPeer>,
     connect: &ConnectInfo,
 ) -> Result<(Identity, Option<TenantGuard>), Refusal> {
-    let Some(username) = &connect.username else {
-        if shared.authentication_required {
-            return Err(Refusal::BadCredentials("credentials required".to_owned()));
+    let device = match tls_peer.filter(TlsPeer::has_certificate) {
+        Some(tls_peer) => {
+            if connect.username.is_some() {
+                tracing::debug!("client certificate presented; ignoring the CONNECT credentials");
+            }
+            authenticate_certificate(shared, peer, &tls_peer).await?
         }
-        return Ok((Identity::Anonymous, None));
+        None => match authenticate_password(shared, peer, connect).await? {
+            Some(device) => device,
+            None => return Ok((Identity::Anonymous, None)),
+        },
     };
-    let password = connect
-        .password
-        .as_deref()
-        .and_then(|p| std::str::from_utf8(p).ok())
-        .ok_or_else(|| Refusal::BadCredentials("password missing or not UTF-8".to_owned()))?;
     let ctx = &shared.ctx;
-    let device = ctx
-        .authenticator
-        .authenticate_password(username, password)
-        .await
-        .map_err(|e| {
-            tracing::info!(user = %username.chars().take(128).collect::<String>(), peer = %peer, reason = %e, "authentication failed");
-            Refusal::from_auth(&e)
-        })?;
     let tenant = ctx
         .forwarder
         .check_tenant(&device.tenant_id, true)
@@ -234,6 +232,60 @@ async fn admit(
         .try_acquire(&device.tenant_id, tenant.resource_limit("max-connections"))
         .ok_or(Refusal::TenantConnectionLimit)?;
     Ok((Identity::Device(device), Some(guard)))
+}
+
+/// Authenticates by the client certificate of the TLS handshake (Hono: the certificate comes
+/// first, the CONNECT's username and password are then ignored). A certificate that fails is
+/// refused, never a fallback to the password.
+async fn authenticate_certificate(
+    shared: &Shared,
+    peer: SocketAddr,
+    tls_peer: &TlsPeer,
+) -> Result<AuthenticatedDevice, Refusal> {
+    shared
+        .ctx
+        .authenticator
+        .authenticate_x509(&tls_peer.chain, tls_peer.sni.as_deref())
+        .await
+        .map_err(|e| {
+            tracing::info!(
+                peer = %peer,
+                sni = tls_peer.sni.as_deref().unwrap_or("-"),
+                reason = %e,
+                "client certificate authentication failed"
+            );
+            Refusal::from_auth(&e)
+        })
+}
+
+/// Authenticates by the CONNECT's username and password; `None` for an anonymous device where
+/// the adapter does not require authentication.
+async fn authenticate_password(
+    shared: &Shared,
+    peer: SocketAddr,
+    connect: &ConnectInfo,
+) -> Result<Option<AuthenticatedDevice>, Refusal> {
+    let Some(username) = &connect.username else {
+        if shared.authentication_required {
+            return Err(Refusal::BadCredentials("credentials required".to_owned()));
+        }
+        return Ok(None);
+    };
+    let password = connect
+        .password
+        .as_deref()
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .ok_or_else(|| Refusal::BadCredentials("password missing or not UTF-8".to_owned()))?;
+    shared
+        .ctx
+        .authenticator
+        .authenticate_password(username, password)
+        .await
+        .map(Some)
+        .map_err(|e| {
+            tracing::info!(user = %username.chars().take(128).collect::<String>(), peer = %peer, reason = %e, "authentication failed");
+            Refusal::from_auth(&e)
+        })
 }
 
 /// Forwards a connection event (`connected`/`disconnected`) of `device`.

@@ -57,6 +57,14 @@ fn shared(
 
 impl Harness {
     fn start(with_permit: bool) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_tls(with_permit, None)
+    }
+
+    /// Like [`Harness::start`], for a TLS connection whose handshake told `tls_peer`.
+    fn start_tls(
+        with_permit: bool,
+        tls_peer: Option<TlsPeer>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let registry = Arc::new(FakeRegistry::new());
         let t = TenantId::parse("t")?;
         registry.add_tenant(tenant(json!({"tenant-id": "t"}))?);
@@ -77,6 +85,7 @@ impl Harness {
             ),
             peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
             permit,
+            tls_peer,
         };
         Ok(Self {
             client,
@@ -347,5 +356,65 @@ async fn a_huge_packet_is_refused_from_its_header() -> R {
     h.send(&[0x30, 0x80, 0x80, 0x40]).await?;
     assert_eq!(h.next().await?, None);
     assert!(h.northbound.sent().is_empty());
+    Ok(())
+}
+
+/// A TLS peer presenting a device certificate of a CA that no tenant trusts.
+fn untrusted_peer() -> Result<TlsPeer, Box<dyn std::error::Error>> {
+    let device = ferry_registry_client::test_pki::TestCa::root("nobody trusts me")?.device("d")?;
+    Ok(TlsPeer {
+        chain: device.chain,
+        sni: None,
+    })
+}
+
+#[tokio::test]
+async fn a_failing_client_certificate_is_refused_without_password_fallback() -> R {
+    // The CONNECT carries the right password, but the certificate comes first and fails: 0x04.
+    let mut h = Harness::start_tls(true, Some(untrusted_peer()?))?;
+    h.send(&connect(4, 30, "d@t", "pw")).await?;
+    assert_eq!(h.connack().await?, 0x04);
+    assert_eq!(h.next().await?, None);
+    // A malformed certificate: 0x04 as well.
+    let garbage = TlsPeer {
+        chain: vec![rustls::pki_types::CertificateDer::from(vec![
+            0x30, 0x03, 1, 2, 3,
+        ])],
+        sni: None,
+    };
+    let mut h = Harness::start_tls(true, Some(garbage))?;
+    h.send(&connect(4, 30, "d@t", "pw")).await?;
+    assert_eq!(h.connack().await?, 0x04);
+    // MQTT 5: 0x86.
+    let mut h = Harness::start_tls(true, Some(untrusted_peer()?))?;
+    h.send(&connect(5, 30, "d@t", "pw")).await?;
+    let mut ack = [0u8; 4];
+    h.client.read_exact(&mut ack).await?;
+    assert_eq!(ack[0], 0x20, "{ack:?}");
+    assert_eq!(ack[3], 0x86, "{ack:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_certificate_with_the_registry_unavailable_is_server_unavailable() -> R {
+    let mut h = Harness::start_tls(true, Some(untrusted_peer()?))?;
+    h.registry.set_unavailable(true);
+    h.send(&connect(4, 30, "d@t", "pw")).await?;
+    assert_eq!(h.connack().await?, 0x03);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tls_client_without_certificate_uses_its_password() -> R {
+    let peer = TlsPeer {
+        chain: Vec::new(),
+        sni: Some("localhost".to_owned()),
+    };
+    let mut h = Harness::start_tls(true, Some(peer.clone()))?;
+    h.send(&connect(4, 30, "d@t", "pw")).await?;
+    assert_eq!(h.connack().await?, 0);
+    let mut h = Harness::start_tls(true, Some(peer))?;
+    h.send(&connect(4, 30, "d@t", "wrong")).await?;
+    assert_eq!(h.connack().await?, 0x04);
     Ok(())
 }
