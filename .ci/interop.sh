@@ -2,7 +2,7 @@
 # Starts the debug build of Ferry with default ports in a temporary data dir, provisions a
 # device with curl, consumes with Python qpid-proton and checks that telemetry and an event
 # sent with curl (HTTP), mosquitto_pub (MQTT 3.1.1 and 5, plain and TLS) and qpid-proton (AMQP,
-# plain and TLS) arrive northbound.
+# plain and TLS, and SASL EXTERNAL with an openssl-made client certificate) arrive northbound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +40,27 @@ expect 201 -X POST "$mgmt/devices/ci-tenant/dev1"
 expect 204 -X PUT -H 'content-type: application/json' "$mgmt/credentials/ci-tenant/dev1" \
   -d '[{"type":"hashed-password","auth-id":"dev1","secrets":[{"pwd-plain":"s3cret"}]}]'
 
-/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 9 >"$work/consumed" 2>"$work/consumer.err" &
+# A CA and a device certificate made with openssl; the tenant trusts the CA (its public key as
+# Base64 DER SubjectPublicKeyInfo), dev-x509 has the certificate's subject DN as x509-cert auth-id.
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/ca-key.pem" 2>/dev/null
+openssl req -x509 -new -key "$work/ca-key.pem" -subj "/CN=ci-ca" -days 2 -out "$work/ca.pem" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/dev-key.pem" 2>/dev/null
+openssl req -new -key "$work/dev-key.pem" -subj "/CN=dev-x509" -out "$work/dev.csr" 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' \
+  >"$work/dev.ext"
+openssl x509 -req -in "$work/dev.csr" -CA "$work/ca.pem" -CAkey "$work/ca-key.pem" \
+  -CAcreateserial -days 1 -extfile "$work/dev.ext" -out "$work/dev.pem" 2>/dev/null
+ca_spki=$(openssl x509 -in "$work/ca.pem" -noout -pubkey | openssl pkey -pubin -outform DER | base64 -w0)
+ca_from=$(date -u -d "$(openssl x509 -in "$work/ca.pem" -noout -startdate | cut -d= -f2)" +%Y-%m-%dT%H:%M:%SZ)
+ca_to=$(date -u -d "$(openssl x509 -in "$work/ca.pem" -noout -enddate | cut -d= -f2)" +%Y-%m-%dT%H:%M:%SZ)
+expect 204 -X PUT -H 'content-type: application/json' "$mgmt/tenants/ci-tenant" \
+  -d "{\"trusted-ca\":[{\"subject-dn\":\"CN=ci-ca\",\"public-key\":\"$ca_spki\",\"algorithm\":\"EC\",\"not-before\":\"$ca_from\",\"not-after\":\"$ca_to\"}]}"
+expect 201 -X POST "$mgmt/devices/ci-tenant/dev-x509"
+expect 204 -X PUT -H 'content-type: application/json' "$mgmt/credentials/ci-tenant/dev-x509" \
+  -d '[{"type":"x509-cert","auth-id":"CN=dev-x509","secrets":[{}]}]'
+
+/usr/bin/python3 .ci/proton_consumer.py 127.0.0.1:15672 ci-tenant 10 >"$work/consumed" 2>"$work/consumer.err" &
 consumer_pid=$!
 for _ in $(seq 1 100); do
   grep -q '^ready' "$work/consumed" 2>/dev/null && break
@@ -58,6 +78,10 @@ grep -q '^ready' "$work/consumed" || fail "consumer did not attach"
 /usr/bin/python3 .ci/proton_device.py --tls "$work/data/tls/server-cert.pem" localhost:5671 \
   dev1@ci-tenant s3cret 'telemetry=amqps from proton' >"$work/device-tls.out" 2>&1 \
   || fail "proton device over TLS: $(cat "$work/device-tls.out")"
+/usr/bin/python3 .ci/proton_device.py --tls "$work/data/tls/server-cert.pem" \
+  --cert "$work/dev.pem" "$work/dev-key.pem" localhost:5671 - - 'telemetry=external from proton' \
+  >"$work/device-external.out" 2>&1 \
+  || fail "proton device with SASL EXTERNAL: $(cat "$work/device-external.out")"
 
 expect 202 -u dev1@ci-tenant:s3cret -H 'content-type: text/plain' -d 'hello from curl' http://127.0.0.1:8080/telemetry
 expect 202 -u dev1@ci-tenant:s3cret -H 'content-type: text/plain' -d 'event from curl' http://127.0.0.1:8080/event
@@ -107,5 +131,8 @@ grep -q 'event device_id=dev1 content-type=text/plain payload=event from proton'
 grep -q 'telemetry device_id=dev1 content-type=text/plain payload=amqps from proton' "$work/consumed" \
   || fail "AMQP telemetry over TLS not received: $(cat "$work/consumed")"
 echo "interop: curl -> Ferry -> qpid-proton: telemetry and event received"
+grep -q 'telemetry device_id=dev-x509 content-type=text/plain payload=external from proton' "$work/consumed" \
+  || fail "SASL EXTERNAL telemetry from qpid-proton missing: $(cat "$work/consumed")"
 echo "interop: qpid-proton device -> Ferry AMQP adapter (plain and TLS) -> qpid-proton: telemetry and event received"
+echo "interop: qpid-proton device with an openssl client certificate, SASL EXTERNAL -> Ferry: telemetry received"
 echo "1 passed, 0 failed"

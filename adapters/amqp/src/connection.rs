@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SessionAcceptor};
 use fe2o3_amqp::types::definitions::Error as ErrorBody;
+use ferry_adapter_core::tls::TlsPeer;
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -116,7 +117,7 @@ impl Connection {
         let shutdown = shared.ctx.shutdown.clone();
         tracing::debug!("accepted");
         match tls {
-            None => serve_amqp(stream, shared).await,
+            None => serve_amqp(stream, None, shared).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream));
@@ -125,7 +126,10 @@ impl Connection {
                     () = shutdown.cancelled() => return,
                 };
                 match outcome {
-                    Ok(Ok(stream)) => serve_amqp(stream, shared).await,
+                    Ok(Ok(stream)) => {
+                        let peer = TlsPeer::from_connection(stream.get_ref().1);
+                        serve_amqp(stream, Some(peer), shared).await;
+                    }
                     Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::info!("TLS handshake timed out"),
                 }
@@ -136,14 +140,17 @@ impl Connection {
     }
 }
 
-/// SASL, then the AMQP open, then sessions: the connection after TLS.
-async fn serve_amqp<S>(mut stream: S, shared: Arc<Shared>)
+/// SASL, then the AMQP open, then sessions: the connection after TLS. `peer` is what the TLS
+/// handshake told about the client (`None` on the insecure port).
+async fn serve_amqp<S>(mut stream: S, peer: Option<TlsPeer>, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
     let shutdown = shared.ctx.shutdown.clone();
-    let handshake =
-        tokio::time::timeout(shared.handshake_timeout, authenticate(&mut stream, &shared));
+    let handshake = tokio::time::timeout(
+        shared.handshake_timeout,
+        authenticate(&mut stream, peer.as_ref(), &shared),
+    );
     let device = tokio::select! {
         outcome = handshake => match outcome {
             Ok(Some(device)) => device,
@@ -228,12 +235,18 @@ where
 }
 
 /// Runs the SASL exchange and authenticates; `None` when the device was refused (it has been
-/// told, where SASL allows).
-async fn authenticate<S>(stream: &mut S, shared: &Shared) -> Option<Option<AuthenticatedDevice>>
+/// told, where SASL allows). EXTERNAL is offered when `peer` presented a client certificate.
+async fn authenticate<S>(
+    stream: &mut S,
+    peer: Option<&TlsPeer>,
+    shared: &Shared,
+) -> Option<Option<AuthenticatedDevice>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let certificate = peer.filter(|p| p.has_certificate());
     let mechanisms = Mechanisms {
+        external: certificate.is_some(),
         anonymous: !shared.authentication_required,
     };
     let credentials = match sasl::negotiate(stream, mechanisms).await {
@@ -253,6 +266,16 @@ where
             .authenticate_password(username, password)
             .await
             .map(Some),
+        Credentials::External => match certificate {
+            Some(peer) => shared
+                .ctx
+                .authenticator
+                .authenticate_x509(&peer.chain, peer.sni.as_deref())
+                .await
+                .map(Some),
+            // EXTERNAL is offered only with a certificate, so `negotiate` refused it already.
+            None => Err(ferry_adapter_core::AuthError::NoClientCertificate),
+        },
         Credentials::Anonymous => Ok(None),
     };
     match outcome {

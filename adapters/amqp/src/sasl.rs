@@ -8,10 +8,11 @@
 //! AMQP header, which fe2o3's connection acceptor reads as if no SASL layer existed. Frames are
 //! read exactly (length prefix first), so no byte of the AMQP layer is consumed here.
 //!
-//! Mechanisms: PLAIN (`authcid` = `auth-id@tenant`) and, when the adapter does not require
-//! authentication, ANONYMOUS. EXTERNAL (the TLS client certificate) becomes one more
-//! [`Credentials`] variant, offered by [`Mechanisms`] when the handshake yielded a chain, once
-//! adapter-core's X.509 authentication is available.
+//! Mechanisms: EXTERNAL (the TLS client certificate; offered first, and only when the TLS
+//! handshake yielded a client chain), PLAIN (`authcid` = `auth-id@tenant`) and, when the adapter
+//! does not require authentication, ANONYMOUS. EXTERNAL carries no credentials of its own: the
+//! caller authenticates the chain it took from the handshake. Its optional initial response (an
+//! authorization identity, RFC 4422 appendix A) is ignored, as Hono does.
 
 use bytes::{BufMut, BytesMut};
 use fe2o3_amqp::frames::sasl::{Frame, FrameCodec};
@@ -27,6 +28,7 @@ const MAX_FRAME: u32 = 8 * 1024;
 /// The smallest legal frame: size and frame header.
 const MIN_FRAME: u32 = 8;
 
+const EXTERNAL: &str = "EXTERNAL";
 const PLAIN: &str = "PLAIN";
 const ANONYMOUS: &str = "ANONYMOUS";
 
@@ -40,6 +42,9 @@ pub(crate) enum Credentials {
         /// The password.
         password: String,
     },
+    /// SASL EXTERNAL: the client certificate of the TLS handshake (only offered when there is
+    /// one).
+    External,
     /// SASL ANONYMOUS (only offered when authentication is not required).
     Anonymous,
 }
@@ -51,6 +56,7 @@ impl std::fmt::Debug for Credentials {
                 .debug_struct("Plain")
                 .field("username", username)
                 .finish_non_exhaustive(),
+            Credentials::External => f.write_str("External"),
             Credentials::Anonymous => f.write_str("Anonymous"),
         }
     }
@@ -59,13 +65,20 @@ impl std::fmt::Debug for Credentials {
 /// The mechanisms offered on one connection.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Mechanisms {
+    /// Offer EXTERNAL (the client presented a certificate in the TLS handshake).
+    pub(crate) external: bool,
     /// Offer ANONYMOUS (authentication not required).
     pub(crate) anonymous: bool,
 }
 
 impl Mechanisms {
+    /// In order of preference: EXTERNAL, PLAIN, ANONYMOUS.
     fn offered(self) -> Vec<&'static str> {
-        let mut offered = vec![PLAIN];
+        let mut offered = Vec::with_capacity(3);
+        if self.external {
+            offered.push(EXTERNAL);
+        }
+        offered.push(PLAIN);
         if self.anonymous {
             offered.push(ANONYMOUS);
         }
@@ -137,6 +150,7 @@ where
                 .unwrap_or_default();
             parse_plain(&response)
         }
+        EXTERNAL => Ok(Credentials::External),
         _ => Ok(Credentials::Anonymous),
     }
 }
@@ -231,11 +245,10 @@ mod tests {
     async fn exchange(
         mechanism: &str,
         response: &[u8],
-        anonymous: bool,
+        mechanisms: Mechanisms,
     ) -> Result<Credentials, SaslError> {
         let (mut client, mut server) = tokio::io::duplex(4096);
-        let server =
-            tokio::spawn(async move { negotiate(&mut server, Mechanisms { anonymous }).await });
+        let server = tokio::spawn(async move { negotiate(&mut server, mechanisms).await });
         client.write_all(&SASL_HEADER).await?;
         let mut header = [0u8; 8];
         client.read_exact(&mut header).await?;
@@ -249,8 +262,15 @@ mod tests {
             .iter()
             .map(|s| s.0.clone())
             .collect();
-        assert_eq!(names.contains(&ANONYMOUS.to_owned()), anonymous);
-        assert!(names.contains(&PLAIN.to_owned()));
+        let mut expected = Vec::new();
+        if mechanisms.external {
+            expected.push(EXTERNAL);
+        }
+        expected.push(PLAIN);
+        if mechanisms.anonymous {
+            expected.push(ANONYMOUS);
+        }
+        assert_eq!(names, expected);
         let init = SaslInit {
             mechanism: Symbol::from(mechanism),
             initial_response: Some(response.to_vec().into()),
@@ -262,23 +282,49 @@ mod tests {
             .map_err(|_| SaslError::Protocol("server task failed"))?
     }
 
+    const fn offer(external: bool, anonymous: bool) -> Mechanisms {
+        Mechanisms {
+            external,
+            anonymous,
+        }
+    }
+
     #[tokio::test]
     async fn negotiates_plain_and_anonymous_as_configured() -> TestResult {
-        let plain = exchange(PLAIN, b"\0d@t\0pw", false).await?;
+        let plain = exchange(PLAIN, b"\0d@t\0pw", offer(false, false)).await?;
         assert!(matches!(plain, Credentials::Plain { ref username, .. } if username == "d@t"));
         assert_eq!(
-            exchange(ANONYMOUS, b"", true).await?,
+            exchange(ANONYMOUS, b"", offer(false, true)).await?,
             Credentials::Anonymous
         );
-        let refused = exchange(ANONYMOUS, b"", false).await;
+        let refused = exchange(ANONYMOUS, b"", offer(false, false)).await;
         assert!(
             matches!(refused, Err(SaslError::Mechanism(_))),
             "{refused:?}"
         );
-        assert!(matches!(
-            exchange("EXTERNAL", b"", true).await,
-            Err(SaslError::Mechanism(_))
-        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn external_only_when_a_certificate_was_presented() -> TestResult {
+        // Without a client certificate EXTERNAL is neither offered nor accepted.
+        let refused = exchange(EXTERNAL, b"", offer(false, true)).await;
+        assert!(
+            matches!(refused, Err(SaslError::Mechanism(_))),
+            "{refused:?}"
+        );
+        // With one it comes first; an authorization identity in the response is ignored.
+        assert_eq!(
+            exchange(EXTERNAL, b"", offer(true, false)).await?,
+            Credentials::External
+        );
+        assert_eq!(
+            exchange(EXTERNAL, b"someone-else", offer(true, true)).await?,
+            Credentials::External
+        );
+        // PLAIN stays available next to it.
+        let plain = exchange(PLAIN, b"\0d@t\0pw", offer(true, false)).await?;
+        assert!(matches!(plain, Credentials::Plain { ref username, .. } if username == "d@t"));
         Ok(())
     }
 
@@ -286,7 +332,7 @@ mod tests {
     async fn refuses_other_headers_and_bad_frames() -> TestResult {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(b"AMQP\x00\x01\x00\x00").await?;
-        let outcome = negotiate(&mut server, Mechanisms { anonymous: true }).await;
+        let outcome = negotiate(&mut server, offer(false, true)).await;
         assert!(matches!(outcome, Err(SaslError::Header(_))));
         let mut header = [0u8; 8];
         client.read_exact(&mut header).await?;
@@ -295,7 +341,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(&SASL_HEADER).await?;
         client.write_all(&[0, 0, 0, 5, 2]).await?;
-        let outcome = negotiate(&mut server, Mechanisms { anonymous: false }).await;
+        let outcome = negotiate(&mut server, offer(false, false)).await;
         assert!(
             matches!(outcome, Err(SaslError::Protocol(_))),
             "{outcome:?}"
@@ -306,7 +352,7 @@ mod tests {
         client
             .write_all(&[0, 0, 0, 12, 2, 1, 0, 0, 0xff, 0xff, 0xff, 0xff])
             .await?;
-        let outcome = negotiate(&mut server, Mechanisms { anonymous: false }).await;
+        let outcome = negotiate(&mut server, offer(false, false)).await;
         assert!(
             matches!(outcome, Err(SaslError::Protocol(_))),
             "{outcome:?}"
