@@ -135,6 +135,23 @@ impl Device {
         }
     }
 
+    /// The connection stays open for [`QUIET`].
+    async fn still_open(&mut self) -> TestResult {
+        let quiet = tokio::time::sleep(QUIET);
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                () = &mut quiet => return Ok(()),
+                event = self.events.recv() => match event {
+                    Some(Ok(Event::Incoming(Packet::Disconnect))) => return Err("DISCONNECT".into()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(format!("connection failed: {e}").into()),
+                    None => return Err("event loop ended".into()),
+                },
+            }
+        }
+    }
+
     async fn subscribe(
         &mut self,
         filter: &str,
@@ -1090,6 +1107,66 @@ async fn password_and_certificate_clients_share_the_tls_port() -> TestResult {
         rumqttc::ConnectReturnCode::BadUserNamePassword
     );
     consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+async fn put(ferry: &TestGateway, path: &str, body: serde_json::Value) -> TestResult {
+    let r = ferry
+        .client
+        .put(ferry.mgmt(path))
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204, "PUT {path}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn disabling_a_device_or_its_tenant_closes_open_connections() -> TestResult {
+    let (_dir, ferry) = start().await?;
+    ferry.provision("m1", "dev1", "pw").await?;
+    for device in ["dev2", "dev5", "gw"] {
+        ferry.device("m1", device, json!({})).await?;
+        ferry.password("m1", device, "pw").await?;
+    }
+    ferry.device("m1", "behind", json!({"via": ["gw"]})).await?;
+    let addr = mqtt_addr(&ferry)?;
+    let mut dev1 = Device::connect(options("c1", addr, Some(("dev1@m1", "pw")))).await?;
+    let mut dev2 = Device::connect(options("c2", addr, Some(("dev2@m1", "pw")))).await?;
+    let mut gw = Device::connect(options("gw", addr, Some(("gw@m1", "pw")))).await?;
+    let mut dev5 = Device5::connect(options5("c5", addr, "dev5@m1", "pw")).await?;
+
+    put(&ferry, "/devices/m1/dev1", json!({"enabled": false})).await?;
+    dev1.closed().await?;
+    // The other device of the tenant stays connected.
+    dev2.still_open().await?;
+
+    // A device behind a gateway does not close the gateway's connection.
+    put(
+        &ferry,
+        "/devices/m1/behind",
+        json!({"via": ["gw"], "enabled": false}),
+    )
+    .await?;
+    gw.still_open().await?;
+
+    put(&ferry, "/tenants/m1", json!({"enabled": false})).await?;
+    dev2.closed().await?;
+    gw.closed().await?;
+    // MQTT 5: told why before the close.
+    loop {
+        use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+        use rumqttc::v5::{ConnectionError as CE, StateError};
+        match tokio::time::timeout(WAIT, dev5.events.recv()).await? {
+            Some(Err(CE::MqttState(StateError::ServerDisconnect { reason_code, .. }))) => {
+                assert_eq!(reason_code, DisconnectReasonCode::NotAuthorized);
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => return Err(format!("v5: expected DISCONNECT 0x87, got {other:?}").into()),
+        }
+    }
     ferry.stop().await;
     Ok(())
 }

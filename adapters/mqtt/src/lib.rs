@@ -23,6 +23,8 @@
 //! `session.rs` (`AwaitingConnect`, then `session/connected.rs` and `session/closing.rs`) over
 //! the codec wrapper of `packet.rs`. Topics are parsed in `topic.rs`, uploads prepared and error rules decided in
 //! `publish.rs` (pure functions), and the tenant connection limit is counted in `limits.rs`.
+//! `watch.rs` closes open connections whose tenant or device the registry disables or deletes
+//! (register [`MqttAdapter::change_listener`] with the registry).
 //!
 //! ```no_run
 //! # async fn start(ctx: ferry_adapter_core::AdapterContext) -> Result<(), ferry_adapter_mqtt::MqttError> {
@@ -41,6 +43,7 @@ mod packet;
 mod publish;
 mod session;
 mod topic;
+mod watch;
 
 pub use config::MqttConfig;
 pub use error::MqttError;

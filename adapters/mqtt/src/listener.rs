@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_adapter_core::AdapterContext;
+use ferry_registry_client::ChangeListener;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -22,6 +23,7 @@ use crate::error::MqttError;
 use crate::limits::TenantConnections;
 use crate::packet::PACKET_OVERHEAD;
 use crate::session::Shared;
+use crate::watch::ConnectionWatch;
 
 /// How many connections over the limit may wait for their refusal at once; beyond that they
 /// are closed without a CONNACK.
@@ -94,6 +96,7 @@ impl MqttAdapter {
             .min(ctx.forwarder.max_payload_size());
         let max_packet_size = u32::try_from(max_payload_size + PACKET_OVERHEAD)
             .map_err(|_| MqttError::InvalidConfig("max_payload_size is too large".to_owned()))?;
+        let watch = Arc::new(ConnectionWatch::new(ctx.forwarder.clone()));
         Ok(Self {
             insecure,
             secure,
@@ -107,10 +110,17 @@ impl MqttAdapter {
                 connection_events: config.connection_events,
                 max_in_flight: usize::from(config.max_in_flight),
                 tenants: Arc::new(TenantConnections::default()),
+                watch,
             }),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS)),
         })
+    }
+
+    /// The registry change listener closing open connections whose tenant or device got
+    /// disabled or deleted; register it after the registry cache's listener.
+    pub fn change_listener(&self) -> Arc<dyn ChangeListener> {
+        Arc::clone(&self.shared.watch) as Arc<dyn ChangeListener>
     }
 
     /// The bound address of the insecure port, if it is open.

@@ -26,11 +26,13 @@ use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{PublishError, Refusal};
 use crate::limits::{TenantConnections, TenantGuard};
 use crate::packet::{Announce, ConnectInfo, Inbound, Outbound, Transport, TransportError};
 use crate::publish::{ErrorContext, Identity};
+use crate::watch::ConnectionWatch;
 
 mod closing;
 mod connected;
@@ -62,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) max_in_flight: usize,
     /// Open connections per tenant.
     pub(crate) tenants: Arc<TenantConnections>,
+    /// Open authenticated connections, for registry changes.
+    pub(crate) watch: Arc<ConnectionWatch>,
 }
 
 impl Shared {
@@ -156,6 +160,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
                 &connect.client_id,
             ));
         }
+        let revoked = CancellationToken::new();
+        let watched = identity.device().map(|d| {
+            self.shared
+                .watch
+                .watch(&d.tenant_id, &d.device_id, &revoked)
+        });
         Ok(Connected {
             transport: self.transport,
             shared: self.shared,
@@ -167,6 +177,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
             in_flight,
             _permit: Some(permit),
             _tenant: tenant,
+            revoked,
+            _watched: watched,
         })
     }
 

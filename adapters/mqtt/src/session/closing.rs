@@ -60,6 +60,9 @@ pub(crate) enum CloseReason {
         /// The failure.
         error: PublishError,
     },
+    /// A registry change disabled or deleted the tenant or device.
+    #[error("tenant or device disabled or deleted")]
+    Revoked,
     /// The process shuts down.
     #[error("shutting down")]
     Shutdown,
@@ -81,6 +84,7 @@ impl CloseReason {
             CloseReason::ProtocolViolation(_) => Some(DisconnectReasonCode::ProtocolError),
             CloseReason::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
             CloseReason::PayloadTooLarge { .. } => Some(DisconnectReasonCode::PacketTooLarge),
+            CloseReason::Revoked => Some(DisconnectReasonCode::NotAuthorized),
             CloseReason::PublishFailed { error } if error.is_terminal() => {
                 Some(DisconnectReasonCode::NotAuthorized)
             }

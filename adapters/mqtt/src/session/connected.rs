@@ -10,6 +10,7 @@ use rmqtt_codec::error::DecodeError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{CloseReason, Closing, Outcome, Pending, Shared};
 use crate::error::PublishError;
@@ -17,6 +18,7 @@ use crate::limits::TenantGuard;
 use crate::packet::{Inbound, Outbound, PublishIn, Transport, TransportError};
 use crate::publish::{self, Identity};
 use crate::topic::ErrorSubscription;
+use crate::watch::Watched;
 
 /// Longest time a write may wait for a client that does not read: its connection is closed
 /// instead of holding a connection slot forever.
@@ -33,6 +35,9 @@ pub(crate) struct Connected<S> {
     pub(super) in_flight: FuturesOrdered<Pending>,
     pub(super) _permit: Option<OwnedSemaphorePermit>,
     pub(super) _tenant: Option<TenantGuard>,
+    /// Cancelled when a registry change revoked the connection (`watch.rs`).
+    pub(super) revoked: CancellationToken,
+    pub(super) _watched: Option<Watched>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
@@ -49,6 +54,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
 
     async fn serve_loop(&mut self) -> CloseReason {
         let shutdown = self.shared.ctx.shutdown.clone();
+        let revoked = self.revoked.clone();
         let max = self.shared.max_in_flight;
         let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(86_400));
         let idle = tokio::time::sleep(keep_alive);
@@ -89,6 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return CloseReason::Shutdown,
+                () = revoked.cancelled() => return CloseReason::Revoked,
                 Some(outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     // Not reading while the in-flight window is full is our doing, not the
                     // client's: it must not count as idle time.

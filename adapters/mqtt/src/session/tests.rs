@@ -36,14 +36,16 @@ fn shared(
     northbound: Arc<FakeNorthbound>,
     shutdown: CancellationToken,
 ) -> Arc<Shared> {
+    let ctx = AdapterContext::new(
+        &CoreConfig::default(),
+        crate::ADAPTER_TYPE,
+        registry,
+        northbound,
+        shutdown,
+    );
+    let watch = Arc::new(crate::watch::ConnectionWatch::new(ctx.forwarder.clone()));
     Arc::new(Shared {
-        ctx: AdapterContext::new(
-            &CoreConfig::default(),
-            crate::ADAPTER_TYPE,
-            registry,
-            northbound,
-            shutdown,
-        ),
+        ctx,
         max_payload_size: 16,
         max_packet_size: 1024,
         connect_timeout: Duration::from_secs(2),
@@ -52,6 +54,7 @@ fn shared(
         connection_events: false,
         max_in_flight: 2,
         tenants: Arc::new(TenantConnections::default()),
+        watch,
     })
 }
 
