@@ -15,6 +15,7 @@ pub mod message;
 pub mod northbound;
 pub mod tls;
 mod ttl;
+pub mod watch;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

@@ -213,10 +213,10 @@ where
         terminal: CancellationToken::new(),
         terminal_error: Mutex::new(None),
     });
-    let _watched = state
-        .device
-        .as_ref()
-        .map(|d| shared.watch.watch(&d.tenant_id, &d.device_id, &state));
+    let _watched = state.device.as_ref().map(|d| {
+        let handle = crate::watch::Terminate(Arc::downgrade(&state));
+        shared.watch.watch(&d.tenant_id, &d.device_id, handle)
+    });
     run_connection(&mut connection, &state, &shared).await;
     let error = state.take_error();
     if let Some(error) = &error {

@@ -1,164 +1,41 @@
-//! Following registry changes: an open connection whose tenant or device gets disabled or
-//! deleted is closed at once, not only when it next sends (Hono 2.0).
-//!
-//! Each authenticated connection registers itself here for as long as it is open. The registry
-//! tells [`ConnectionWatch`] about every committed change (synchronously, after the cache was
-//! invalidated); the affected connections are re-checked in a spawned task through the pipeline
-//! (`check_tenant`, `check_device`), and a terminal answer ends the connection with the error.
+//! Following registry changes (Hono 2.0): the AMQP side of adapter-core's
+//! [`ferry_adapter_core::watch`]. A refusal that is terminal for AMQP ends the connection with the
+//! error condition of its kind.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::fmt;
+use std::sync::Weak;
 
 use fe2o3_amqp::types::definitions::Error as ErrorBody;
-use ferry_adapter_core::Forwarder;
-use ferry_registry_client::{ChangeListener, DeviceId, RegistryChange, TenantId};
+use ferry_adapter_core::ForwardError;
+use ferry_adapter_core::watch::Revoke;
+use ferry_registry_client::{DeviceId, TenantId};
 
 use crate::connection::ConnectionState;
 use crate::error::{connection_condition, is_terminal};
 
-/// One watched connection.
-#[derive(Debug)]
-struct Entry {
-    id: u64,
-    device: DeviceId,
-    state: Weak<ConnectionState>,
-}
+/// Ends one AMQP connection (if it is still open).
+#[derive(Clone)]
+pub(crate) struct Terminate(pub(crate) Weak<ConnectionState>);
 
-/// The open, authenticated connections by tenant.
-#[derive(Debug)]
-pub(crate) struct ConnectionWatch {
-    forwarder: Forwarder,
-    next_id: AtomicU64,
-    connections: Mutex<HashMap<TenantId, Vec<Entry>>>,
-}
-
-/// Keeps a connection watched until dropped.
-#[derive(Debug)]
-pub(crate) struct Watched {
-    id: u64,
-    tenant: TenantId,
-    watch: Arc<ConnectionWatch>,
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        if let Ok(mut connections) = self.watch.connections.lock()
-            && let Some(entries) = connections.get_mut(&self.tenant)
-        {
-            entries.retain(|e| e.id != self.id);
-            if entries.is_empty() {
-                connections.remove(&self.tenant);
-            }
-        }
+impl fmt::Debug for Terminate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Terminate")
     }
 }
 
-impl ConnectionWatch {
-    /// A watch re-checking through `forwarder`.
-    pub(crate) fn new(forwarder: Forwarder) -> Self {
-        Self {
-            forwarder,
-            next_id: AtomicU64::new(0),
-            connections: Mutex::new(HashMap::new()),
+impl Revoke for Terminate {
+    fn refused(&self, tenant: &TenantId, device: &DeviceId, error: ForwardError) {
+        if !is_terminal(&error, true) {
+            return;
         }
-    }
-
-    /// Watches the connection of `device` until the returned guard is dropped.
-    pub(crate) fn watch(
-        self: &Arc<Self>,
-        tenant: &TenantId,
-        device: &DeviceId,
-        state: &Arc<ConnectionState>,
-    ) -> Watched {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut connections) = self.connections.lock() {
-            connections.entry(tenant.clone()).or_default().push(Entry {
-                id,
-                device: device.clone(),
-                state: Arc::downgrade(state),
-            });
-        }
-        Watched {
-            id,
-            tenant: tenant.clone(),
-            watch: Arc::clone(self),
-        }
-    }
-
-    /// The connections `change` may affect, with their device.
-    fn affected(
-        &self,
-        change: &RegistryChange,
-    ) -> (TenantId, Vec<(DeviceId, Arc<ConnectionState>)>) {
-        let (tenant, device) = match change {
-            RegistryChange::Tenant { tenant_id }
-            | RegistryChange::AllDevicesOfTenant { tenant_id } => (tenant_id, None),
-            RegistryChange::Device {
-                tenant_id,
-                device_id,
-            }
-            | RegistryChange::Credentials {
-                tenant_id,
-                device_id,
-            } => (tenant_id, Some(device_id)),
+        let Some(state) = self.0.upgrade() else {
+            return;
         };
-        let affected = self
-            .connections
-            .lock()
-            .ok()
-            .and_then(|c| {
-                c.get(tenant).map(|entries| {
-                    entries
-                        .iter()
-                        .filter(|e| device.is_none_or(|d| *d == e.device))
-                        .filter_map(|e| Some((e.device.clone(), e.state.upgrade()?)))
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
-        (tenant.clone(), affected)
-    }
-}
-
-/// Re-checks one connection; ends it when the tenant or device may no longer connect.
-async fn recheck(
-    forwarder: Forwarder,
-    tenant: TenantId,
-    device: DeviceId,
-    state: Arc<ConnectionState>,
-) {
-    let outcome = match forwarder.check_tenant(&tenant, true).await {
-        Ok(_) => forwarder.check_device(&tenant, &device).await,
-        Err(e) => Err(e),
-    };
-    if let Err(error) = outcome
-        && is_terminal(&error, true)
-    {
         tracing::info!(%tenant, %device, %error, "closing the connection after a registry change");
         let body = ErrorBody::new(connection_condition(error.kind()), error.to_string(), None);
         state.terminate(body);
     }
 }
 
-impl ChangeListener for ConnectionWatch {
-    fn registry_changed(&self, change: &RegistryChange) {
-        let (tenant, affected) = self.affected(change);
-        if affected.is_empty() {
-            return;
-        }
-        // Called from the registry's (async) caller: re-check off its path, on the runtime.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("registry change outside a runtime: open connections not re-checked");
-            return;
-        };
-        for (device, state) in affected {
-            runtime.spawn(recheck(
-                self.forwarder.clone(),
-                tenant.clone(),
-                device,
-                state,
-            ));
-        }
-    }
-}
+/// The adapter's open, authenticated connections.
+pub(crate) type ConnectionWatch = ferry_adapter_core::watch::ConnectionWatch<Terminate>;

@@ -162,9 +162,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
         }
         let revoked = CancellationToken::new();
         let watched = identity.device().map(|d| {
-            self.shared
-                .watch
-                .watch(&d.tenant_id, &d.device_id, &revoked)
+            self.shared.watch.watch(
+                &d.tenant_id,
+                &d.device_id,
+                crate::watch::Revoked(revoked.clone()),
+            )
         });
         Ok(Connected {
             transport: self.transport,
