@@ -6,6 +6,7 @@
 //! [`ForwardError`]) whose [`ErrorKind`] each adapter maps to its protocol's codes in one place.
 //! Everything a listener needs travels in one cheap-to-clone [`AdapterContext`].
 
+pub mod accept;
 pub mod auth;
 pub mod config;
 pub mod context;

@@ -7,9 +7,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_adapter_core::AdapterContext;
+use ferry_adapter_core::accept::{connection_slot, next_connection};
 use ferry_registry_client::ChangeListener;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -153,30 +153,14 @@ async fn accept_loop(
     let tls = port.tls.is_some();
     tracing::debug!(addr = %port.addr, tls, "AMQP adapter accepting");
     loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            accepted = port.listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let Some((stream, peer)) = next_connection(&port.listener, &shutdown).await else {
+            break;
         };
         // The permit is taken after accepting: a loop waiting for a permit would otherwise hold
         // it while it waits for a connection on its own port, starving the other port. At most
         // one accepted connection per port waits here for a free slot.
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+        let Some(permit) = connection_slot(&permits, &shutdown).await else {
+            break;
         };
         let connection = Connection {
             stream,

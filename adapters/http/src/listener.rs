@@ -8,9 +8,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_adapter_core::AdapterContext;
+use ferry_adapter_core::accept::{connection_slot, next_connection};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -147,27 +147,11 @@ async fn accept_loop(
     let tls = port.tls.is_some();
     tracing::info!(addr = %port.addr, tls, "HTTP adapter listening");
     loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            accepted = port.listener.accept() => accepted,
+        let Some((stream, peer)) = next_connection(&port.listener, &shutdown).await else {
+            break;
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+        let Some(permit) = connection_slot(&permits, &shutdown).await else {
+            break;
         };
         let connection = Connection {
             stream,

@@ -8,9 +8,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_adapter_core::AdapterContext;
+use ferry_adapter_core::accept::next_connection;
 use ferry_registry_client::ChangeListener;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -168,19 +168,8 @@ async fn accept_loop(
     let tls = port.tls.is_some();
     tracing::debug!(addr = %port.addr, tls, "MQTT adapter accepting");
     loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            accepted = port.listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let Some((stream, peer)) = next_connection(&port.listener, &shutdown).await else {
+            break;
         };
         let (permit, refusal) = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => (Some(permit), None),
