@@ -920,3 +920,99 @@ async fn plain_still_works_on_the_tls_port_next_to_external() -> TestResult {
     ferry.stop().await;
     Ok(())
 }
+
+/// Reads the next connection event on `events` and checks what every one carries.
+async fn connection_event(
+    events: &mut AmqpConsumer,
+    device: &str,
+    remote_id: &str,
+) -> Result<String, Error> {
+    let event = events.next(WAIT).await?.ok_or("no connection event")?;
+    assert_eq!(
+        event.content_type.as_deref(),
+        Some("application/vnd.eclipse-hono-dc-notification+json")
+    );
+    assert_eq!(event.prop("device_id").as_deref(), Some(device));
+    let payload: serde_json::Value = serde_json::from_slice(&event.payload)?;
+    assert_eq!(payload["remote-id"], remote_id);
+    assert_eq!(payload["source"], "hono-amqp");
+    Ok(payload["cause"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn connection_events_announce_connect_and_every_kind_of_disconnect() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut config = common::config(dir.path());
+    config.amqp.connection_events = true;
+    config.amqp.idle_timeout = Duration::from_secs(2);
+    let ferry = TestGateway::start_with(config).await?;
+    let addr = amqp_addr(&ferry)?;
+    ferry.provision("a15", "dev1", "pw").await?;
+    let mut events = AmqpConsumer::attach(&ferry.addrs, "event/a15").await?;
+
+    // The device closes its connection.
+    let device = Device::connect(addr, "dev1@a15", "pw").await?;
+    assert_eq!(
+        connection_event(&mut events, "dev1", "test-device").await?,
+        "connected"
+    );
+    device.close().await;
+    assert_eq!(
+        connection_event(&mut events, "dev1", "test-device").await?,
+        "disconnected"
+    );
+
+    // The device falls silent: the idle timeout ends the connection.
+    let mute = Arc::new(AtomicBool::new(false));
+    let (relayed, closed) = relay(addr, Arc::clone(&mute)).await?;
+    let silent = Device::connect(relayed, "dev1@a15", "pw").await?;
+    assert_eq!(
+        connection_event(&mut events, "dev1", "test-device").await?,
+        "connected"
+    );
+    mute.store(true, Ordering::SeqCst);
+    tokio::time::timeout(WAIT, closed).await??;
+    assert_eq!(
+        connection_event(&mut events, "dev1", "test-device").await?,
+        "disconnected"
+    );
+    drop(silent);
+
+    // The device is disabled while connected: it is disconnected and the event still goes out.
+    let mut device = Device::connect(addr, "dev1@a15", "pw").await?;
+    assert_eq!(
+        connection_event(&mut events, "dev1", "test-device").await?,
+        "connected"
+    );
+    put(&ferry, "/devices/a15/dev1", json!({"enabled": false})).await?;
+    assert!(
+        tokio::time::timeout(WAIT, device.connection.on_close())
+            .await?
+            .is_err()
+    );
+    assert_eq!(
+        connection_event(&mut events, "dev1", "test-device").await?,
+        "disconnected"
+    );
+
+    // A refused connection sends nothing.
+    assert!(open(addr, plain("dev1@a15", "wrong")).await.is_err());
+    assert!(events.next(QUIET).await?.is_none());
+    events.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_connection_events_unless_configured() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    ferry.provision("a16", "dev1", "pw").await?;
+    let mut events = AmqpConsumer::attach(&ferry.addrs, "event/a16").await?;
+    let device = Device::connect(amqp_addr(&ferry)?, "dev1@a16", "pw").await?;
+    device.close().await;
+    assert!(events.next(QUIET).await?.is_none());
+    events.close().await;
+    ferry.stop().await;
+    Ok(())
+}

@@ -27,6 +27,8 @@ use crate::northbound::Northbound;
 use crate::ttl;
 use ferry_registry_client::AdapterAccess;
 
+pub mod connection_event;
+
 /// Keys of `defaults` that are message fields rather than application properties.
 const NOT_PROPERTIES: [&str; 8] = [
     "content-type",
@@ -205,12 +207,7 @@ impl Forwarder {
             .registry
             .get_tenant(tenant_id)
             .await
-            .map_err(|e| match e {
-                RegistryError::NotFound => ForwardError::TenantUnknown(tenant_id.clone()),
-                RegistryError::Forbidden(m) => ForwardError::RegistrationForbidden(m),
-                RegistryError::BadRequest(m) => ForwardError::RegistryBadRequest(m),
-                RegistryError::Unavailable(m) => ForwardError::RegistryUnavailable(m),
-            })?
+            .map_err(|e| tenant_lookup_error(e, tenant_id))?
             .payload;
         if !tenant.enabled {
             return Err(ForwardError::TenantDisabled(tenant_id.clone()));
@@ -280,6 +277,16 @@ impl Forwarder {
             retain: upload.retain,
             payload: upload.payload,
         }
+    }
+}
+
+/// The refusal for a failed tenant lookup.
+fn tenant_lookup_error(error: RegistryError, tenant_id: &TenantId) -> ForwardError {
+    match error {
+        RegistryError::NotFound => ForwardError::TenantUnknown(tenant_id.clone()),
+        RegistryError::Forbidden(m) => ForwardError::RegistrationForbidden(m),
+        RegistryError::BadRequest(m) => ForwardError::RegistryBadRequest(m),
+        RegistryError::Unavailable(m) => ForwardError::RegistryUnavailable(m),
     }
 }
 

@@ -45,6 +45,10 @@ pub struct AmqpConfig {
     /// too and anonymous devices send to `t/TENANT/DEVICE`, unless their tenant requires
     /// authentication.
     pub authentication_required: bool,
+    /// Whether `connected`/`disconnected` connection events are sent to `event/TENANT` for
+    /// authenticated devices (default false; Hono's `HONO_CONNECTIONEVENTS_PRODUCER=events`).
+    /// Their `remote-id` is the container id of the device's `open`.
+    pub connection_events: bool,
 }
 
 impl Default for AmqpConfig {
@@ -59,6 +63,7 @@ impl Default for AmqpConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             authentication_required: true,
+            connection_events: false,
         }
     }
 }
@@ -104,6 +109,7 @@ mod tests {
         assert_eq!(AmqpConfig::default().idle_timeout, Duration::from_secs(60));
         assert_eq!(c.max_payload_size, 2048);
         assert!(c.authentication_required);
+        assert!(!c.connection_events);
         assert!(c.validate().is_ok());
         assert!(serde_json::from_str::<AmqpConfig>(r#"{"port": 1}"#).is_err());
         let zero = AmqpConfig {

@@ -4,6 +4,10 @@
 //!
 //! Sessions run in their own tasks ([`crate::session`]). On shutdown, links stop taking
 //! deliveries, settle the ones in flight, and the connection closes.
+//!
+//! With connection events enabled, an authenticated device's connection sends `connected` once
+//! it is admitted (while the connection already serves) and `disconnected` after it closed,
+//! whatever ended it; `disconnected` always follows `connected`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,6 +15,7 @@ use std::time::Duration;
 
 use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SessionAcceptor};
 use fe2o3_amqp::types::definitions::Error as ErrorBody;
+use ferry_adapter_core::forward::connection_event::Cause;
 use ferry_adapter_core::tls::TlsPeer;
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,6 +28,7 @@ use tracing::Instrument;
 
 use crate::admission::{self, TenantConnections};
 use crate::error::sasl_code_for;
+use crate::peek::PeekOpen;
 use crate::sasl::{self, Credentials, Mechanisms};
 use crate::watch::ConnectionWatch;
 
@@ -40,6 +46,8 @@ const MAX_LINKS: u32 = 7;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection waits for its links to settle what they have in flight on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long sending a connection event may take.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Adapter-wide settings and handles every connection uses.
 #[derive(Debug)]
@@ -51,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) authentication_required: bool,
+    /// Whether connection events are sent.
+    pub(crate) connection_events: bool,
     /// Open connections per tenant (the tenants' `max-connections`).
     pub(crate) tenants: Arc<TenantConnections>,
     /// Open authenticated connections, re-checked on registry changes.
@@ -101,6 +111,7 @@ impl Connection {
             tls = self.tls.is_some(),
             tenant = tracing::field::Empty,
             device = tracing::field::Empty,
+            container = tracing::field::Empty,
         );
         self.serve().instrument(span).await;
     }
@@ -181,6 +192,7 @@ where
         .idle_time_out(idle_ms)
         .add_offered_capabilities(ANONYMOUS_RELAY)
         .build();
+    let (stream, container) = PeekOpen::new(stream);
     let open = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream));
     let mut connection = tokio::select! {
         outcome = open => match outcome {
@@ -207,6 +219,8 @@ where
             return;
         }
     };
+    let remote_id = container.get().unwrap_or_default().to_owned();
+    tracing::Span::current().record("container", remote_id.as_str());
     tracing::info!("device connected");
     let state = Arc::new(ConnectionState {
         device,
@@ -217,7 +231,10 @@ where
         let handle = crate::watch::Terminate(Arc::downgrade(&state));
         shared.watch.watch(&d.tenant_id, &d.device_id, handle)
     });
-    run_connection(&mut connection, &state, &shared).await;
+    // The connected event goes out while the connection already serves; joining both keeps it
+    // ahead of the disconnected event. Boxed, so its state is freed once it is sent.
+    let connected = Box::pin(announce(&shared, &state, Cause::Connected, &remote_id));
+    tokio::join!(connected, run_connection(&mut connection, &state, &shared));
     let error = state.take_error();
     if let Some(error) = &error {
         tracing::info!(%error, "closing the connection after a terminal error");
@@ -232,6 +249,26 @@ where
         tracing::debug!(%error, "connection closed with error");
     }
     tracing::info!("device disconnected");
+    announce(&shared, &state, Cause::Disconnected, &remote_id).await;
+}
+
+/// Sends the connection event `cause` of an authenticated device, if the adapter is configured
+/// to; a failure is logged, never fatal.
+async fn announce(shared: &Shared, state: &ConnectionState, cause: Cause, remote_id: &str) {
+    let Some(device) = state.device.as_ref().filter(|_| shared.connection_events) else {
+        return;
+    };
+    let sending = shared
+        .ctx
+        .forwarder
+        .connection_event(device, cause, remote_id);
+    match tokio::time::timeout(EVENT_TIMEOUT, sending).await {
+        Ok(Ok(())) => tracing::debug!(cause = cause.as_str(), "connection event sent"),
+        Ok(Err(error)) => {
+            tracing::warn!(cause = cause.as_str(), %error, "connection event not sent")
+        }
+        Err(_) => tracing::warn!(cause = cause.as_str(), "connection event timed out"),
+    }
 }
 
 /// Runs the SASL exchange and authenticates; `None` when the device was refused (it has been

@@ -19,7 +19,8 @@
 //! Structure: [`AmqpAdapter`] binds the ports (`listener.rs`); each accepted connection runs as a
 //! task (`connection.rs`: TLS under a timeout, the SASL exchange of `sasl.rs` with asynchronous
 //! authentication, the connect-time tenant checks of `admission.rs`, then fe2o3's connection
-//! acceptor; `session.rs` takes the link attaches); each upload link is
+//! acceptor, reading the device's container id in passing with `peek.rs`; optional connection
+//! events on `event/TENANT`; `session.rs` takes the link attaches); each upload link is
 //! a task (`link.rs`) that parses messages with `address.rs` and forwards them through the
 //! [`ferry_adapter_core::AdapterContext`]. All refusals become AMQP outcomes in `error.rs`.
 //! `watch.rs` closes open connections whose tenant or device the registry disables or deletes
@@ -40,6 +41,7 @@ mod connection;
 pub mod error;
 mod link;
 mod listener;
+mod peek;
 mod sasl;
 mod session;
 mod watch;

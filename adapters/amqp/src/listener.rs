@@ -100,6 +100,7 @@ impl AmqpAdapter {
                 handshake_timeout: config.handshake_timeout,
                 idle_timeout: config.idle_timeout,
                 authentication_required: config.authentication_required,
+                connection_events: config.connection_events,
                 tenants: Arc::default(),
                 watch,
             }),

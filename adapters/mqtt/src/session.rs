@@ -19,9 +19,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use ferry_adapter_core::forward::connection_event::Cause;
 use ferry_adapter_core::tls::TlsPeer;
-use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Endpoint, Qos, Upload};
+use ferry_adapter_core::{AdapterContext, AuthenticatedDevice};
 use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
@@ -39,9 +39,6 @@ mod connected;
 
 pub(crate) use closing::{CloseReason, Closing};
 pub(crate) use connected::Connected;
-
-/// Content type of Hono's connection events.
-const CONNECTION_EVENT: &str = "application/vnd.eclipse-hono-dc-notification+json";
 
 /// What every connection of the adapter shares.
 #[derive(Debug)]
@@ -156,7 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
             in_flight.push_back(connection_event(
                 &self.shared.ctx,
                 device.clone(),
-                "connected",
+                Cause::Connected,
                 &connect.client_id,
             ));
         }
@@ -306,28 +303,14 @@ async fn authenticate_password(
 fn connection_event(
     ctx: &AdapterContext,
     device: AuthenticatedDevice,
-    cause: &str,
+    cause: Cause,
     client_id: &str,
 ) -> Pending {
-    let payload = serde_json::json!({
-        "cause": cause,
-        "remote-id": client_id,
-        "source": crate::ADAPTER_TYPE,
-    });
-    let upload = Upload {
-        endpoint: Endpoint::Event,
-        qos: Qos::AtLeastOnce,
-        content_type: Some(CONNECTION_EVENT.to_owned()),
-        ttl: None,
-        ttd: None,
-        orig_address: String::new(),
-        retain: false,
-        payload: Bytes::from(payload.to_string()),
-    };
     let forwarder = ctx.forwarder.clone();
+    let client_id = client_id.to_owned();
     Box::pin(async move {
         let result = forwarder
-            .forward(Some(&device), &device.tenant_id, &device.device_id, upload)
+            .connection_event(&device, cause, &client_id)
             .await
             .map_err(PublishError::from);
         Outcome {

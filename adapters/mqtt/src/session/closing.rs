@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_adapter_core::forward::connection_event::Cause;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use rmqtt_codec::v5::DisconnectReasonCode;
@@ -155,7 +156,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
         }
         let _ = tokio::time::timeout(CLOSE_DEADLINE, transport.close()).await;
         if let Some(device) = identity.device().filter(|_| shared.connection_events) {
-            let event = connection_event(&shared.ctx, device.clone(), "disconnected", &client_id);
+            let event =
+                connection_event(&shared.ctx, device.clone(), Cause::Disconnected, &client_id);
             match tokio::time::timeout(CLOSE_DEADLINE, event).await {
                 Ok(Outcome { result: Ok(()), .. }) => {}
                 Ok(Outcome { result: Err(e), .. }) => {
