@@ -49,6 +49,9 @@ pub struct Cli {
     /// MQTT adapter of the Ferry under test (`mqtt://host:port` or `mqtts://host:port`).
     #[arg(long, global = true, default_value = "mqtt://127.0.0.1:1883")]
     pub mqtt: String,
+    /// AMQP adapter of the Ferry under test (`amqp://host:port` or `amqps://host:port`).
+    #[arg(long, global = true, default_value = "amqp://127.0.0.1:5672")]
+    pub amqp: String,
     /// What to load: `ferry` (the addresses above), or a peer: `mqtt://host:port` (any broker; a
     /// subscriber is the consumer) or `http://host:port` (any HTTP server; no consumer).
     #[arg(long, global = true, default_value = "ferry")]
@@ -80,7 +83,7 @@ pub struct Cli {
     /// Do not provision tenant, devices and passwords (they exist already).
     #[arg(long, global = true)]
     pub no_setup: bool,
-    /// PEM CA certificate that signed the server certificate (for `mqtts://`).
+    /// PEM CA certificate that signed the server certificate (for `mqtts://`, `amqps://`).
     #[arg(long, global = true)]
     pub ca: Option<PathBuf>,
     /// Process id of the gateway: report its CPU and resident memory from /proc.
@@ -111,6 +114,8 @@ pub enum TransportArg {
     Http,
     /// MQTT 3.1.1 with username and password.
     Mqtt,
+    /// AMQP 1.0 with SASL PLAIN (Ferry only).
+    Amqp,
 }
 
 /// Scenarios.
@@ -152,6 +157,7 @@ impl Cli {
         let transport = match self.transport {
             TransportArg::Http => TransportKind::Http,
             TransportArg::Mqtt => TransportKind::Mqtt,
+            TransportArg::Amqp => TransportKind::Amqp,
         };
         let pair = |u: &Option<String>, p: &Option<String>| {
             u.clone().map(|u| (u, p.clone().unwrap_or_default()))
@@ -168,6 +174,9 @@ impl Cli {
                 mqtt: Address::mqtt(&self.mqtt)
                     .map_err(anyhow::Error::msg)
                     .context("--mqtt")?,
+                amqp: Address::amqp(&self.amqp)
+                    .map_err(anyhow::Error::msg)
+                    .context("--amqp")?,
                 setup: !self.no_setup,
             })
         } else if self.target.starts_with("mqtt") {

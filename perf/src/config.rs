@@ -34,6 +34,8 @@ pub enum TransportKind {
     Http,
     /// MQTT 3.1.1 with username and password, one connection per device.
     Mqtt,
+    /// AMQP 1.0 with SASL PLAIN, one connection and sender link per device.
+    Amqp,
 }
 
 impl TransportKind {
@@ -42,6 +44,7 @@ impl TransportKind {
         match self {
             TransportKind::Http => "http",
             TransportKind::Mqtt => "mqtt",
+            TransportKind::Amqp => "amqp",
         }
     }
 }
@@ -102,6 +105,11 @@ impl Address {
     pub fn mqtt(url: &str) -> Result<Self, String> {
         Self::parse(url, ("mqtt", 1883), ("mqtts", 8883))
     }
+
+    /// An AMQP address (`amqp://`, default port 5672; `amqps://` 5671).
+    pub fn amqp(url: &str) -> Result<Self, String> {
+        Self::parse(url, ("amqp", 5672), ("amqps", 5671))
+    }
 }
 
 /// A Ferry: provisioned through its Management API and consumed on its northbound.
@@ -119,12 +127,16 @@ pub struct FerryTarget {
     pub http: Address,
     /// The MQTT adapter.
     pub mqtt: Address,
+    /// The AMQP adapter.
+    pub amqp: Address,
     /// Whether to create the tenant, devices and passwords first.
     pub setup: bool,
 }
 
 /// What the run loads.
 #[derive(Clone, Debug)]
+// One value per run: the size of the Ferry variant (every adapter's address) does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     /// A Ferry with its northbound consumer.
     Ferry(FerryTarget),
@@ -171,7 +183,7 @@ pub struct RunConfig {
     pub payload_size: usize,
     /// Telemetry QoS (0 or 1); events are always sent at least once.
     pub qos: u8,
-    /// PEM file with the CA that signed the server certificate (for `mqtts://`).
+    /// PEM file with the CA that signed the server certificate (for `mqtts://`, `amqps://`).
     pub ca_file: Option<PathBuf>,
     /// The gateway's process id: CPU and memory are read from `/proc/PID`.
     pub pid: Option<u32>,
@@ -221,6 +233,9 @@ mod tests {
         assert_eq!(a.authority(), "[::1]:8080");
         assert!(Address::mqtt("http://127.0.0.1").is_err());
         assert!(Address::http("127.0.0.1:80").is_err());
+        let a = Address::amqp("amqps://localhost")?;
+        assert_eq!((a.host.as_str(), a.port, a.tls), ("localhost", 5671, true));
+        assert_eq!(Address::amqp("amqp://127.0.0.1")?.port, 5672);
         Ok(())
     }
 }

@@ -35,6 +35,10 @@ fn run_config(
         northbound_credentials: None,
         http: Address::http(&format!("http://{http}"))?,
         mqtt: Address::mqtt("mqtt://127.0.0.1:1")?,
+        amqp: Address::amqp(&format!(
+            "amqp://{}",
+            a.amqp.ok_or("no plain AMQP listener")?
+        ))?,
         setup: true,
     });
     let mut config = RunConfig::new(scenario, TransportKind::Http, target);
@@ -113,6 +117,52 @@ async fn http_connections_are_opened_and_held() -> TestResult {
     let c = r.connections.ok_or("no connections figures")?;
     assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
     assert!(c.rss_kib_after.is_some());
+    gateway.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_telemetry_events_and_connections_arrive_northbound() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    let amqps = gateway.addresses().amqps.ok_or("no AMQP TLS listener")?;
+
+    // Unsettled telemetry over TLS: every accepted message arrives.
+    let mut config = run_config(&gateway, ScenarioKind::Telemetry, "smoke-amqp")?;
+    config.transport = TransportKind::Amqp;
+    config.qos = 1;
+    config.ca_file = Some(dir.path().join("tls/server-cert.pem"));
+    if let Target::Ferry(ferry) = &mut config.target {
+        ferry.amqp = Address::amqp(&format!("amqps://localhost:{}", amqps.port()))?;
+    }
+    let unsettled = ferry_perf::run(&config).await?;
+    assert_sane(&unsettled);
+    assert_eq!(unsettled.transport, "amqp");
+    assert!(
+        unsettled.received >= Some(unsettled.acked),
+        "an accepted message did not arrive: {unsettled:?}"
+    );
+    assert!(unsettled.errors.is_empty(), "{:?}", unsettled.errors);
+
+    // Pre-settled telemetry on the plain port at a fixed rate, then events.
+    let mut config = run_config(&gateway, ScenarioKind::Telemetry, "smoke-amqp")?;
+    config.transport = TransportKind::Amqp;
+    config.rate = Rate::PerSecond(300.0);
+    let presettled = ferry_perf::run(&config).await?;
+    assert_sane(&presettled);
+    assert_eq!(presettled.qos, 0);
+    config.scenario = ScenarioKind::Events;
+    config.rate = Rate::Max;
+    let events = ferry_perf::run(&config).await?;
+    assert_sane(&events);
+    assert!(events.received >= Some(events.acked), "{events:?}");
+
+    config.scenario = ScenarioKind::Connections;
+    config.connections = 10;
+    config.pid = Some(std::process::id());
+    let r = ferry_perf::run(&config).await?;
+    let c = r.connections.ok_or("no connections figures")?;
+    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
     gateway.shutdown().await;
     Ok(())
 }

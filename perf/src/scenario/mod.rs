@@ -6,6 +6,7 @@
 //! the consumer, spawn one task per device, start every sender at the same instant, sample the
 //! counters once a second and stop. CoAP and AMQP devices slot in as further transports.
 
+pub mod amqp;
 pub mod http;
 pub mod mqtt;
 mod runner;

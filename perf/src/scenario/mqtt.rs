@@ -47,7 +47,9 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, P
     let mut roots = rustls::RootCertStore::empty();
     let Some(path) = ca_file else {
         return Err(PerfError::Config(
-            "mqtts:// needs --ca FILE (the PEM CA that signed the broker's certificate)".to_owned(),
+            "TLS (mqtts://, amqps://) needs --ca FILE (the PEM CA that signed the server's \
+             certificate)"
+                .to_owned(),
         ));
     };
     let certs = CertificateDer::pem_file_iter(path)
