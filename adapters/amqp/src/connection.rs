@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SessionAcceptor};
+use fe2o3_amqp::acceptor::{ListenerConnectionHandle, SessionAcceptor};
 use fe2o3_amqp::types::definitions::Error as ErrorBody;
 use ferry_adapter_core::forward::connection_event::Cause;
 use ferry_adapter_core::tls::TlsPeer;
@@ -26,24 +26,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::admission::{self, TenantConnections};
-use crate::error::sasl_code_for;
-use crate::peek::PeekOpen;
-use crate::sasl::{self, Credentials, Mechanisms};
+use crate::admission::TenantConnections;
+use crate::handshake::{self, Opened};
 use crate::watch::ConnectionWatch;
 
 /// Capability offered in `open`: devices send on one link with a null target.
 pub(crate) const ANONYMOUS_RELAY: &str = "ANONYMOUS-RELAY";
-/// Container id of the adapter in `open`.
-const CONTAINER_ID: &str = "ferry-amqp-adapter";
-/// Highest session channel of a device connection (so at most 4 sessions): a device needs one.
-const MAX_SESSIONS: u16 = 3;
 /// Highest link handle of a session (so at most 8 links): a device needs an upload link and,
 /// later, a command link. With the link credit and the message size this bounds the memory one
 /// connection can make the adapter hold.
 const MAX_LINKS: u32 = 7;
 /// How long closing a link, session or connection waits for the peer.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection waits for its links to settle what they have in flight on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sending a connection event may take.
@@ -116,6 +110,8 @@ impl Connection {
         self.serve().instrument(span).await;
     }
 
+    /// The served connection's future is boxed in both arms: this task then keeps neither the
+    /// TLS handshake's state nor two copies of the serving state (idle connection memory).
     async fn serve(self) {
         let Connection {
             stream,
@@ -128,21 +124,33 @@ impl Connection {
         let shutdown = shared.ctx.shutdown.clone();
         tracing::debug!("accepted");
         match tls {
-            None => serve_amqp(stream, None, shared).await,
+            None => Box::pin(serve_amqp(stream, None, shared)).await,
             Some(acceptor) => {
-                let handshake =
-                    tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream));
+                // Boxed, so the TLS handshake's state is freed once it is done.
+                let handshake = Box::pin(tokio::time::timeout(
+                    shared.tls_handshake_timeout,
+                    acceptor.accept(stream),
+                ));
                 let outcome = tokio::select! {
                     outcome = handshake => outcome,
                     () = shutdown.cancelled() => return,
                 };
-                match outcome {
+                let serving = match outcome {
                     Ok(Ok(stream)) => {
                         let peer = TlsPeer::from_connection(stream.get_ref().1);
-                        serve_amqp(stream, Some(peer), shared).await;
+                        Some(Box::pin(serve_amqp(stream, Some(peer), shared)))
                     }
-                    Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!("TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        tracing::info!(error = %e, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::info!("TLS handshake timed out");
+                        None
+                    }
+                };
+                if let Some(serving) = serving {
+                    serving.await;
                 }
             }
         }
@@ -151,76 +159,34 @@ impl Connection {
     }
 }
 
-/// SASL, then the AMQP open, then sessions: the connection after TLS. `peer` is what the TLS
-/// handshake told about the client (`None` on the insecure port).
-async fn serve_amqp<S>(mut stream: S, peer: Option<TlsPeer>, shared: Arc<Shared>)
+/// The connection after TLS: the handshake phases (boxed, see [`crate::handshake`]), then
+/// sessions until the device leaves, a terminal error or shutdown.
+fn serve_amqp<S>(
+    stream: S,
+    peer: Option<TlsPeer>,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
-    let shutdown = shared.ctx.shutdown.clone();
-    let handshake = tokio::time::timeout(
-        shared.handshake_timeout,
-        authenticate(&mut stream, peer.as_ref(), &shared),
-    );
-    let device = tokio::select! {
-        outcome = handshake => match outcome {
-            Ok(Some(device)) => device,
-            Ok(None) => return,
-            Err(_) => {
-                tracing::info!("SASL handshake timed out");
-                return;
-            }
-        },
-        () = shutdown.cancelled() => return,
-    };
-    // Hono's connect-time checks; a refusal is told in the close after the open.
-    let admission = match &device {
-        Some(device) => {
-            let span = tracing::Span::current();
-            span.record("tenant", device.tenant_id.as_str());
-            span.record("device", device.device_id.as_str());
-            admission::admit(&shared.ctx.forwarder, &shared.tenants, device)
-                .await
-                .map(Some)
+    // Built outside the async block, so the stream is not kept in its state: the open connection
+    // lives in fe2o3's engine task.
+    let opening = Box::pin(handshake::open(stream, peer, Arc::clone(&shared)));
+    async move {
+        if let Some(opened) = opening.await {
+            serve_open(opened, shared).await;
         }
-        None => Ok(None),
-    };
-    let idle_ms = u32::try_from(shared.idle_timeout.as_millis()).unwrap_or(u32::MAX);
-    let acceptor = ConnectionAcceptor::builder()
-        .container_id(CONTAINER_ID)
-        .channel_max(MAX_SESSIONS)
-        .idle_time_out(idle_ms)
-        .add_offered_capabilities(ANONYMOUS_RELAY)
-        .build();
-    let (stream, container) = PeekOpen::new(stream);
-    let open = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream));
-    let mut connection = tokio::select! {
-        outcome = open => match outcome {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                tracing::info!(%error, "AMQP open failed");
-                return;
-            }
-            Err(_) => {
-                tracing::info!("AMQP open timed out");
-                return;
-            }
-        },
-        () = shutdown.cancelled() => return,
-    };
-    let _slot = match admission {
-        Ok(slot) => slot,
-        Err(refused) => {
-            tracing::info!(reason = %refused, "connection refused");
-            let closing = connection.close_with_error(refused.to_amqp());
-            if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
-                tracing::debug!(%error, "refused connection closed with error");
-            }
-            return;
-        }
-    };
-    let remote_id = container.get().unwrap_or_default().to_owned();
-    tracing::Span::current().record("container", remote_id.as_str());
+    }
+}
+
+/// Serves an admitted connection to its end.
+async fn serve_open(opened: Opened, shared: Arc<Shared>) {
+    let Opened {
+        mut connection,
+        device,
+        _slot,
+        remote_id,
+    } = opened;
     tracing::info!("device connected");
     let state = Arc::new(ConnectionState {
         device,
@@ -239,17 +205,17 @@ where
     if let Some(error) = &error {
         tracing::info!(%error, "closing the connection after a terminal error");
     }
-    let closing = async {
+    let closing = Box::pin(async {
         match error {
             Some(error) => connection.close_with_error(error).await,
             None => connection.close().await,
         }
-    };
+    });
     if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
         tracing::debug!(%error, "connection closed with error");
     }
     tracing::info!("device disconnected");
-    announce(&shared, &state, Cause::Disconnected, &remote_id).await;
+    Box::pin(announce(&shared, &state, Cause::Disconnected, &remote_id)).await;
 }
 
 /// Sends the connection event `cause` of an authenticated device, if the adapter is configured
@@ -271,65 +237,6 @@ async fn announce(shared: &Shared, state: &ConnectionState, cause: Cause, remote
     }
 }
 
-/// Runs the SASL exchange and authenticates; `None` when the device was refused (it has been
-/// told, where SASL allows). EXTERNAL is offered when `peer` presented a client certificate.
-async fn authenticate<S>(
-    stream: &mut S,
-    peer: Option<&TlsPeer>,
-    shared: &Shared,
-) -> Option<Option<AuthenticatedDevice>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let certificate = peer.filter(|p| p.has_certificate());
-    let mechanisms = Mechanisms {
-        external: certificate.is_some(),
-        anonymous: !shared.authentication_required,
-    };
-    let credentials = match sasl::negotiate(stream, mechanisms).await {
-        Ok(credentials) => credentials,
-        Err(error) => {
-            tracing::info!(%error, "SASL negotiation failed");
-            if error.answers_with_outcome() {
-                let _ = sasl::send_outcome(stream, fe2o3_amqp::types::sasl::SaslCode::Auth).await;
-            }
-            return None;
-        }
-    };
-    let outcome = match &credentials {
-        Credentials::Plain { username, password } => shared
-            .ctx
-            .authenticator
-            .authenticate_password(username, password)
-            .await
-            .map(Some),
-        Credentials::External => match certificate {
-            Some(peer) => shared
-                .ctx
-                .authenticator
-                .authenticate_x509(&peer.chain, peer.sni.as_deref())
-                .await
-                .map(Some),
-            // EXTERNAL is offered only with a certificate, so `negotiate` refused it already.
-            None => Err(ferry_adapter_core::AuthError::NoClientCertificate),
-        },
-        Credentials::Anonymous => Ok(None),
-    };
-    match outcome {
-        Ok(device) => {
-            sasl::send_outcome(stream, fe2o3_amqp::types::sasl::SaslCode::Ok)
-                .await
-                .ok()?;
-            Some(device)
-        }
-        Err(error) => {
-            tracing::info!(%error, ?credentials, "device authentication failed");
-            let _ = sasl::send_outcome(stream, sasl_code_for(error.kind())).await;
-            None
-        }
-    }
-}
-
 async fn run_connection(
     connection: &mut ListenerConnectionHandle,
     state: &Arc<ConnectionState>,
@@ -345,10 +252,9 @@ async fn run_connection(
             incoming = connection.next_incoming_session() => incoming,
         };
         let Some(incoming) = incoming else { break };
-        match session_acceptor
-            .accept_incoming_session(incoming, connection)
-            .await
-        {
+        // Boxed: the accept future is large and the loop waits in `next_incoming_session`.
+        let accepted = Box::pin(session_acceptor.accept_incoming_session(incoming, connection));
+        match accepted.await {
             Ok(session) => {
                 sessions.spawn(
                     crate::session::run(session, Arc::clone(state), Arc::clone(shared))

@@ -17,10 +17,11 @@
 //! the device itself unknown or disabled) close the connection.
 //!
 //! Structure: [`AmqpAdapter`] binds the ports (`listener.rs`); each accepted connection runs as a
-//! task (`connection.rs`: TLS under a timeout, the SASL exchange of `sasl.rs` with asynchronous
-//! authentication, the connect-time tenant checks of `admission.rs`, then fe2o3's connection
-//! acceptor, reading the device's container id in passing with `peek.rs`; optional connection
-//! events on `event/TENANT`; `session.rs` takes the link attaches); each upload link is
+//! task (`connection.rs`: TLS under a timeout; then `handshake.rs`: the SASL exchange of
+//! `sasl.rs` with asynchronous authentication, the connect-time tenant checks of `admission.rs`,
+//! fe2o3's connection acceptor, reading the device's container id in passing with `peek.rs`;
+//! then optional connection events on `event/TENANT`, and `session.rs` takes the link
+//! attaches); each upload link is
 //! a task (`link.rs`) that parses messages with `address.rs` and forwards them through the
 //! [`ferry_adapter_core::AdapterContext`]. All refusals become AMQP outcomes in `error.rs`.
 //! `watch.rs` closes open connections whose tenant or device the registry disables or deletes
@@ -39,6 +40,7 @@ mod admission;
 pub mod config;
 mod connection;
 pub mod error;
+mod handshake;
 mod link;
 mod listener;
 mod peek;

@@ -98,12 +98,14 @@ impl UploadLink {
             End::Close(error) => (error, None),
             End::Terminal(error) => (Some(error.clone()), Some(error)),
         };
-        let closing = async {
+        // Boxed, like every rare step: the link's task keeps only the state of waiting for
+        // deliveries while it is idle.
+        let closing = Box::pin(async {
             match error {
                 Some(error) => self.receiver.close_with_error(error).await,
                 None => self.receiver.close().await,
             }
-        };
+        });
         if !matches!(
             tokio::time::timeout(CLOSE_TIMEOUT, closing).await,
             Ok(Ok(()))
@@ -150,7 +152,7 @@ impl UploadLink {
                             None,
                         );
                         tracing::info!(error = %e.source, "undecodable message");
-                        if self.receiver.reject(e.info, error).await.is_err() {
+                        if Box::pin(self.receiver.reject(e.info, error)).await.is_err() {
                             return End::Gone;
                         }
                     }

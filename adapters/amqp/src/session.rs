@@ -46,14 +46,16 @@ pub(crate) async fn run(
             attach = session.next_incoming_attach() => attach,
         };
         let Some(attach) = attach else { break };
-        if let Some(link) = handle_attach(attach, &mut session, &state, &shared).await {
+        // Boxed: attaching is rare, and its futures would otherwise stay in this task's state.
+        let attached = Box::pin(handle_attach(attach, &mut session, &state, &shared));
+        if let Some(link) = attached.await {
             links.spawn(link.run().in_current_span());
         }
     }
     links.close();
     links.wait().await;
     if !state.terminal.is_cancelled()
-        && let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await
+        && let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(session.end())).await
     {
         tracing::debug!(%error, "session ended with error");
     }
