@@ -35,6 +35,10 @@ use crate::stats::{Recorder, histogram};
 
 /// Unsettled deliveries a device may have outstanding.
 pub const WINDOW: usize = 100;
+/// How long a device may take to connect and authenticate, attempts included.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause before connecting again after a failed attempt.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How long closing a link, session and connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -150,11 +154,30 @@ impl AmqpTransport {
         })
     }
 
-    /// Opens the device's link within the warm-up time.
-    async fn open(&self, device: &Device, settle: SenderSettleMode) -> Result<Link, String> {
-        tokio::time::timeout(Duration::from_secs(60), self.connect(device, settle))
-            .await
-            .map_err(|_| "timeout".to_owned())?
+    /// Opens the device's link within [`OPEN_TIMEOUT`], trying again after a failure (when 100
+    /// devices connect at once, the gateway's first password checks can outlast its handshake
+    /// timeout). Every failed attempt is recorded.
+    async fn open(
+        &self,
+        device: &Device,
+        settle: SenderSettleMode,
+        recorder: &Recorder,
+    ) -> Result<Link, String> {
+        let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+        loop {
+            let error =
+                match tokio::time::timeout_at(deadline, self.connect(device, settle.clone())).await
+                {
+                    Ok(Ok(link)) => return Ok(link),
+                    Ok(Err(kind)) => kind,
+                    Err(_) => return Err("timeout".to_owned()),
+                };
+            if error.starts_with("amqp sasl") {
+                return Err(error); // refused credentials do not get better
+            }
+            recorder.error(format!("{error} (retried)"));
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RETRY_DELAY)).await;
+        }
     }
 
     fn message(&self, payload: Bytes) -> Message<fe2o3_amqp::types::messaging::Data> {
@@ -177,7 +200,7 @@ impl AmqpTransport {
         } else {
             SenderSettleMode::Settled
         };
-        let link = match self.open(&device, settle).await {
+        let link = match self.open(&device, settle, &recorder).await {
             Ok(link) => Some(link),
             Err(kind) => {
                 recorder.error(kind);
@@ -242,7 +265,9 @@ impl AmqpTransport {
     }
 
     async fn hold_connection(self: Arc<Self>, device: Device, hold: Hold) {
-        let link = self.open(&device, SenderSettleMode::Unsettled).await;
+        let link = self
+            .open(&device, SenderSettleMode::Unsettled, &hold.recorder)
+            .await;
         if let Err(kind) = &link {
             hold.recorder.error(kind.clone());
         }
