@@ -20,8 +20,8 @@ use fe2o3_amqp::types::definitions::Error as ErrorBody;
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use ferry_adapter_core::{Endpoint, Qos};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt};
 
 use crate::address::{self, Address};
 use crate::connection::{ConnectionState, Shared};
@@ -139,7 +139,7 @@ impl UploadLink {
                 Event::Terminal => return End::Gone,
                 Event::Shutdown => draining = true,
                 Event::Forwarded(done) => {
-                    if let Some(end) = self.settle(done).await {
+                    if let Some(end) = self.settle_ready(done, &mut in_flight).await {
                         return end;
                     }
                 }
@@ -207,18 +207,48 @@ impl UploadLink {
         })
     }
 
-    /// Settles a forwarded delivery; returns how the link ends, if it does.
-    async fn settle(&self, done: Forwarded) -> Option<End> {
-        let Forwarded {
+    /// Settles `first` and every other forward that is already done: the accepted ones together
+    /// (fe2o3 sends one `disposition` per range of delivery ids instead of one per delivery),
+    /// then the refused ones one by one. Returns how the link ends, if it does.
+    async fn settle_ready(
+        &self,
+        first: Forwarded,
+        in_flight: &mut FuturesUnordered<InFlight>,
+    ) -> Option<End> {
+        let mut accepted = Vec::new();
+        let mut refused = Vec::new();
+        let mut next = Some(first);
+        while let Some(Forwarded {
             info,
             outcome,
             for_itself,
-        } = done;
-        let error = match outcome {
-            // For a pre-settled delivery this sends nothing but keeps the link credit flowing.
-            Ok(()) => return self.receiver.accept(info).await.err().map(|_| End::Gone),
-            Err(error) => error,
-        };
+        }) = next
+        {
+            match outcome {
+                Ok(()) => accepted.push(info),
+                Err(error) => refused.push((info, error, for_itself)),
+            }
+            next = in_flight.next().now_or_never().flatten();
+        }
+        // For pre-settled deliveries this sends nothing but keeps the link credit flowing.
+        if !accepted.is_empty() && self.receiver.accept_all(accepted).await.is_err() {
+            return Some(End::Gone);
+        }
+        for (info, error, for_itself) in refused {
+            if let Some(end) = self.refuse(info, error, for_itself).await {
+                return Some(end);
+            }
+        }
+        None
+    }
+
+    /// Settles a refused delivery; returns how the link ends, if it does.
+    async fn refuse(
+        &self,
+        info: DeliveryInfo,
+        error: DeliveryError,
+        for_itself: bool,
+    ) -> Option<End> {
         let refusal = refusal_for(error.kind());
         tracing::info!(%error, ?refusal, "delivery refused");
         let body = match refusal {
