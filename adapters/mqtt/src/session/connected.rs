@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use rmqtt_codec::error::DecodeError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
@@ -102,6 +102,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
                     idle.as_mut().reset(Instant::now() + keep_alive);
                     if let Err(reason) = self.complete(outcome) {
                         return reason;
+                    }
+                    // Acknowledge every upload that is done by now in the same write.
+                    while let Some(Some(outcome)) = self.in_flight.next().now_or_never() {
+                        if let Err(reason) = self.complete(outcome) {
+                            return reason;
+                        }
                     }
                 }
                 read = self.transport.fill(), if self.in_flight.len() < max => match read {
