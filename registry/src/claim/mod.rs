@@ -7,9 +7,10 @@
 //! `POST /v1/provisioning/{tenant}/claims` and the ownership code that was set for the
 //! certificate's subject DN when it was issued (or registered later). Codes are kept only as
 //! bcrypt hashes. A correct code sets `status.claim.claimed` and reports the device change, so
-//! caches drop the refusal and the next upload goes through. Attempts that do not succeed are
-//! rate limited per device and per tenant ([`limiter`]); the limits live in memory and restart
-//! with the process.
+//! caches drop the refusal and the next upload goes through. Attempts that do not succeed (wrong
+//! code, and unknown device ids, which would otherwise let a caller probe for them) are rate
+//! limited per device and per tenant ([`limiter`]); the limits live in memory and restart with
+//! the process. Removing `claim-required` from a CA later does not claim its waiting devices.
 //!
 //! [`DEVICE_NOT_CLAIMED`]: ferry_registry_client::DEVICE_NOT_CLAIMED
 
