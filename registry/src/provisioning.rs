@@ -244,7 +244,7 @@ impl Registry {
         };
         let object = credentials::credentials_object(&device_id, &credential)
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        let record_doc = doc.clone();
+        let unclaimed = claim::unclaimed(&doc);
         let record = DeviceRecord {
             id: device_id.clone(),
             doc,
@@ -276,7 +276,7 @@ impl Registry {
             }
             Err(e) => return Err(store_error(e)),
         }
-        tracing::info!(tenant = %tenant_id, device = %device_id, auth_id, unclaimed = claim::unclaimed(&record_doc), "auto-provisioned a device by its certificate");
+        tracing::info!(tenant = %tenant_id, device = %device_id, auth_id, unclaimed, "auto-provisioned a device by its certificate");
         self.notify(&[
             RegistryChange::Device {
                 tenant_id: tenant_id.clone(),

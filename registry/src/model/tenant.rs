@@ -29,11 +29,7 @@ pub fn prepare(id: TenantId, body: Value) -> Result<TenantRecord, ManageError> {
     }
     check_type(&doc, "minimum-message-size", "a number", Value::is_u64)?;
     check_type(&doc, "trust-anchor-group", "a string", Value::is_string)?;
-    let trust_anchor_group = doc
-        .get("trust-anchor-group")
-        .and_then(Value::as_str)
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned);
+    let trust_anchor_group = TenantRecord::anchor_group_of(&doc);
     let alias = match doc.get("alias") {
         None | Some(Value::Null) => None,
         Some(Value::String(a))

@@ -60,6 +60,16 @@ pub struct TenantRecord {
     pub doc: Map<String, Value>,
 }
 
+impl TenantRecord {
+    /// The non-empty `trust-anchor-group` of a tenant document.
+    pub fn anchor_group_of(doc: &Map<String, Value>) -> Option<String> {
+        doc.get("trust-anchor-group")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+    }
+}
+
 /// One credential (type and auth-id) of a device, as stored (secrets with hashes and keys).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CredentialRecord {

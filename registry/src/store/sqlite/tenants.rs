@@ -46,32 +46,21 @@ pub(super) fn read(
             id: id.parse().map_err(backend)?,
             alias,
             ca_subjects,
-            trust_anchor_group: anchor_group(&doc),
+            trust_anchor_group: TenantRecord::anchor_group_of(&doc),
             doc,
         },
     }))
 }
 
-/// The tenant's non-empty `trust-anchor-group`.
-fn anchor_group(doc: &serde_json::Map<String, Value>) -> Option<String> {
-    doc.get("trust-anchor-group")
-        .and_then(Value::as_str)
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned)
-}
-
-/// Every tenant trusting a CA with `subject_dn`.
-pub(super) fn by_ca(
+/// The tenants whose ids `sql` selects (one column) with `params`.
+fn read_selected(
     tx: &Transaction<'_>,
-    subject_dn: &str,
+    sql: &str,
+    params: impl rusqlite::Params,
 ) -> Result<Vec<Versioned<TenantRecord>>, StoreError> {
     let ids = {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT tenant_id FROM tenant_ca_subjects WHERE subject_dn = ?1 ORDER BY tenant_id",
-            )
-            .map_err(backend)?;
-        stmt.query_map([subject_dn], |r| r.get::<_, String>(0))
+        let mut stmt = tx.prepare_cached(sql).map_err(backend)?;
+        stmt.query_map(params, |r| r.get::<_, String>(0))
             .map_err(backend)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(backend)?
@@ -81,6 +70,18 @@ pub(super) fn by_ca(
         out.extend(read(tx, "id = ?1", &id)?);
     }
     Ok(out)
+}
+
+/// Every tenant trusting a CA with `subject_dn`.
+pub(super) fn by_ca(
+    tx: &Transaction<'_>,
+    subject_dn: &str,
+) -> Result<Vec<Versioned<TenantRecord>>, StoreError> {
+    read_selected(
+        tx,
+        "SELECT tenant_id FROM tenant_ca_subjects WHERE subject_dn = ?1 ORDER BY tenant_id",
+        [subject_dn],
+    )
 }
 
 fn write_ca_subjects(tx: &Transaction<'_>, tenant: &TenantRecord) -> Result<(), StoreError> {
@@ -179,18 +180,5 @@ pub(super) fn delete(
 }
 
 pub(super) fn list(tx: &Transaction<'_>) -> Result<Vec<Versioned<TenantRecord>>, StoreError> {
-    let ids = {
-        let mut stmt = tx
-            .prepare("SELECT id FROM tenants ORDER BY id")
-            .map_err(backend)?;
-        stmt.query_map([], |r| r.get::<_, String>(0))
-            .map_err(backend)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(backend)?
-    };
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        out.extend(read(tx, "id = ?1", &id)?);
-    }
-    Ok(out)
+    read_selected(tx, "SELECT id FROM tenants ORDER BY id", [])
 }
