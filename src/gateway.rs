@@ -285,6 +285,10 @@ impl ProvisioningNotifier for NorthboundNotifier {
         if let Some(gateway) = &notice.gateway_id {
             properties.insert("gateway_id".to_owned(), gateway.as_str().into());
         }
+        if notice.unclaimed {
+            // Ferry's addition: the device waits for its owner's claim.
+            properties.insert("ferry_unclaimed".to_owned(), true.into());
+        }
         let creation_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
