@@ -107,6 +107,19 @@ impl Forwarder {
         }
     }
 
+    /// A forwarder for another adapter type, with the same registry, northbound and payload
+    /// limit.
+    pub fn for_adapter(&self, adapter_type: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry: Arc::clone(&self.inner.registry),
+                northbound: Arc::clone(&self.inner.northbound),
+                adapter_type: adapter_type.into(),
+                max_payload_size: self.inner.max_payload_size,
+            }),
+        }
+    }
+
     /// The adapter type name, e.g. `hono-http`.
     pub fn adapter_type(&self) -> &str {
         &self.inner.adapter_type

@@ -98,6 +98,12 @@ impl Authenticator {
         }
     }
 
+    /// Whether `other` is a clone of this authenticator (same cache and bcrypt bound).
+    #[cfg(test)]
+    pub(crate) fn is_shared_with(&self, other: &Authenticator) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Authenticates `auth-id@tenant` with a password against its `hashed-password` credentials.
     pub async fn authenticate_password(
         &self,
