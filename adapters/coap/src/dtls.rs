@@ -165,10 +165,6 @@ impl DtlsPort {
                         tracing::debug!(%peer, "ClientHello offering neither a PSK nor an ECDHE_ECDSA cipher suite: dropped");
                         continue;
                     };
-                    if method == Method::Certificate && settings.certificate.is_none() {
-                        tracing::debug!(%peer, "certificate ClientHello dropped: the port has no server certificate");
-                        continue;
-                    }
                     if peers.len() >= config.max_peers {
                         tracing::debug!(%peer, max = config.max_peers, "peer table full: ClientHello dropped");
                         continue;
@@ -403,10 +399,17 @@ async fn run_peer(
         authenticator: settings.shared.ctx.authenticator.clone(),
     });
     let config = match (control.method, &settings.certificate) {
+        (Method::Psk, _) => psk_config(Arc::clone(&psk)),
         (Method::Certificate, Some(certificate)) => certificate_config(certificate),
-        _ => psk_config(Arc::clone(&psk)),
+        (Method::Certificate, None) => {
+            tracing::debug!("certificate handshake refused: the port has no server certificate");
+            let _ = closed.send((peer, control.id));
+            return;
+        }
     };
-    let handshake = DTLSConn::new(conn, config, false, None);
+    // Boxed, like the authentication below: a future awaited inline would keep its size in this
+    // task for the whole session, long after the handshake.
+    let handshake = Box::pin(DTLSConn::new(conn, config, false, None));
     let stop = control.stop.clone();
     let outcome = tokio::select! {
         () = stop.cancelled() => None,
@@ -416,12 +419,12 @@ async fn run_peer(
         None => {}
         Some(Err(_)) => tracing::debug!("DTLS handshake timed out"),
         Some(Ok(Err(e))) => tracing::info!(reason = %e, "DTLS handshake failed"),
-        Some(Ok(Ok(conn))) => match authenticate(
+        Some(Ok(Ok(conn))) => match Box::pin(authenticate(
             control.method,
             &conn,
             &psk,
             &settings.shared.ctx.authenticator,
-        )
+        ))
         .await
         {
             Err(reason) => {

@@ -5,9 +5,10 @@
 //!
 //! Telemetry at `--qos 1` and events are CON requests (at least once: the 2.04 comes after the
 //! northbound accepted the message), telemetry at `--qos 0` NON requests (at most once). A CON
-//! that gets no answer is retransmitted with RFC 7252's exponential backoff (2 s, 4 s, …, each
-//! counted as `coap retransmission`); an empty ACK followed by a separate response is handled
-//! (the separate CON response is acknowledged). Acknowledgement latency is send to 2.04.
+//! that is not acknowledged is retransmitted with RFC 7252's exponential backoff (2 s, 4 s, each
+//! counted as `coap retransmission`) within the harness's 10 s answer timeout; an empty ACK
+//! followed by a separate response is handled (the separate CON response is acknowledged).
+//! Acknowledgement latency is send to 2.04.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,10 +22,10 @@ use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::{Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 
-use super::{ACK_TIMEOUT, BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
+use super::{ACK_TIMEOUT, BoxFuture, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
 use crate::config::{Address, RunConfig, Target};
-use crate::stats::histogram;
+use crate::stats::{Recorder, histogram};
 
 /// How long to wait before a new handshake after a session failed.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
@@ -107,6 +108,9 @@ impl CoapTransport {
             psk_identity_hint: Some(device.username.as_bytes().to_vec()),
             cipher_suites: vec![CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8],
             extended_master_secret: ExtendedMasterSecretType::Request,
+            // Only used to check a server certificate, which PSK suites have none of; set so
+            // that webrtc-dtls does not warn about a missing name for every session.
+            server_name: self.address.host.clone(),
             ..Config::default()
         };
         let handshake = DTLSConn::new(Arc::new(socket), config, true, None);
@@ -133,8 +137,15 @@ impl CoapTransport {
         p.to_bytes()
     }
 
-    /// Sends one request and waits for its response (retransmitting a CON).
-    async fn send(&self, session: &mut Session, confirmable: bool, body: &Bytes) -> Outcome {
+    /// Sends one request and waits up to [`ACK_TIMEOUT`] for its response, retransmitting a CON
+    /// until it is acknowledged (each retransmission counted in `recorder`).
+    async fn send(
+        &self,
+        session: &mut Session,
+        confirmable: bool,
+        body: &Bytes,
+        recorder: &Recorder,
+    ) -> Outcome {
         session.next_id = session.next_id.wrapping_add(1);
         let id = session.next_id;
         let kind = match confirmable {
@@ -144,57 +155,72 @@ impl CoapTransport {
         let Ok(datagram) = self.request(kind, id, body) else {
             return Outcome::Broken("coap encode");
         };
+        if session.conn.write(&datagram, None).await.is_err() {
+            return Outcome::Broken("dtls write");
+        }
+        let give_up = tokio::time::Instant::now() + ACK_TIMEOUT;
+        // A NON is never retransmitted; a CON until its ACK (empty or with the response) arrives.
+        let mut acknowledged = !confirmable;
         let mut wait = FIRST_RETRANSMISSION;
+        let mut retransmit_at = tokio::time::Instant::now() + wait;
         let mut attempts = 0;
         loop {
-            if session.conn.write(&datagram, None).await.is_err() {
-                return Outcome::Broken("dtls write");
-            }
-            let limit = match confirmable {
-                true => wait,
-                false => ACK_TIMEOUT,
+            let until = match acknowledged {
+                true => give_up,
+                false => retransmit_at.min(give_up),
             };
-            match tokio::time::timeout(limit, response(session, id)).await {
-                Ok(outcome) => return outcome,
-                Err(_) if confirmable && attempts < MAX_RETRANSMIT => {
+            let packet = match tokio::time::timeout_at(until, next_packet(session)).await {
+                Ok(Ok(packet)) => packet,
+                Ok(Err(kind)) => return Outcome::Broken(kind),
+                Err(_) if !acknowledged && until < give_up && attempts < MAX_RETRANSMIT => {
+                    recorder.error("coap retransmission");
+                    if session.conn.write(&datagram, None).await.is_err() {
+                        return Outcome::Broken("dtls write");
+                    }
                     attempts += 1;
                     wait *= 2;
+                    retransmit_at = tokio::time::Instant::now() + wait;
+                    continue;
                 }
                 Err(_) => return Outcome::Broken("timeout"),
+            };
+            let header = &packet.header;
+            if header.get_type() == MessageType::Acknowledgement && header.message_id == id {
+                acknowledged = true;
             }
+            if header.code == MessageClass::Empty || packet.get_token() != id.to_be_bytes() {
+                // The empty ACK of a slow request, or a late answer to an earlier one.
+                continue;
+            }
+            if header.get_type() == MessageType::Confirmable {
+                // A separate response: acknowledge it.
+                let mut ack = Packet::new();
+                ack.header.set_type(MessageType::Acknowledgement);
+                ack.header.message_id = header.message_id;
+                if let Ok(bytes) = ack.to_bytes() {
+                    let _ = session.conn.write(&bytes, None).await;
+                }
+            }
+            return match header.code {
+                MessageClass::Response(code) if is_success(code) => Outcome::Accepted,
+                MessageClass::Response(code) => Outcome::Code(code),
+                _ => Outcome::Broken("coap unexpected message"),
+            };
         }
     }
 }
 
-/// Reads until the response to request `id` (its token) arrives: piggybacked, or after an empty
-/// ACK in a separate response (acknowledged here when it is a CON).
-async fn response(session: &mut Session, id: u16) -> Outcome {
-    let token = id.to_be_bytes();
+/// The next CoAP message of the session (datagrams that do not parse are skipped).
+async fn next_packet(session: &mut Session) -> Result<Packet, &'static str> {
     loop {
-        let n = match session.conn.read(&mut session.buf, None).await {
-            Ok(n) => n,
-            Err(_) => return Outcome::Broken("dtls read"),
-        };
-        let Some(Ok(packet)) = session.buf.get(..n).map(Packet::from_bytes) else {
-            continue;
-        };
-        if packet.header.code == MessageClass::Empty || packet.get_token() != token {
-            // The empty ACK of a slow request, or a late answer to an earlier one.
-            continue;
+        let n = session
+            .conn
+            .read(&mut session.buf, None)
+            .await
+            .map_err(|_| "dtls read")?;
+        if let Some(Ok(packet)) = session.buf.get(..n).map(Packet::from_bytes) {
+            return Ok(packet);
         }
-        if packet.header.get_type() == MessageType::Confirmable {
-            let mut ack = Packet::new();
-            ack.header.set_type(MessageType::Acknowledgement);
-            ack.header.message_id = packet.header.message_id;
-            if let Ok(bytes) = ack.to_bytes() {
-                let _ = session.conn.write(&bytes, None).await;
-            }
-        }
-        return match packet.header.code {
-            MessageClass::Response(code) if is_success(code) => Outcome::Accepted,
-            MessageClass::Response(code) => Outcome::Code(code),
-            _ => Outcome::Broken("coap unexpected message"),
-        };
     }
 }
 
@@ -239,7 +265,7 @@ impl CoapTransport {
         };
         let mut ok = false;
         if let Some(s) = session.as_mut() {
-            let outcome = self.send(s, true, &load.warmup_payload()).await;
+            let outcome = self.send(s, true, &load.warmup_payload(), &recorder).await;
             match outcome.error(" (warm-up)") {
                 None => ok = true,
                 Some(kind) => recorder.error(kind),
@@ -267,10 +293,7 @@ impl CoapTransport {
             let body = load.next_payload();
             recorder.sent();
             let t0 = Instant::now();
-            let outcome =
-                tokio::time::timeout(ACK_TIMEOUT + DRAIN, self.send(s, confirmable, &body))
-                    .await
-                    .unwrap_or(Outcome::Broken("timeout"));
+            let outcome = self.send(s, confirmable, &body, &recorder).await;
             match outcome.error("") {
                 None => {
                     recorder.acked();
@@ -298,7 +321,9 @@ impl CoapTransport {
             }
         };
         let payload = super::warmup_payload(&hold.payload, &hold.recorder);
-        let outcome = self.send(&mut session, true, &payload).await;
+        let outcome = self
+            .send(&mut session, true, &payload, &hold.recorder)
+            .await;
         let ok = match outcome.error("") {
             None => true,
             Some(kind) => {
