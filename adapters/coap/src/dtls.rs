@@ -57,7 +57,7 @@ pub(crate) struct DtlsPort {
     pub(crate) socket: Arc<UdpSocket>,
     pub(crate) addr: SocketAddr,
     /// For the certificate cipher suites (X.509 device authentication); without it, certificate
-    /// ClientHellos are dropped.
+    /// handshakes are refused.
     pub(crate) certificate: Option<DtlsCertificate>,
 }
 

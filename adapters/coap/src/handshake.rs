@@ -1,9 +1,9 @@
 //! How a DTLS peer authenticates: the choice of the DTLS configuration from the peer's first
 //! ClientHello, and the device the finished handshake proved.
 //!
-//! webrtc-dtls cannot serve PSK and certificate suites from one `Config` (a config with a PSK
-//! callback refuses certificates), so the port looks at the cipher suites the first ClientHello
-//! offers and gives the peer one of two configurations ([`Method::of`]):
+//! webrtc-dtls cannot serve PSK and certificate suites from one `Config` (it refuses a config
+//! with both a PSK callback and certificates), so the port looks at the cipher suites the first
+//! ClientHello offers and gives the peer one of two configurations ([`Method::of`]):
 //! - **PSK** (any of [`PSK_SUITES`]): the key comes from the peer's [`PskSlot`], which the
 //!   peer's transport filled before webrtc-dtls asks for it;
 //! - **certificate** (any of [`CERTIFICATE_SUITES`], and no PSK suite): the server presents its
