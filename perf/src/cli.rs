@@ -49,6 +49,9 @@ pub struct Cli {
     /// MQTT adapter of the Ferry under test (`mqtt://host:port` or `mqtts://host:port`).
     #[arg(long, global = true, default_value = "mqtt://127.0.0.1:1883")]
     pub mqtt: String,
+    /// CoAP adapter of the Ferry under test (`coaps://host:port`, DTLS-PSK).
+    #[arg(long, global = true, default_value = "coaps://127.0.0.1:5684")]
+    pub coap: String,
     /// What to load: `ferry` (the addresses above), or a peer: `mqtt://host:port` (any broker; a
     /// subscriber is the consumer) or `http://host:port` (any HTTP server; no consumer).
     #[arg(long, global = true, default_value = "ferry")]
@@ -111,6 +114,8 @@ pub enum TransportArg {
     Http,
     /// MQTT 3.1.1 with username and password.
     Mqtt,
+    /// CoAP over DTLS with a pre-shared key (CON at `--qos 1`, NON at `--qos 0`).
+    Coap,
 }
 
 /// Scenarios.
@@ -152,6 +157,7 @@ impl Cli {
         let transport = match self.transport {
             TransportArg::Http => TransportKind::Http,
             TransportArg::Mqtt => TransportKind::Mqtt,
+            TransportArg::Coap => TransportKind::Coap,
         };
         let pair = |u: &Option<String>, p: &Option<String>| {
             u.clone().map(|u| (u, p.clone().unwrap_or_default()))
@@ -168,6 +174,9 @@ impl Cli {
                 mqtt: Address::mqtt(&self.mqtt)
                     .map_err(anyhow::Error::msg)
                     .context("--mqtt")?,
+                coap: Address::coap(&self.coap)
+                    .map_err(anyhow::Error::msg)
+                    .context("--coap")?,
                 setup: !self.no_setup,
             })
         } else if self.target.starts_with("mqtt") {

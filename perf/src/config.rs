@@ -34,6 +34,8 @@ pub enum TransportKind {
     Http,
     /// MQTT 3.1.1 with username and password, one connection per device.
     Mqtt,
+    /// CoAP over DTLS-PSK, one session per device.
+    Coap,
 }
 
 impl TransportKind {
@@ -42,6 +44,7 @@ impl TransportKind {
         match self {
             TransportKind::Http => "http",
             TransportKind::Mqtt => "mqtt",
+            TransportKind::Coap => "coap",
         }
     }
 }
@@ -102,6 +105,11 @@ impl Address {
     pub fn mqtt(url: &str) -> Result<Self, String> {
         Self::parse(url, ("mqtt", 1883), ("mqtts", 8883))
     }
+
+    /// A CoAP address (`coap://`, default port 5683; `coaps://`, DTLS, 5684).
+    pub fn coap(url: &str) -> Result<Self, String> {
+        Self::parse(url, ("coap", 5683), ("coaps", 5684))
+    }
 }
 
 /// A Ferry: provisioned through its Management API and consumed on its northbound.
@@ -119,12 +127,18 @@ pub struct FerryTarget {
     pub http: Address,
     /// The MQTT adapter.
     pub mqtt: Address,
+    /// The CoAP adapter's DTLS port.
+    pub coap: Address,
     /// Whether to create the tenant, devices and passwords first.
     pub setup: bool,
 }
 
 /// What the run loads.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per run; boxing the Ferry target would buy nothing"
+)]
 pub enum Target {
     /// A Ferry with its northbound consumer.
     Ferry(FerryTarget),
@@ -221,6 +235,8 @@ mod tests {
         assert_eq!(a.authority(), "[::1]:8080");
         assert!(Address::mqtt("http://127.0.0.1").is_err());
         assert!(Address::http("127.0.0.1:80").is_err());
+        let a = Address::coap("coaps://127.0.0.1")?;
+        assert_eq!((a.port, a.tls), (5684, true));
         Ok(())
     }
 }

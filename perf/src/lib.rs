@@ -1,7 +1,7 @@
 //! `ferry-perf`: Ferry's load generator and benchmark harness.
 //!
-//! It simulates many devices on tokio (HTTP and MQTT today; CoAP and AMQP slot in as further
-//! [`scenario::Transport`]s), provisions them through the Management API ([`setup`]), consumes
+//! It simulates many devices on tokio (HTTP, MQTT and CoAP today; AMQP slots in as a further
+//! [`scenario::Transport`]), provisions them through the Management API ([`setup`]), consumes
 //! what arrives northbound ([`consumer`]) and measures end to end from a timestamp in every
 //! payload ([`payload`], [`stats`]): throughput, latency percentiles from HDR histograms, errors by
 //! kind, and sent vs acknowledged vs received, so loss is visible. Senders follow absolute

@@ -1,5 +1,6 @@
 //! Provisioning through Hono's Device Registry Management API: one tenant, N devices, each with a
-//! password credential whose auth-id is the device id.
+//! password credential and a `psk` credential (the password is the key, for CoAP over DTLS), both
+//! with the device id as auth-id.
 //!
 //! Everything is idempotent: an existing tenant or device (409) is fine, and credentials are
 //! replaced on every run (the password is not stored anywhere by the harness, so it cannot know
@@ -7,6 +8,8 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -150,6 +153,10 @@ pub async fn provision(p: &Provisioning) -> Result<(), SetupError> {
                     "type": "hashed-password",
                     "auth-id": device,
                     "secrets": [{"pwd-plain": password}],
+                }, {
+                    "type": "psk",
+                    "auth-id": device,
+                    "secrets": [{"key": STANDARD.encode(&password)}],
                 }])),
                 &[204],
             )

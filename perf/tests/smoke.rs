@@ -35,6 +35,7 @@ fn run_config(
         northbound_credentials: None,
         http: Address::http(&format!("http://{http}"))?,
         mqtt: Address::mqtt("mqtt://127.0.0.1:1")?,
+        coap: Address::coap(&format!("coaps://{}", a.coaps.ok_or("no CoAP DTLS port")?))?,
         setup: true,
     });
     let mut config = RunConfig::new(scenario, TransportKind::Http, target);
@@ -113,6 +114,40 @@ async fn http_connections_are_opened_and_held() -> TestResult {
     let c = r.connections.ok_or("no connections figures")?;
     assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
     assert!(c.rss_kib_after.is_some());
+    gateway.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coap_telemetry_over_dtls_psk_arrives_and_sessions_are_held() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    // CON telemetry (QoS 1) at a fixed rate, then events, then NON telemetry as fast as the
+    // answers come.
+    let mut config = run_config(&gateway, ScenarioKind::Telemetry, "smoke-coap")?;
+    config.transport = TransportKind::Coap;
+    config.rate = Rate::PerSecond(300.0);
+    config.qos = 1;
+    let con = ferry_perf::run(&config).await?;
+    assert_sane(&con);
+    assert_eq!(con.transport, "coap");
+    assert!(con.errors.is_empty(), "{:?}", con.errors);
+    config.scenario = ScenarioKind::Events;
+    let events = ferry_perf::run(&config).await?;
+    assert_sane(&events);
+    config.scenario = ScenarioKind::Telemetry;
+    config.rate = Rate::Max;
+    config.qos = 0;
+    let non = ferry_perf::run(&config).await?;
+    assert_sane(&non);
+
+    let mut config = run_config(&gateway, ScenarioKind::Connections, "smoke-coap")?;
+    config.transport = TransportKind::Coap;
+    config.connections = 10;
+    config.pid = Some(std::process::id());
+    let r = ferry_perf::run(&config).await?;
+    let c = r.connections.ok_or("no connections figures")?;
+    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
     gateway.shutdown().await;
     Ok(())
 }

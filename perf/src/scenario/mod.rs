@@ -4,8 +4,9 @@
 //! schedule and learns each message's fate ([`Transport::drive`]), and how it holds an idle
 //! connection ([`Transport::hold`]). Scenarios ([`run`]) are protocol-free: they provision, start
 //! the consumer, spawn one task per device, start every sender at the same instant, sample the
-//! counters once a second and stop. CoAP and AMQP devices slot in as further transports.
+//! counters once a second and stop. HTTP, MQTT and CoAP today; AMQP slots in as a further transport.
 
+pub mod coap;
 pub mod http;
 pub mod mqtt;
 mod runner;

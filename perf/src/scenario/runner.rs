@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::coap::CoapTransport;
 use super::http::HttpTransport;
 use super::mqtt::MqttTransport;
 use super::sampler::{Finished, Watch};
@@ -55,6 +56,7 @@ pub async fn run(config: &RunConfig) -> Result<RunResult, PerfError> {
     let transport: Arc<dyn Transport> = match config.transport {
         TransportKind::Http => Arc::new(HttpTransport::new(config, endpoint)?),
         TransportKind::Mqtt => Arc::new(MqttTransport::new(config, endpoint)?),
+        TransportKind::Coap => Arc::new(CoapTransport::new(config, endpoint)?),
     };
     let mut watch = Watch::new(config, recorder.clone());
     let outcome = match config.scenario {
