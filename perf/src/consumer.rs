@@ -61,8 +61,7 @@ pub async fn start(
                 address,
                 tls.as_ref(),
                 &format!("ferry-perf-consumer-{}", recorder.run()),
-                &setup::username(0, &config.tenant),
-                &config.password,
+                Some((&setup::username(0, &config.tenant), &config.password)),
                 config.payload_size + 1024,
             );
             let (client, mut events) = AsyncClient::new(o, 16);

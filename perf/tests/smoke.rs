@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use ferry::{Config, Gateway};
-use ferry_perf::config::{Address, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind};
+use ferry_perf::config::{
+    Address, AuthKind, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind,
+};
 use ferry_perf::rate::Rate;
 use ferry_perf::report::RunResult;
 
@@ -186,5 +188,103 @@ async fn mqtt_telemetry_and_connections_against_mosquitto_if_installed() -> Test
     let r = ferry_perf::run(&config).await?;
     let c = r.connections.ok_or("no connections figures")?;
     assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    Ok(())
+}
+
+/// A run with client-certificate devices against the gateway's TLS ports (its own server
+/// certificate as the CA), the harness's PKI in `pki`.
+fn x509_config(
+    gateway: &Gateway,
+    data_dir: &std::path::Path,
+    pki: &std::path::Path,
+    scenario: ScenarioKind,
+    transport: TransportKind,
+    tenant: &str,
+) -> Result<RunConfig, String> {
+    let a = gateway.addresses();
+    let https = a.https.ok_or("no HTTPS listener")?;
+    let mqtts = a.mqtts.ok_or("no MQTTS listener")?;
+    let mut config = run_config(gateway, scenario, tenant)?;
+    config.transport = transport;
+    if let Target::Ferry(f) = &mut config.target {
+        f.http = Address::http(&format!("https://localhost:{}", https.port()))?;
+        f.mqtt = Address::mqtt(&format!("mqtts://localhost:{}", mqtts.port()))?;
+    }
+    config.auth = AuthKind::X509;
+    config.pki_dir = pki.to_path_buf();
+    config.ca_file = Some(data_dir.join("tls/server-cert.pem"));
+    config.password = String::new();
+    config.rate = Rate::PerSecond(40.0);
+    Ok(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_telemetry_and_handshakes_over_http_and_mqtt() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    for transport in [TransportKind::Http, TransportKind::Mqtt] {
+        // Keep-alive devices authenticated by their certificates.
+        let mut config = x509_config(
+            &gateway,
+            dir.path(),
+            pki.path(),
+            ScenarioKind::Telemetry,
+            transport,
+            "smoke-x509",
+        )?;
+        config.qos = 1;
+        let r = ferry_perf::run(&config).await?;
+        assert_sane(&r);
+
+        // Every message on a new connection with a full handshake, certificates from the cache.
+        config.scenario = ScenarioKind::Handshakes;
+        let r = ferry_perf::run(&config).await?;
+        assert_sane(&r);
+        assert_eq!(r.scenario, "handshakes");
+        assert_eq!(r.received, Some(r.acked), "{r:?}");
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+    // The device certificates were made once and cached for the tenant.
+    let cached = std::fs::read_dir(pki.path().join("smoke-x509/devices"))?.count();
+    assert_eq!(cached, 3);
+    gateway.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_storm_creates_each_new_device_exactly_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    let cases = [
+        (TransportKind::Http, 30, usize::MAX),
+        (TransportKind::Mqtt, 20, usize::MAX),
+        (TransportKind::Http, 3, 1),
+    ];
+    for (transport, devices, concurrency) in cases {
+        let mut config = x509_config(
+            &gateway,
+            dir.path(),
+            pki.path(),
+            ScenarioKind::ProvisionStorm,
+            transport,
+            "smoke-storm",
+        )?;
+        config.devices = devices;
+        config.concurrency = concurrency;
+        let r = ferry_perf::run(&config).await?;
+        let storm = r.storm.clone().ok_or("no storm figures")?;
+        let n = devices as u64;
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!((r.sent, r.acked, r.received), (n, n, Some(n)), "{r:?}");
+        assert_eq!(storm.provisioned, n, "{storm:?}");
+        assert_eq!(storm.concurrency, concurrency.min(devices));
+        let arrived = storm.seconds_to_all_arrived.ok_or("not all arrived")?;
+        assert!(arrived > 0.0 && storm.seconds_to_all_acknowledged > 0.0);
+        assert_eq!(r.ack.count, n);
+        assert!(r.ack.p50_ms > 0.0 && r.ack.p50_ms <= r.ack.p99_ms);
+    }
+    gateway.shutdown().await;
     Ok(())
 }

@@ -6,10 +6,12 @@
 //! the consumer, spawn one task per device, start every sender at the same instant, sample the
 //! counters once a second and stop. CoAP and AMQP devices slot in as further transports.
 
+mod handshakes;
 pub mod http;
 pub mod mqtt;
 mod runner;
 mod sampler;
+mod storm;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -69,6 +71,9 @@ pub struct Device {
     pub username: String,
     /// Its password.
     pub password: String,
+    /// Its TLS configuration with its client certificate, when it authenticates with one (then
+    /// no username or password is sent).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What a sending device needs: where its numbers go, what to send and when.
