@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ferry_perf::config::{
     Address, AuthKind, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind,
 };
+use ferry_perf::issuance::IssuanceConfig;
 use ferry_perf::rate::Rate;
 use ferry_perf::setup::{Credential, Provisioning};
 
@@ -154,6 +155,17 @@ pub enum ScenarioCommand {
     /// TLS handshakes per second with client certificates: every message on a new connection
     /// (full handshake, no resumption), at `--rate` or as fast as answers come back.
     Handshakes,
+    /// Certificate issuance from CSRs through `/v1/provisioning/{tenant}/cas/…` (one after the
+    /// other, each timed) and a bulk job with certificate rows from submit to done. The Ferry
+    /// needs `registry.ca_encryption_key`.
+    Issuance {
+        /// Certificates to issue.
+        #[arg(long, default_value_t = 200)]
+        certificates: usize,
+        /// Rows of the bulk file (0: no bulk job).
+        #[arg(long, default_value_t = 10_000)]
+        bulk_rows: usize,
+    },
     /// `--devices` never-seen certificates connect and send one message each; the gateway
     /// provisions them. Reports time until all arrived, connect-to-answer latency and how many
     /// devices were created.
@@ -171,7 +183,9 @@ impl Cli {
             ScenarioCommand::Telemetry => (ScenarioKind::Telemetry, 0),
             ScenarioCommand::Events => (ScenarioKind::Events, 0),
             ScenarioCommand::Connections { count } => (ScenarioKind::Connections, *count),
-            ScenarioCommand::Setup => bail!("`setup` is not a scenario"),
+            ScenarioCommand::Setup | ScenarioCommand::Issuance { .. } => {
+                bail!("`setup` and `issuance` are not load scenarios")
+            }
             ScenarioCommand::Handshakes => (ScenarioKind::Handshakes, 0),
             ScenarioCommand::ProvisionStorm { concurrency } => {
                 if *concurrency == Some(0) {
@@ -271,6 +285,36 @@ impl Cli {
         }
     }
 
+    /// What `ferry-perf issuance` measures (`None` for other subcommands).
+    pub fn to_issuance(&self) -> anyhow::Result<Option<IssuanceConfig>> {
+        let ScenarioCommand::Issuance {
+            certificates,
+            bulk_rows,
+        } = self.scenario
+        else {
+            return Ok(None);
+        };
+        if self.target != "ferry" {
+            bail!("`issuance` measures a Ferry (--target ferry)");
+        }
+        let pki =
+            ferry_perf::pki::Pki::open(&self.pki_dir.join(&self.tenant)).context("--pki-dir")?;
+        Ok(Some(IssuanceConfig {
+            management: self.management.clone(),
+            credentials: self.management_credentials(),
+            tenant: self.tenant.clone(),
+            certificates,
+            bulk_rows,
+            pki: std::sync::Arc::new(pki),
+        }))
+    }
+
+    fn management_credentials(&self) -> Option<(String, String)> {
+        self.management_user
+            .clone()
+            .map(|u| (u, self.management_password.clone().unwrap_or_default()))
+    }
+
     /// What `ferry-perf setup` provisions.
     pub fn to_provisioning(&self) -> anyhow::Result<Provisioning> {
         let credential = if self.auth == Some(AuthArg::X509) {
@@ -288,10 +332,7 @@ impl Cli {
         }
         Ok(Provisioning {
             management: self.management.clone(),
-            credentials: self
-                .management_user
-                .clone()
-                .map(|u| (u, self.management_password.clone().unwrap_or_default())),
+            credentials: self.management_credentials(),
             tenant: self.tenant.clone(),
             devices: self.devices,
             credential,
@@ -357,5 +398,35 @@ mod tests {
         assert!(parse(&["--auth", "password", "provision-storm"]).is_err());
         assert!(parse(&["provision-storm", "--concurrency", "0"]).is_err());
         assert!(parse(&["--auth", "kerberos", "telemetry"]).is_err());
+        assert!(parse(&["issuance"]).is_err(), "not a load scenario");
+    }
+
+    #[test]
+    fn issuance_takes_its_counts() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let pki = dir.path().to_string_lossy().into_owned();
+        let cli = Cli::try_parse_from([
+            "ferry-perf",
+            "--pki-dir",
+            &pki,
+            "issuance",
+            "--certificates",
+            "5",
+            "--bulk-rows",
+            "0",
+        ])?;
+        let c = cli
+            .to_issuance()?
+            .ok_or_else(|| anyhow::anyhow!("no issuance"))?;
+        assert_eq!(
+            (c.certificates, c.bulk_rows, c.tenant.as_str()),
+            (5, 0, "perf")
+        );
+        assert!(
+            Cli::try_parse_from(["ferry-perf", "telemetry"])?
+                .to_issuance()?
+                .is_none()
+        );
+        Ok(())
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod issuance;
 pub mod payload;
 pub mod pki;
 pub mod plot;

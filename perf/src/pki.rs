@@ -260,6 +260,18 @@ impl Pki {
     }
 }
 
+/// A new key and a PEM certificate signing request for `CN=<cn>,O=Ferry Perf` (the key is
+/// dropped: the harness only measures issuance).
+pub fn csr(cn: &str) -> Result<String, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(&[
+        (DnType::OrganizationName, "Ferry Perf"),
+        (DnType::CommonName, cn),
+    ]);
+    let key = KeyPair::generate()?;
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +302,17 @@ mod tests {
         let b = again.fresh("storm-1")?;
         assert_ne!(a.cert, b.cert);
         assert!(!dir.path().join("devices/storm-1.pem").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn csrs_are_pem_requests() -> TestResult {
+        let pem = csr("issued-1")?;
+        assert!(
+            pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+            "{pem}"
+        );
+        assert_ne!(csr("issued-1")?, pem, "a new key each time");
         Ok(())
     }
 

@@ -169,8 +169,8 @@ pub struct RunResult {
     pub machine: Machine,
 }
 
-/// Writes `result` as pretty JSON.
-pub fn write_json(result: &RunResult, path: &Path) -> Result<(), ReportError> {
+/// Writes `result` (a [`RunResult`], or another scenario's result) as pretty JSON.
+pub fn write_json(result: &impl Serialize, path: &Path) -> Result<(), ReportError> {
     let text = serde_json::to_string_pretty(result).map_err(|source| ReportError::Json {
         path: path.display().to_string(),
         source,

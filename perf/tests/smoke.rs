@@ -288,3 +288,40 @@ async fn provision_storm_creates_each_new_device_exactly_once() -> TestResult {
     gateway.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_and_bulk_jobs_are_measured() -> TestResult {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir()?;
+    let pki = tempfile::tempdir()?;
+    let mut config = Config::ephemeral(dir.path());
+    config.registry.bcrypt_cost = 4;
+    config.registry.ca_encryption_key = Some(ferry_registry::EncryptionKey(
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+    ));
+    let gateway = Gateway::start(config).await.map_err(|e| format!("{e:#}"))?;
+    let issuance = ferry_perf::issuance::IssuanceConfig {
+        management: format!("http://{}", gateway.addresses().management),
+        credentials: None,
+        tenant: "smoke-issue".to_owned(),
+        certificates: 5,
+        bulk_rows: 40,
+        pki: std::sync::Arc::new(ferry_perf::pki::Pki::open(pki.path())?),
+    };
+    let r = ferry_perf::issuance::run(&issuance).await?;
+    assert_eq!(r.issued, 5, "{:?}", r.errors);
+    assert!(r.errors.is_empty());
+    assert_eq!(r.issue.count, 5);
+    assert!(r.issue.p50_ms > 0.0 && r.issue.p50_ms <= r.issue.p99_ms);
+    let bulk = r.bulk.clone().ok_or("no bulk figures")?;
+    assert_eq!((bulk.rows, bulk.created, bulk.failed), (40, 40, 0));
+    assert!(bulk.seconds > 0.0);
+    let table = ferry_perf::issuance::table(&r);
+    assert!(table.contains("40 created"), "{table}");
+
+    // The devices of the bulk file exist.
+    let api = ferry_perf::setup::Api::new(&issuance.management, None);
+    assert_eq!(api.device_count("smoke-issue").await?, 40);
+    gateway.shutdown().await;
+    Ok(())
+}
