@@ -128,18 +128,35 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start() -> Option<Self> {
+        Self::start_with(|port| vec!["-p".to_owned(), port.to_string()])
+    }
+
+    /// Starts `mosquitto` with the arguments `args` makes for a free port.
+    fn start_with(args: impl FnOnce(u16) -> Vec<String>) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
             .ok()?
             .port();
         let child = std::process::Command::new("mosquitto")
-            .args(["-p", &port.to_string()])
+            .args(args(port))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .ok()?;
         Some(Self { child, port })
+    }
+
+    async fn wait_listening(&self) {
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -157,16 +174,7 @@ async fn mqtt_telemetry_and_connections_against_mosquitto_if_installed() -> Test
         return Ok(());
     };
     let address = Address::mqtt(&format!("mqtt://127.0.0.1:{}", broker.port))?;
-    // Wait until it listens.
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", broker.port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    broker.wait_listening().await;
     for qos in [0, 1] {
         let target = Target::MqttBroker(address.clone());
         let mut config = RunConfig::new(ScenarioKind::Telemetry, TransportKind::Mqtt, target);
@@ -323,5 +331,56 @@ async fn issuance_and_bulk_jobs_are_measured() -> TestResult {
     let api = ferry_perf::setup::Api::new(&issuance.management, None);
     assert_eq!(api.device_count("smoke-issue").await?, 40);
     gateway.shutdown().await;
+    Ok(())
+}
+
+/// Mosquitto configured as `perf/compare.sh` does for client certificates: TLS, the harness's CA
+/// as `cafile`, `require_certificate`, `use_identity_as_username`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_client_certificates_against_mosquitto_if_installed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // The harness's CA for tenant `perf` must exist before Mosquitto reads it as its cafile.
+    ferry_perf::pki::Pki::open(&dir.path().join("pki/perf"))?;
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let (cert, key, conf) = (
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+        dir.path().join("mosquitto.conf"),
+    );
+    std::fs::write(&cert, server.cert.pem())?;
+    std::fs::write(&key, server.signing_key.serialize_pem())?;
+    let conf_path = conf.clone();
+    let Some(broker) = Mosquitto::start_with(|port| {
+        let text = format!(
+            "user root\nlistener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\ncafile {}\n\
+             require_certificate true\nuse_identity_as_username true\n",
+            cert.display(),
+            key.display(),
+            dir.path().join("pki/perf/ca-cert.pem").display(),
+        );
+        let _ = std::fs::write(&conf_path, text);
+        vec!["-c".to_owned(), conf_path.display().to_string()]
+    }) else {
+        eprintln!("mosquitto is not installed: the MQTT client-certificate smoke run is skipped");
+        return Ok(());
+    };
+    broker.wait_listening().await;
+    let address = Address::mqtt(&format!("mqtts://localhost:{}", broker.port))?;
+    let mut config = RunConfig::new(
+        ScenarioKind::Telemetry,
+        TransportKind::Mqtt,
+        Target::MqttBroker(address),
+    );
+    config.auth = AuthKind::X509;
+    config.pki_dir = dir.path().join("pki");
+    config.ca_file = Some(cert.clone());
+    config.devices = 3;
+    config.duration = Duration::from_secs(1);
+    config.rate = Rate::PerSecond(300.0);
+    config.payload_size = 64;
+    config.qos = 1;
+    let r = ferry_perf::run(&config).await?;
+    assert_sane(&r);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
     Ok(())
 }
