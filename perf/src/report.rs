@@ -303,18 +303,16 @@ pub fn table(r: &RunResult) -> String {
 }
 
 fn storm_rows(out: &mut String, s: &StormResult) {
+    let requested = s.requested as u64;
+    let verdict = match s.provisioned.cmp(&requested) {
+        std::cmp::Ordering::Equal => "each exactly once".to_owned(),
+        std::cmp::Ordering::Less => format!("{} never provisioned", requested - s.provisioned),
+        std::cmp::Ordering::Greater => "more devices than certificates!".to_owned(),
+    };
     let _ = writeln!(
         out,
-        "  new devices   {} connected ({} at a time), {} acknowledged, {} provisioned{}",
-        s.requested,
-        s.concurrency,
-        s.acknowledged,
-        s.provisioned,
-        if s.provisioned == s.requested as u64 {
-            " (each exactly once)"
-        } else {
-            " (not one per certificate!)"
-        }
+        "  new devices   {} connected ({} at a time), {} acknowledged, {} provisioned ({verdict})",
+        s.requested, s.concurrency, s.acknowledged, s.provisioned,
     );
     let arrived = s
         .seconds_to_all_arrived
@@ -437,10 +435,13 @@ pub(crate) mod tests {
         assert!(t.contains("northbound 0.60 s"), "{t}");
         storm.provisioned = 11;
         storm.seconds_to_all_arrived = None;
-        r.storm = Some(storm);
+        r.storm = Some(storm.clone());
         let t = table(&r);
-        assert!(t.contains("not one per certificate"), "{t}");
+        assert!(t.contains("more devices than certificates"), "{t}");
         assert!(t.contains("not all arrived"), "{t}");
+        storm.provisioned = 7;
+        r.storm = Some(storm);
+        assert!(table(&r).contains("3 never provisioned"));
     }
 
     #[test]

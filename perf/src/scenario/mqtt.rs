@@ -153,7 +153,12 @@ impl MqttTransport {
             credentials,
             self.max_packet,
         );
-        AsyncClient::new(o, CHANNEL)
+        let (client, mut events) = AsyncClient::new(o, CHANNEL);
+        // Connecting (TCP, TLS, CONNACK) may take as long as an acknowledgement (rumqttc: 5 s).
+        events
+            .network_options
+            .set_connection_timeout(ACK_TIMEOUT.as_secs());
+        (client, events)
     }
 
     /// One new connection (a full TLS handshake for `mqtts://`), CONNECT, one PUBLISH at QoS 1
