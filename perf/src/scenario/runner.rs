@@ -46,38 +46,7 @@ pub async fn run(config: &RunConfig) -> Result<RunResult, PerfError> {
         )));
     }
     let recorder = Arc::new(Recorder::new(rand::random::<u64>() >> 1));
-    let pki = match config.auth {
-        AuthKind::X509 => Some(Arc::new(
-            Pki::open(&config.pki_dir.join(&config.tenant))
-                .map_err(|e| PerfError::Config(format!("--pki-dir: {e}")))?,
-        )),
-        AuthKind::Password => None,
-    };
-    if let Target::Ferry(ferry) = &config.target
-        && ferry.setup
-    {
-        setup::provision(&Provisioning {
-            management: ferry.management.clone(),
-            credentials: ferry.management_credentials.clone(),
-            tenant: config.tenant.clone(),
-            // The storm's devices must be unknown: they are provisioned by connecting.
-            devices: match config.scenario {
-                ScenarioKind::ProvisionStorm => 0,
-                _ => config.devices,
-            },
-            credential: match &pki {
-                Some(pki) => Credential::X509(pki.clone()),
-                None => Credential::Password(config.password.clone()),
-            },
-        })
-        .await?;
-    }
-    let identities = match (&pki, config.scenario) {
-        (Some(pki), scenario) if scenario != ScenarioKind::ProvisionStorm => {
-            identities(config, pki.clone()).await?
-        }
-        _ => Vec::new(),
-    };
+    let (pki, identities) = prepare(config).await?;
     let endpoint = match config.scenario {
         ScenarioKind::Events => Endpoint::Event,
         _ => Endpoint::Telemetry,
@@ -85,20 +54,13 @@ pub async fn run(config: &RunConfig) -> Result<RunResult, PerfError> {
     let consumer_stop = CancellationToken::new();
     let consumer =
         consumer::start(config, endpoint, recorder.clone(), consumer_stop.clone()).await?;
-    let once = match config.transport {
-        TransportKind::Http => OneShot::Http(Arc::new(HttpTransport::new(config, endpoint)?)),
-        TransportKind::Mqtt => OneShot::Mqtt(Arc::new(MqttTransport::new(config, endpoint)?)),
-    };
-    let transport: Arc<dyn Transport> = match (&once, config.scenario) {
-        (once, ScenarioKind::Handshakes) => Arc::new(Handshakes::new(once.clone())),
-        (OneShot::Http(t), _) => t.clone(),
-        (OneShot::Mqtt(t), _) => t.clone(),
-    };
+    let (once, transport) = transports(config, endpoint)?;
     let mut watch = Watch::new(config, recorder.clone());
     let devices = Devices {
         config,
         identities: &identities,
     };
+    // `pki` is there for every certificate scenario (checked above).
     let outcome = match (config.scenario, pki) {
         (ScenarioKind::ProvisionStorm, Some(pki)) => {
             storm(config, once, pki, &recorder, &mut watch)
@@ -136,6 +98,63 @@ pub async fn run(config: &RunConfig) -> Result<RunResult, PerfError> {
         connections,
         storm,
     ))
+}
+
+/// Opens the PKI (certificate devices), provisions (unless `--no-setup`) and makes the devices'
+/// TLS identities.
+async fn prepare(
+    config: &RunConfig,
+) -> Result<(Option<Arc<Pki>>, Vec<Arc<rustls::ClientConfig>>), PerfError> {
+    let pki = match config.auth {
+        AuthKind::X509 => Some(Arc::new(
+            Pki::open(&config.pki_dir.join(&config.tenant))
+                .map_err(|e| PerfError::Config(format!("--pki-dir: {e}")))?,
+        )),
+        AuthKind::Password => None,
+    };
+    if let Target::Ferry(ferry) = &config.target
+        && ferry.setup
+    {
+        setup::provision(&Provisioning {
+            management: ferry.management.clone(),
+            credentials: ferry.management_credentials.clone(),
+            tenant: config.tenant.clone(),
+            // The storm's devices must be unknown: they are provisioned by connecting.
+            devices: match config.scenario {
+                ScenarioKind::ProvisionStorm => 0,
+                _ => config.devices,
+            },
+            credential: match &pki {
+                Some(pki) => Credential::X509(pki.clone()),
+                None => Credential::Password(config.password.clone()),
+            },
+        })
+        .await?;
+    }
+    let identities = match &pki {
+        Some(pki) if config.scenario != ScenarioKind::ProvisionStorm => {
+            identities(config, pki.clone()).await?
+        }
+        _ => Vec::new(),
+    };
+    Ok((pki, identities))
+}
+
+/// The protocol as a one-message-per-connection sender, and the transport the scenario drives.
+fn transports(
+    config: &RunConfig,
+    endpoint: Endpoint,
+) -> Result<(OneShot, Arc<dyn Transport>), PerfError> {
+    let once = match config.transport {
+        TransportKind::Http => OneShot::Http(Arc::new(HttpTransport::new(config, endpoint)?)),
+        TransportKind::Mqtt => OneShot::Mqtt(Arc::new(MqttTransport::new(config, endpoint)?)),
+    };
+    let transport: Arc<dyn Transport> = match (&once, config.scenario) {
+        (once, ScenarioKind::Handshakes) => Arc::new(Handshakes::new(once.clone())),
+        (OneShot::Http(t), _) => t.clone(),
+        (OneShot::Mqtt(t), _) => t.clone(),
+    };
+    Ok((once, transport))
 }
 
 /// The TLS configurations of devices `perf-00000 …` with their certificates (made or read off
