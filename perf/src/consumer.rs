@@ -161,7 +161,8 @@ impl Northbound {
         let open = Connection::builder()
             .container_id(format!("ferry-perf-{}", std::process::id()))
             .sasl_profile(profile)
-            .open_with_stream(stream);
+            // fe2o3 flushes every frame: let the dispositions of a busy link share syscalls.
+            .open_with_stream(ferry_adapter_core::coalesce::Coalescing::tcp(stream));
         let mut connection = tokio::time::timeout(Duration::from_secs(10), open)
             .await
             .map_err(|e| fail("open", &e))?
