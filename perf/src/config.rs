@@ -14,6 +14,12 @@ pub enum ScenarioKind {
     Events,
     /// Open N connections, authenticate them, hold them idle; report memory per connection.
     Connections,
+    /// A new TLS connection with a full handshake and the device's client certificate for every
+    /// message (telemetry), so the gateway's X.509 path runs each time.
+    Handshakes,
+    /// Never-seen certificates connect (all at once, or a window at a time) and send one
+    /// telemetry message each; the gateway auto-provisions them.
+    ProvisionStorm,
 }
 
 impl ScenarioKind {
@@ -23,6 +29,8 @@ impl ScenarioKind {
             ScenarioKind::Telemetry => "telemetry",
             ScenarioKind::Events => "events",
             ScenarioKind::Connections => "connections",
+            ScenarioKind::Handshakes => "handshakes",
+            ScenarioKind::ProvisionStorm => "provision-storm",
         }
     }
 }
@@ -45,6 +53,25 @@ impl TransportKind {
             TransportKind::Http => "http",
             TransportKind::Mqtt => "mqtt",
             TransportKind::Coap => "coap",
+        }
+    }
+}
+
+/// How devices authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthKind {
+    /// Username `auth-id@tenant` and password (HTTP basic auth, MQTT CONNECT).
+    Password,
+    /// A TLS client certificate from the harness's CA (`pki`); needs a TLS address.
+    X509,
+}
+
+impl AuthKind {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::Password => "password",
+            AuthKind::X509 => "x509",
         }
     }
 }
@@ -173,6 +200,13 @@ pub struct RunConfig {
     pub tenant: String,
     /// The devices' password (set during setup).
     pub password: String,
+    /// How devices authenticate.
+    pub auth: AuthKind,
+    /// Where the harness keeps its CA and device certificates (X.509 devices).
+    pub pki_dir: PathBuf,
+    /// `provision-storm`: how many new devices connect at the same time (`devices` for all at once,
+    /// 1 for one after the other).
+    pub concurrency: usize,
     /// Number of simulated devices (one connection each for telemetry and events).
     pub devices: usize,
     /// Connections to open in the `connections` scenario (devices are reused round-robin).
@@ -206,6 +240,9 @@ impl RunConfig {
             target,
             tenant: "perf".to_owned(),
             password: String::new(),
+            auth: AuthKind::Password,
+            pki_dir: PathBuf::from("perf-pki"),
+            concurrency: usize::MAX,
             devices: 10,
             connections: 100,
             duration: Duration::from_secs(5),

@@ -7,10 +7,12 @@
 //! counters once a second and stop. HTTP, MQTT and CoAP today; AMQP slots in as a further transport.
 
 pub mod coap;
+mod handshakes;
 pub mod http;
 pub mod mqtt;
 mod runner;
 mod sampler;
+mod storm;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -70,6 +72,9 @@ pub struct Device {
     pub username: String,
     /// Its password.
     pub password: String,
+    /// Its TLS configuration with its client certificate, when it authenticates with one (then
+    /// no username or password is sent).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What a sending device needs: where its numbers go, what to send and when.
