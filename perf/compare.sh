@@ -3,16 +3,21 @@
 #
 #   HTTP telemetry   Ferry's HTTP adapter (northbound consumer attached)  vs  nginx answering 202
 #   MQTT telemetry   Ferry's MQTT adapter (QoS 0 and 1, and 1 over TLS)   vs  Mosquitto (subscriber)
-#   idle connections Ferry vs nginx (HTTP) and Ferry vs Mosquitto (MQTT): resident memory per connection
+#                    and over TLS with client certificates (QoS 0 and 1) from one test CA for both
+#   idle connections Ferry vs nginx (HTTP) and Ferry vs Mosquitto (MQTT, plain and with client
+#                    certificates): resident memory per connection
 #
 # Everything binds to 127.0.0.1 on ports the script picks, runs for a bounded time and is stopped
 # when the script ends. Ferry runs from a release build with a temporary data dir; Mosquitto
-# (password file with the same device users, a TLS listener with a throwaway CA) and nginx (`return 202`) are Debian's, installed with
+# (password file with the same device users, a TLS listener with a throwaway CA, and a TLS listener
+# that requires client certificates from ferry-perf's test CA: `require_certificate`,
+# `use_identity_as_username`) and nginx (`return 202`) are Debian's, installed with
 # apt-get when missing. The MQTT comparison needs Ferry's MQTT adapter (listening on 1883); without
 # it that part is skipped with a message.
 #
 # Settings (environment): DURATION (s, default 10), DEVICES (100), PAYLOAD (256), RATE (max),
-# CONNECTIONS (10000), SKIP=mqtt,http,connections (parts to skip), OUT (results dir, default a temp dir),
+# CONNECTIONS (10000), SKIP=mqtt,x509,http,connections (parts to skip; x509: the client-certificate
+# MQTT runs), OUT (results dir, default a temp dir),
 # NO_BUILD=1 (use the existing release binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +37,7 @@ mkdir -p "$OUT"
 # Ports (loopback only), away from Hono's defaults except MQTT, where Ferry's adapter has no
 # setting yet and is looked for on 1883. All below the ephemeral range (32768+), which 10,000 client
 # connections would otherwise collide with.
-MGMT=28180 NORTH=25772 HTTP=28188 HTTPS=28543 NGINX=28190 MOSQ=28930 MOSQ_TLS=28931
+MGMT=28180 NORTH=25772 HTTP=28188 HTTPS=28543 NGINX=28190 MOSQ=28930 MOSQ_TLS=28931 MOSQ_X509=28932
 FERRY_MQTT=1883 FERRY_MQTTS=8883
 
 PIDS=()
@@ -150,6 +155,13 @@ mkdir -p "$WORK/tls"
   if id mosquitto >/dev/null 2>&1; then chown mosquitto server.key; fi
 )
 chmod 711 "$WORK/tls"
+# ferry-perf's test CA and device certificates (tenant perfx, so the password devices of tenant
+# perf keep their credentials): Ferry's tenant trusts the CA, Mosquitto's cafile is the same CA.
+say "provisioning $DEVICES certificate devices in Ferry (ferry-perf's test CA)"
+X509_ARGS=(--tenant perfx --auth x509 --pki-dir "$WORK/pki")
+"$PERF" --management "http://127.0.0.1:$MGMT" "${X509_ARGS[@]}" --devices "$DEVICES" setup
+chmod go+x "$WORK/pki" "$WORK/pki/perfx"
+chmod go+r "$WORK/pki/perfx/ca-cert.pem"
 cat >"$WORK/mosquitto/mosquitto.conf" <<EOF
 per_listener_settings false
 allow_anonymous false
@@ -158,6 +170,12 @@ listener $MOSQ 127.0.0.1
 listener $MOSQ_TLS 127.0.0.1
 certfile $WORK/tls/server.pem
 keyfile $WORK/tls/server.key
+listener $MOSQ_X509 127.0.0.1
+certfile $WORK/tls/server.pem
+keyfile $WORK/tls/server.key
+cafile $WORK/pki/perfx/ca-cert.pem
+require_certificate true
+use_identity_as_username true
 max_inflight_messages 100
 max_queued_messages 10000
 persistence false
@@ -169,6 +187,7 @@ MOSQ_PID=$!
 PIDS+=("$MOSQ_PID")
 wait_port "$MOSQ"
 wait_port "$MOSQ_TLS"
+wait_port "$MOSQ_X509"
 
 FERRY_ARGS=(--management "http://127.0.0.1:$MGMT" --northbound "127.0.0.1:$NORTH"
   --http "http://127.0.0.1:$HTTP")
@@ -197,6 +216,15 @@ if ! skip connections; then
   fi
   run mosquitto-mqtt-connections --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
   COMPARISONS+=("conn|MQTT idle connections|ferry-mqtt-connections|mosquitto-mqtt-connections|Mosquitto")
+  if ! skip x509; then
+    if [ -n "$FERRY_HAS_MQTT" ] && listening "$FERRY_PID" "$FERRY_MQTTS"; then
+      run ferry-mqtts-x509-connections "${FERRY_ARGS[@]}" "${X509_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS" \
+        --ca "$WORK/ferry/tls/server-cert.pem" --no-setup --pid "$FERRY_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
+    fi
+    run mosquitto-mqtts-x509-connections "${X509_ARGS[@]}" --target "mqtts://localhost:$MOSQ_X509" --ca "$WORK/tls/ca.pem" \
+      --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
+    COMPARISONS+=("conn|MQTT idle TLS connections with client certificates|ferry-mqtts-x509-connections|mosquitto-mqtts-x509-connections|Mosquitto")
+  fi
 fi
 
 if ! skip http; then
@@ -213,7 +241,7 @@ if ! skip mqtt; then
     run "mosquitto-mqtt-qos$qos" --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
     COMPARISONS+=("load|MQTT telemetry QoS $qos|ferry-mqtt-qos$qos|mosquitto-mqtt-qos$qos|Mosquitto")
   done
-  # QoS 1 over TLS (passwords; client certificates come with the X.509 work).
+  # QoS 1 over TLS with passwords.
   if [ -n "$FERRY_HAS_MQTT" ] && listening "$FERRY_PID" "$FERRY_MQTTS"; then
     run ferry-mqtts-qos1 "${FERRY_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS" --ca "$WORK/ferry/tls/server-cert.pem" \
       --no-setup --pid "$FERRY_PID" --transport mqtt --qos 1 "${COMMON[@]}" telemetry
@@ -221,6 +249,18 @@ if ! skip mqtt; then
   run mosquitto-mqtts-qos1 --target "mqtts://localhost:$MOSQ_TLS" --ca "$WORK/tls/ca.pem" --pid "$MOSQ_PID" \
     --transport mqtt --qos 1 "${COMMON[@]}" telemetry
   COMPARISONS+=("load|MQTT telemetry QoS 1 over TLS|ferry-mqtts-qos1|mosquitto-mqtts-qos1|Mosquitto")
+  # QoS 0 and 1 over TLS with client certificates from the same test CA (issue 5's MQTT rows).
+  if ! skip x509; then
+    for qos in 0 1; do
+      if [ -n "$FERRY_HAS_MQTT" ] && listening "$FERRY_PID" "$FERRY_MQTTS"; then
+        run "ferry-mqtts-x509-qos$qos" "${FERRY_ARGS[@]}" "${X509_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS" \
+          --ca "$WORK/ferry/tls/server-cert.pem" --no-setup --pid "$FERRY_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
+      fi
+      run "mosquitto-mqtts-x509-qos$qos" "${X509_ARGS[@]}" --target "mqtts://localhost:$MOSQ_X509" --ca "$WORK/tls/ca.pem" \
+        --pid "$MOSQ_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
+      COMPARISONS+=("load|MQTT telemetry QoS $qos over TLS with client certificates|ferry-mqtts-x509-qos$qos|mosquitto-mqtts-x509-qos$qos|Mosquitto")
+    done
+  fi
 fi
 
 if [ -z "$FERRY_HAS_MQTT" ] && ! skip mqtt; then

@@ -154,15 +154,15 @@ impl Gateway {
         });
 
         let tls = tls::server_config(&config.tls, &config.data_dir)?;
-        let context = |adapter_type: &str| {
-            AdapterContext::new(
-                &config.adapter,
-                adapter_type,
-                device_registry.clone(),
-                sender.clone(),
-                shutdown.clone(),
-            )
-        };
+        // One context per adapter type; all share one authenticator (bcrypt bound and cache).
+        let http_context = AdapterContext::new(
+            &config.adapter,
+            "hono-http",
+            device_registry.clone(),
+            sender.clone(),
+            shutdown.clone(),
+        );
+        let context = |adapter_type: &str| http_context.for_adapter(adapter_type);
         let http = HttpAdapter::bind(&config.http, Some(tls.clone()), context("hono-http"))
             .await
             .context("cannot start the HTTP adapter")?;
@@ -284,6 +284,10 @@ impl ProvisioningNotifier for NorthboundNotifier {
         properties.insert("hono_registration_status".to_owned(), "NEW".into());
         if let Some(gateway) = &notice.gateway_id {
             properties.insert("gateway_id".to_owned(), gateway.as_str().into());
+        }
+        if notice.unclaimed {
+            // Ferry's addition: the device waits for its owner's claim.
+            properties.insert("ferry_unclaimed".to_owned(), true.into());
         }
         let creation_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1,6 +1,6 @@
 //! End to end: the CoAP adapter with the real embedded registry and northbound, a CoAP client
-//! built from coap-lite over a tokio `UdpSocket` (and over webrtc-dtls for DTLS-PSK) as the
-//! device, and fe2o3-amqp as the application.
+//! built from coap-lite over a tokio `UdpSocket` (and over webrtc-dtls for DTLS with PSK and with
+//! rcgen-made ECDSA client certificates) as the device, and fe2o3-amqp as the application.
 
 mod common;
 
@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use common::{AmqpConsumer, Error, TestGateway, TestResult};
+use ferry_adapter_coap::DtlsCertificate;
+use ferry_registry_client::test_pki::{TestCa, TestCert, Validity};
+use rcgen::DnType;
 use serde_json::json;
 use tokio::net::UdpSocket;
 use webrtc_dtls::cipher_suite::CipherSuiteId;
@@ -659,6 +662,157 @@ async fn a_device_restarting_on_the_same_address_can_handshake_again() -> TestRe
     // Nobody consumes c8's telemetry: the request went through the new session into the
     // pipeline as far as the northbound.
     assert_eq!(code(&response)?, ResponseType::ServiceUnavailable);
+    ferry.stop().await;
+    Ok(())
+}
+
+/// A DTLS client session over webrtc-dtls that authenticates with a client certificate (ECDSA
+/// suites only, like a device without PSK).
+async fn dtls_cert_client(server: SocketAddr, cert: &TestCert) -> Result<DTLSConn, Error> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    socket.connect(server).await?;
+    let identity = DtlsCertificate::from_pem(&cert.chain_pem(), &cert.key_pem)?;
+    let config = DtlsConfig {
+        certificates: vec![identity.dtls_certificate().clone()],
+        cipher_suites: vec![CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256],
+        // The gateway's DTLS certificate is a self-signed one for localhost.
+        insecure_skip_verify: true,
+        extended_master_secret: ExtendedMasterSecretType::Request,
+        ..DtlsConfig::default()
+    };
+    let handshake = DTLSConn::new(Arc::new(socket), config, true, None);
+    Ok(tokio::time::timeout(WAIT, handshake).await??)
+}
+
+/// Whether the server closed a certificate session after the handshake instead of serving it:
+/// a request gets no CoAP answer, the read ends with the server's close_notify.
+async fn closed_after_handshake(conn: &DTLSConn) -> Result<bool, Error> {
+    let bytes = con(RequestType::Post, "/t", b"refused")
+        .packet(1)
+        .to_bytes()
+        .map_err(|e| format!("{e:?}"))?;
+    // The close may already have arrived, failing the write: closed as well.
+    if conn.write(&bytes, None).await.is_err() {
+        return Ok(true);
+    }
+    let mut buf = vec![0u8; 256];
+    Ok(matches!(
+        tokio::time::timeout(WAIT, conn.read(&mut buf, None)).await,
+        Ok(Err(_))
+    ))
+}
+
+const PROVISIONING_NOTIFICATION: &str =
+    "application/vnd.eclipse-hono-device-provisioning-notification";
+
+#[tokio::test]
+async fn dtls_x509_registered_and_auto_provisioned_devices_foreign_cas_refused_psk_alongside()
+-> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let coaps = ferry.addrs.coaps.ok_or("no DTLS port")?;
+    // Tenant cx1 trusts `fleet` without auto-provisioning and also has a PSK device; tenant cx2
+    // trusts `factory`, which auto-provisions.
+    let fleet = TestCa::root("coap-fleet")?;
+    let factory = TestCa::root("coap-factory")?;
+    ferry
+        .tenant("cx1", json!({"trusted-ca": [fleet.trusted_ca()]}))
+        .await?;
+    let mut entry = factory.trusted_ca();
+    entry["auto-provisioning-enabled"] = json!(true);
+    entry["auto-provisioning-device-id-template"] = json!("auto-{{subject-cn}}");
+    ferry.tenant("cx2", json!({"trusted-ca": [entry]})).await?;
+    let known = fleet.device("known-1")?;
+    ferry.device("cx1", "known-1", json!({})).await?;
+    ferry
+        .x509_credential("cx1", "known-1", &known.subject_dn())
+        .await?;
+    ferry.device("cx1", "psk-dev", json!({})).await?;
+    ferry
+        .psk("cx1", "psk-dev", "sensor1", b"secret-key-x")
+        .await?;
+    let mut cx1 = AmqpConsumer::attach(&ferry.addrs, "telemetry/cx1")
+        .await?
+        .accept_in_background();
+    let mut cx2 = AmqpConsumer::attach(&ferry.addrs, "telemetry/cx2")
+        .await?
+        .accept_in_background();
+    let mut cx2_events = AmqpConsumer::attach(&ferry.addrs, "event/cx2")
+        .await?
+        .accept_in_background();
+
+    // A registered certificate.
+    let conn = dtls_cert_client(coaps, &known).await?;
+    let req = con(RequestType::Post, "/t", b"by certificate");
+    assert_eq!(dtls_request(&conn, &req, 1).await?, ResponseType::Changed);
+    let msg = cx1.next(WAIT).await.ok_or("no telemetry by certificate")?;
+    assert_eq!(msg.payload, b"by certificate");
+    assert_eq!(msg.prop("device_id").as_deref(), Some("known-1"));
+    let _ = conn.close().await;
+
+    // PSK on the same port.
+    let conn = dtls_client(coaps, "sensor1@cx1", b"secret-key-x").await?;
+    let req = con(RequestType::Post, "/t", b"by psk");
+    assert_eq!(dtls_request(&conn, &req, 2).await?, ResponseType::Changed);
+    let msg = cx1.next(WAIT).await.ok_or("no telemetry by PSK")?;
+    assert_eq!(msg.prop("device_id").as_deref(), Some("psk-dev"));
+    let _ = conn.close().await;
+
+    // An unknown device of the auto-provisioning CA: created by its first session, whose first
+    // telemetry is accepted.
+    assert_eq!(ferry.read_device("cx2", "auto-fresh-1").await?, None);
+    let conn = dtls_cert_client(coaps, &factory.device("fresh-1")?).await?;
+    let req = con(RequestType::Post, "/telemetry", b"first words");
+    assert_eq!(dtls_request(&conn, &req, 3).await?, ResponseType::Changed);
+    let msg = cx2
+        .next(WAIT)
+        .await
+        .ok_or("no telemetry of the new device")?;
+    assert_eq!(msg.payload, b"first words");
+    assert_eq!(msg.prop("device_id").as_deref(), Some("auto-fresh-1"));
+    let note = cx2_events
+        .next(WAIT)
+        .await
+        .ok_or("no provisioning notification")?;
+    assert_eq!(
+        note.content_type.as_deref(),
+        Some(PROVISIONING_NOTIFICATION)
+    );
+    assert_eq!(note.prop("device_id").as_deref(), Some("auto-fresh-1"));
+    let doc = ferry
+        .read_device("cx2", "auto-fresh-1")
+        .await?
+        .ok_or("device not created")?;
+    assert_eq!(doc["status"]["auto-provisioned"], json!(true));
+    let _ = conn.close().await;
+
+    // Refused after the handshake: a foreign CA (even with a registered subject DN), and an
+    // unregistered device of a CA that does not auto-provision.
+    let foreign = TestCa::root("coap-foreign")?;
+    let impostor = foreign.issue(
+        &[
+            (DnType::OrganizationName, "Ferry Test"),
+            (DnType::OrganizationalUnitName, "Devices"),
+            (DnType::CommonName, "known-1"),
+        ],
+        Validity::Current,
+    )?;
+    assert_eq!(impostor.subject_dn(), known.subject_dn());
+    for cert in [impostor, fleet.device("stranger")?] {
+        let conn = dtls_cert_client(coaps, &cert).await?;
+        assert!(
+            closed_after_handshake(&conn).await?,
+            "{} was served",
+            cert.subject_dn()
+        );
+    }
+    assert!(
+        cx1.next(QUIET).await.is_none(),
+        "a refused device got through"
+    );
+    cx1.close().await;
+    cx2.close().await;
+    cx2_events.close().await;
     ferry.stop().await;
     Ok(())
 }

@@ -1170,3 +1170,54 @@ async fn disabling_a_device_or_its_tenant_closes_open_connections() -> TestResul
     ferry.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unclaimed_device_gets_403_on_the_error_topic_until_it_is_claimed() -> TestResult {
+    let (dir, ferry) = start().await?;
+    let ca = TestCa::root("mqtt-claim")?;
+    let mut entry = ca.trusted_ca();
+    entry["claim-required"] = json!(true);
+    entry["auto-provisioning-device-id-template"] = json!("{{subject-cn}}");
+    ferry.tenant("t1", json!({"trusted-ca": [entry]})).await?;
+    let cert = ca.device("boiler-3")?;
+    let code = json!({"subject-dn": cert.subject_dn(), "ownership-code": "boiler-code-3"});
+    let r = ferry
+        .client
+        .put(ferry.mgmt("/provisioning/t1/ownership-codes"))
+        .json(&code)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    let mut telemetry = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+    let mut d =
+        Device::connect(tls_options("claim", &ferry, dir.path(), Some(&cert), None)?).await?;
+    d.subscribe("e///#").await?;
+    d.publish("t/?correlation-id=c1", QoS::AtLeastOnce, b"unclaimed")
+        .await?;
+    let (topic, payload) = d.error_message().await?;
+    assert_eq!(topic, "e///t/c1/403");
+    assert!(
+        payload["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not claimed")),
+        "{payload}"
+    );
+    d.puback().await?;
+    let r = ferry
+        .client
+        .post(ferry.mgmt("/provisioning/t1/claims"))
+        .json(&json!({"device-id": "boiler-3", "ownership-code": "boiler-code-3"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    // The same connection is heard once the device is claimed.
+    d.publish("t", QoS::AtLeastOnce, b"claimed").await?;
+    let (acked, msg) = tokio::join!(d.puback(), telemetry.next(WAIT));
+    acked?;
+    let msg = msg?.ok_or("no telemetry after the claim")?;
+    assert_eq!(msg.payload, b"claimed");
+    assert_eq!(msg.prop("device_id").as_deref(), Some("boiler-3"));
+    telemetry.close().await;
+    ferry.stop().await;
+    Ok(())
+}

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::x509::CertDevice;
+use common::x509::{CertDevice, issued_cert};
 use common::{AmqpConsumer, TestGateway, TestResult, config};
 use ferry_registry::EncryptionKey;
 use ferry_registry_client::test_pki::TestCert;
@@ -46,13 +46,7 @@ async fn a_certificate_issued_by_a_tenant_ca_provisions_its_device() -> TestResu
         .send()
         .await?;
     assert_eq!(r.status(), 201);
-    let issued: Value = r.json().await?;
-    let cert_pem = issued["cert"].as_str().ok_or("no cert")?;
-    let cert = TestCert {
-        cert: CertificateDer::from_pem_slice(cert_pem.as_bytes())?,
-        chain: vec![CertificateDer::from_pem_slice(cert_pem.as_bytes())?],
-        key_pem: issued["key"].as_str().ok_or("no key")?.to_owned(),
-    };
+    let cert = issued_cert(&r.json().await?)?;
     let mut telemetry = AmqpConsumer::attach(&ferry.addrs, "telemetry/fleet").await?;
     let device = CertDevice::new(&ferry, Some(&cert), None)?;
     assert_eq!(device.send("/telemetry", "on the road").await?, 202);

@@ -186,3 +186,51 @@ async fn sni_does_not_override_the_issuer_and_names_no_untrusting_tenant() -> Te
     ferry.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_ca_shared_by_a_trust_anchor_group_needs_the_sni_to_name_the_tenant() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let ca = TestCa::root("x509-shared")?;
+    for tenant in ["alpha", "beta"] {
+        ferry
+            .tenant(
+                tenant,
+                json!({"trust-anchor-group": "fleet", "trusted-ca": [ca.trusted_ca()]}),
+            )
+            .await?;
+    }
+    // Outside the group the same CA is refused.
+    let r = ferry
+        .client
+        .post(ferry.mgmt("/tenants/gamma"))
+        .json(&json!({"trusted-ca": [ca.trusted_ca()]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 409);
+    let cert = ca.device("shared-dev")?;
+    for (tenant, device) in [("alpha", "in-alpha"), ("beta", "in-beta")] {
+        ferry.device(tenant, device, json!({})).await?;
+        ferry
+            .x509_credential(tenant, device, &cert.subject_dn())
+            .await?;
+    }
+    for (tenant, device) in [("beta", "in-beta"), ("alpha", "in-alpha")] {
+        let mut consumer =
+            AmqpConsumer::attach(&ferry.addrs, &format!("telemetry/{tenant}")).await?;
+        let client = CertDevice::new(&ferry, Some(&cert), Some(&format!("{tenant}.ferry.test")))?;
+        assert_eq!(client.send("/telemetry", "x").await?, 202, "{tenant}");
+        let msg = consumer.next(WAIT).await?.ok_or("no telemetry")?;
+        assert_eq!(msg.prop("device_id").as_deref(), Some(device));
+        consumer.close().await;
+    }
+    // Without SNI the issuer names no single tenant: 401 (unknown issuer, logged as such).
+    let no_sni = CertDevice::new(&ferry, Some(&cert), None)?;
+    assert_eq!(no_sni.send("/telemetry", "x").await?, 401);
+    // An SNI naming a tenant outside the group does not help either.
+    ferry.tenant("gamma", json!({})).await?;
+    let outside = CertDevice::new(&ferry, Some(&cert), Some("gamma.ferry.test"))?;
+    assert_eq!(outside.send("/telemetry", "x").await?, 401);
+    ferry.stop().await;
+    Ok(())
+}

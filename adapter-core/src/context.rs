@@ -41,6 +41,17 @@ impl AdapterContext {
             shutdown,
         }
     }
+
+    /// The context of another adapter type of the same process: it shares this context's
+    /// authenticator (one bcrypt bound and one cache of verified passwords for the process),
+    /// registry, northbound and shutdown.
+    pub fn for_adapter(&self, adapter_type: impl Into<String>) -> Self {
+        Self {
+            authenticator: self.authenticator.clone(),
+            forwarder: self.forwarder.for_adapter(adapter_type),
+            shutdown: self.shutdown.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -53,6 +64,29 @@ mod tests {
     use crate::test_util::{FakeNorthbound, FakeRegistry};
 
     fn spawnable<F: std::future::Future + Send + 'static>(_: &F) {}
+
+    #[test]
+    fn adapters_of_one_process_share_the_authenticator() {
+        let http = AdapterContext::new(
+            &CoreConfig::default(),
+            "hono-http",
+            Arc::new(FakeRegistry::new()),
+            Arc::new(FakeNorthbound::new()),
+            CancellationToken::new(),
+        );
+        let mqtt = http.for_adapter("hono-mqtt");
+        assert_eq!(mqtt.forwarder.adapter_type(), "hono-mqtt");
+        assert_eq!(http.forwarder.adapter_type(), "hono-http");
+        assert!(mqtt.authenticator.is_shared_with(&http.authenticator));
+        let separate = AdapterContext::new(
+            &CoreConfig::default(),
+            "hono-mqtt",
+            Arc::new(FakeRegistry::new()),
+            Arc::new(FakeNorthbound::new()),
+            CancellationToken::new(),
+        );
+        assert!(!separate.authenticator.is_shared_with(&http.authenticator));
+    }
 
     /// Adapters spawn a task per connection: the pipeline's futures must be `Send + 'static`
     /// when they own a clone of the context.

@@ -54,8 +54,12 @@ pub enum AuthError {
     /// A certificate of the client's chain cannot be parsed.
     #[error("malformed client certificate: {0}")]
     MalformedCertificate(String),
-    /// No tenant trusts the issuer of the chain (and the SNI names no tenant that does).
-    #[error("unknown issuer: {0}")]
+    /// No single tenant trusts the issuer of the chain (it is unknown, or shared by the tenants
+    /// of a trust anchor group), and the SNI names no tenant that does.
+    #[error(
+        "unknown issuer (no single tenant trusts it; with a CA shared by a trust anchor group the \
+         device must send its tenant as the first label of the SNI host name): {0}"
+    )]
     UnknownIssuer(String),
     /// The chain does not lead to the tenant's trusted CA: bad signature, missing intermediate,
     /// or no client-auth usage.
@@ -147,6 +151,9 @@ pub enum ForwardError {
     /// The device does not exist or is disabled.
     #[error("device {0} is unknown or disabled")]
     DeviceUnknownOrDisabled(DeviceId),
+    /// The device was provisioned by a CA with `claim-required` and waits for its owner's claim.
+    #[error("device {0} is not claimed: its owner must claim it with its ownership code first")]
+    DeviceNotClaimed(DeviceId),
     /// The gateway may not act for the device (not in `via`, unknown or disabled).
     #[error("gateway {gateway} is not authorised to act for device {device}")]
     GatewayNotAuthorised {
@@ -191,6 +198,7 @@ impl ForwardError {
             | ForwardError::TenantDisabled(_)
             | ForwardError::AdapterDisabled { .. }
             | ForwardError::GatewayNotAuthorised { .. }
+            | ForwardError::DeviceNotClaimed(_)
             | ForwardError::RegistrationForbidden(_) => ErrorKind::Forbidden,
             ForwardError::TenantUnknown(_) | ForwardError::DeviceUnknownOrDisabled(_) => {
                 ErrorKind::NotFound

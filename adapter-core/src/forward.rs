@@ -6,7 +6,8 @@
 //! 4. The tenant exists and is enabled.
 //! 5. The tenant allows this adapter (and, for unauthenticated uploads, does not require
 //!    authentication).
-//! 6. The registration assertion, with the sender as `gateway_id` when it sends for another device.
+//! 6. The registration assertion, with the sender as `gateway_id` when it sends for another device
+//!    (a device that waits for its owner's claim is refused as [`ForwardError::DeviceNotClaimed`]).
 //! 7. The [`DownstreamMessage`] is built (content type and TTL from the upload, the device's and the
 //!    tenant's defaults) and handed to the [`Northbound`].
 
@@ -108,6 +109,19 @@ impl Forwarder {
         }
     }
 
+    /// A forwarder for another adapter type, with the same registry, northbound and payload
+    /// limit.
+    pub fn for_adapter(&self, adapter_type: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry: Arc::clone(&self.inner.registry),
+                northbound: Arc::clone(&self.inner.northbound),
+                adapter_type: adapter_type.into(),
+                max_payload_size: self.inner.max_payload_size,
+            }),
+        }
+    }
+
     /// The adapter type name, e.g. `hono-http`.
     pub fn adapter_type(&self) -> &str {
         &self.inner.adapter_type
@@ -145,6 +159,7 @@ impl Forwarder {
             .assert_registration(tenant_id, device_id, gateway)
             .await
             .map_err(|e| match (e, gateway) {
+                (e, _) if e.is_not_claimed() => ForwardError::DeviceNotClaimed(device_id.clone()),
                 (RegistryError::NotFound, _) => {
                     ForwardError::DeviceUnknownOrDisabled(device_id.clone())
                 }
@@ -189,6 +204,7 @@ impl Forwarder {
             .await
             .map(|_| ())
             .map_err(|e| match e {
+                e if e.is_not_claimed() => ForwardError::DeviceNotClaimed(device_id.clone()),
                 RegistryError::NotFound => ForwardError::DeviceUnknownOrDisabled(device_id.clone()),
                 RegistryError::Forbidden(m) => ForwardError::RegistrationForbidden(m),
                 RegistryError::BadRequest(m) => ForwardError::RegistryBadRequest(m),

@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -24,6 +24,7 @@ use fe2o3_amqp::types::definitions::{
 use fe2o3_amqp::types::messaging::TargetArchetype;
 use fe2o3_amqp::types::performatives::Attach;
 use ferry_adapter_core::Endpoint;
+use ferry_adapter_core::coalesce::Coalescing;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -49,7 +50,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             .sasl_acceptor(shared.authenticator.for_peer(peer))
             .build();
         let handshake =
-            tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(stream));
+            // fe2o3 flushes every frame: let the busy link's transfers share syscalls.
+            tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(Coalescing::tcp(stream)));
         let mut connection = match handshake.await {
             Ok(Ok(connection)) => connection,
             Ok(Err(error)) => {

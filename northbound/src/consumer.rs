@@ -32,6 +32,7 @@ use fe2o3_amqp::types::messaging::{Body, Message, Modified};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use fe2o3_amqp::{Connection, Session};
 use ferry_adapter_core::Endpoint;
+use ferry_adapter_core::coalesce::Coalescing;
 use ferry_registry_client::{DeviceId, TenantId};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
@@ -140,7 +141,8 @@ impl Consumer {
         let open = Connection::builder()
             .container_id(format!("ferry-consumer-{}", uuid::Uuid::new_v4()))
             .sasl_profile(profile)
-            .open_with_stream(stream);
+            // fe2o3 flushes every frame: let dispositions of a busy link share syscalls.
+            .open_with_stream(Coalescing::tcp(stream));
         let mut connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, open)
             .await
             .map_err(|_| {

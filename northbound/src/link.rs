@@ -30,10 +30,13 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) {
     let mut closing = false;
+    // Waiting on cancellation is set up once, not for every message.
+    let cancelled = shutdown.cancelled_owned();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => {
+            () = &mut cancelled => {
                 closing = true;
                 break;
             }
@@ -52,7 +55,7 @@ pub(crate) async fn run(
                     .settled(reply.is_none())
                     .build();
                 let sent = tokio::select! {
-                    () = shutdown.cancelled() => { closing = true; break; }
+                    () = &mut cancelled => { closing = true; break; }
                     // Waiting for credit, the caller may give up: then the message is dropped
                     // rather than delivered after its sender was told it failed.
                     () = caller_gone(&mut reply) => continue,

@@ -7,9 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use ferry_perf::config::{Address, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind};
+use ferry_perf::config::{
+    Address, AuthKind, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind,
+};
+use ferry_perf::issuance::IssuanceConfig;
 use ferry_perf::rate::Rate;
-use ferry_perf::setup::Provisioning;
+use ferry_perf::setup::{Credential, Provisioning};
 
 /// Load generator and benchmark harness for Ferry and its peers (Mosquitto, nginx).
 #[derive(Parser, Debug)]
@@ -43,12 +46,25 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub northbound_password: Option<String>,
-    /// HTTP adapter of the Ferry under test.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
-    pub http: String,
-    /// MQTT adapter of the Ferry under test (`mqtt://host:port` or `mqtts://host:port`).
-    #[arg(long, global = true, default_value = "mqtt://127.0.0.1:1883")]
-    pub mqtt: String,
+    /// HTTP adapter of the Ferry under test [default: http://127.0.0.1:8080, with `--auth x509`
+    /// https://127.0.0.1:8443].
+    #[arg(long, global = true)]
+    pub http: Option<String>,
+    /// MQTT adapter of the Ferry under test (`mqtt://host:port` or `mqtts://host:port`)
+    /// [default: mqtt://127.0.0.1:1883, with `--auth x509` mqtts://127.0.0.1:8883].
+    #[arg(long, global = true)]
+    pub mqtt: Option<String>,
+    /// How devices authenticate: `password`, or `x509` (client certificates from the harness's
+    /// CA, over TLS; the default of `handshakes` and `provision-storm`).
+    #[arg(long, global = true, value_enum)]
+    pub auth: Option<AuthArg>,
+    /// Directory of the harness's CA and device certificates (one subdirectory per tenant; made
+    /// on first use, reused afterwards).
+    #[arg(long, global = true, default_value = "perf-pki")]
+    pub pki_dir: PathBuf,
+    /// CoAP adapter of the Ferry under test (`coaps://host:port`, DTLS-PSK).
+    #[arg(long, global = true, default_value = "coaps://127.0.0.1:5684")]
+    pub coap: String,
     /// AMQP adapter of the Ferry under test (`amqp://host:port` or `amqps://host:port`).
     #[arg(long, global = true, default_value = "amqp://127.0.0.1:5672")]
     pub amqp: String,
@@ -116,6 +132,17 @@ pub enum TransportArg {
     Mqtt,
     /// AMQP 1.0 with SASL PLAIN (Ferry only).
     Amqp,
+    /// CoAP over DTLS with a pre-shared key (CON at `--qos 1`, NON at `--qos 0`).
+    Coap,
+}
+
+/// Device authentication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthArg {
+    /// Username and password.
+    Password,
+    /// TLS client certificate.
+    X509,
 }
 
 /// Scenarios.
@@ -132,13 +159,31 @@ pub enum ScenarioCommand {
         #[arg(long, default_value_t = 1000)]
         count: usize,
     },
-    /// Only provision the tenant, the devices and their password (`--password` required), so
-    /// that later runs can use `--no-setup`.
+    /// Only provision the tenant, the devices and their password (`--password` required) or
+    /// certificates (`--auth x509`), so that later runs can use `--no-setup`.
     Setup,
-    /// TLS handshakes per second with client certificates (not yet: needs the X.509 work).
+    /// TLS handshakes per second with client certificates: every message on a new connection
+    /// (full handshake, no resumption), at `--rate` or as fast as answers come back.
     Handshakes,
-    /// N never-seen certificates connecting at once (not yet: needs the X.509 work).
-    ProvisionStorm,
+    /// Certificate issuance from CSRs through `/v1/provisioning/{tenant}/cas/…` (one after the
+    /// other, each timed) and a bulk job with certificate rows from submit to done. The Ferry
+    /// needs `registry.ca_encryption_key`.
+    Issuance {
+        /// Certificates to issue.
+        #[arg(long, default_value_t = 200)]
+        certificates: usize,
+        /// Rows of the bulk file (0: no bulk job).
+        #[arg(long, default_value_t = 10_000)]
+        bulk_rows: usize,
+    },
+    /// `--devices` never-seen certificates connect and send one message each; the gateway
+    /// provisions them. Reports time until all arrived, connect-to-answer latency and how many
+    /// devices were created.
+    ProvisionStorm {
+        /// How many connect at the same time (default: all at once; 1: one after the other).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
 }
 
 impl Cli {
@@ -148,16 +193,23 @@ impl Cli {
             ScenarioCommand::Telemetry => (ScenarioKind::Telemetry, 0),
             ScenarioCommand::Events => (ScenarioKind::Events, 0),
             ScenarioCommand::Connections { count } => (ScenarioKind::Connections, *count),
-            ScenarioCommand::Setup => bail!("`setup` is not a scenario"),
-            ScenarioCommand::Handshakes | ScenarioCommand::ProvisionStorm => bail!(
-                "this scenario needs client certificates (X.509 device authentication), which \
-                 Ferry does not have yet; it will be added once the X.509 work has landed"
-            ),
+            ScenarioCommand::Setup | ScenarioCommand::Issuance { .. } => {
+                bail!("`setup` and `issuance` are not load scenarios")
+            }
+            ScenarioCommand::Handshakes => (ScenarioKind::Handshakes, 0),
+            ScenarioCommand::ProvisionStorm { concurrency } => {
+                if *concurrency == Some(0) {
+                    bail!("--concurrency must be at least 1");
+                }
+                (ScenarioKind::ProvisionStorm, 0)
+            }
         };
+        let auth = self.auth(scenario)?;
         let transport = match self.transport {
             TransportArg::Http => TransportKind::Http,
             TransportArg::Mqtt => TransportKind::Mqtt,
             TransportArg::Amqp => TransportKind::Amqp,
+            TransportArg::Coap => TransportKind::Coap,
         };
         let pair = |u: &Option<String>, p: &Option<String>| {
             u.clone().map(|u| (u, p.clone().unwrap_or_default()))
@@ -168,12 +220,21 @@ impl Cli {
                 management_credentials: pair(&self.management_user, &self.management_password),
                 northbound: self.northbound.clone(),
                 northbound_credentials: pair(&self.northbound_user, &self.northbound_password),
-                http: Address::http(&self.http)
+                http: Address::http(self.http.as_deref().unwrap_or(match auth {
+                    AuthKind::Password => "http://127.0.0.1:8080",
+                    AuthKind::X509 => "https://127.0.0.1:8443",
+                }))
+                .map_err(anyhow::Error::msg)
+                .context("--http")?,
+                mqtt: Address::mqtt(self.mqtt.as_deref().unwrap_or(match auth {
+                    AuthKind::Password => "mqtt://127.0.0.1:1883",
+                    AuthKind::X509 => "mqtts://127.0.0.1:8883",
+                }))
+                .map_err(anyhow::Error::msg)
+                .context("--mqtt")?,
+                coap: Address::coap(&self.coap)
                     .map_err(anyhow::Error::msg)
-                    .context("--http")?,
-                mqtt: Address::mqtt(&self.mqtt)
-                    .map_err(anyhow::Error::msg)
-                    .context("--mqtt")?,
+                    .context("--coap")?,
                 amqp: Address::amqp(&self.amqp)
                     .map_err(anyhow::Error::msg)
                     .context("--amqp")?,
@@ -188,6 +249,7 @@ impl Cli {
         };
         let password = match (&self.password, &target) {
             (Some(p), _) => p.clone(),
+            (None, _) if auth == AuthKind::X509 => String::new(),
             (None, Target::Ferry(f)) if f.setup => random_password(),
             (None, Target::HttpServer(_)) => random_password(),
             (None, _) => bail!(
@@ -201,6 +263,14 @@ impl Cli {
         let mut config = RunConfig::new(scenario, transport, target);
         config.tenant = self.tenant.clone();
         config.password = password;
+        config.auth = auth;
+        config.pki_dir = self.pki_dir.clone();
+        if let ScenarioCommand::ProvisionStorm {
+            concurrency: Some(n),
+        } = self.scenario
+        {
+            config.concurrency = n;
+        }
         config.devices = self.devices;
         config.connections = connections;
         config.duration = Duration::from_secs_f64(self.duration);
@@ -215,23 +285,75 @@ impl Cli {
 }
 
 impl Cli {
+    /// How devices authenticate in `scenario`: `--auth`, else x509 for the certificate scenarios.
+    fn auth(&self, scenario: ScenarioKind) -> anyhow::Result<AuthKind> {
+        let certificates = matches!(
+            scenario,
+            ScenarioKind::Handshakes | ScenarioKind::ProvisionStorm
+        );
+        match self.auth {
+            Some(AuthArg::Password) if certificates => bail!(
+                "`{}` measures client-certificate authentication: --auth x509 (the default)",
+                scenario.as_str()
+            ),
+            Some(AuthArg::Password) => Ok(AuthKind::Password),
+            Some(AuthArg::X509) => Ok(AuthKind::X509),
+            None if certificates => Ok(AuthKind::X509),
+            None => Ok(AuthKind::Password),
+        }
+    }
+
+    /// What `ferry-perf issuance` measures (`None` for other subcommands).
+    pub fn to_issuance(&self) -> anyhow::Result<Option<IssuanceConfig>> {
+        let ScenarioCommand::Issuance {
+            certificates,
+            bulk_rows,
+        } = self.scenario
+        else {
+            return Ok(None);
+        };
+        if self.target != "ferry" {
+            bail!("`issuance` measures a Ferry (--target ferry)");
+        }
+        let pki =
+            ferry_perf::pki::Pki::open(&self.pki_dir.join(&self.tenant)).context("--pki-dir")?;
+        Ok(Some(IssuanceConfig {
+            management: self.management.clone(),
+            credentials: self.management_credentials(),
+            tenant: self.tenant.clone(),
+            certificates,
+            bulk_rows,
+            pki: std::sync::Arc::new(pki),
+        }))
+    }
+
+    fn management_credentials(&self) -> Option<(String, String)> {
+        self.management_user
+            .clone()
+            .map(|u| (u, self.management_password.clone().unwrap_or_default()))
+    }
+
     /// What `ferry-perf setup` provisions.
     pub fn to_provisioning(&self) -> anyhow::Result<Provisioning> {
-        let Some(password) = self.password.clone() else {
-            bail!("`setup` needs --password or PERF_PASSWORD (later runs must know it)");
+        let credential = if self.auth == Some(AuthArg::X509) {
+            let pki = ferry_perf::pki::Pki::open(&self.pki_dir.join(&self.tenant))
+                .context("--pki-dir")?;
+            Credential::X509(std::sync::Arc::new(pki))
+        } else {
+            let Some(password) = self.password.clone() else {
+                bail!("`setup` needs --password or PERF_PASSWORD (later runs must know it)");
+            };
+            Credential::Password(password)
         };
         if self.target != "ferry" {
             bail!("`setup` provisions a Ferry (--target ferry)");
         }
         Ok(Provisioning {
             management: self.management.clone(),
-            credentials: self
-                .management_user
-                .clone()
-                .map(|u| (u, self.management_password.clone().unwrap_or_default())),
+            credentials: self.management_credentials(),
             tenant: self.tenant.clone(),
             devices: self.devices,
-            password,
+            credential,
         })
     }
 }
@@ -243,4 +365,86 @@ fn random_password() -> String {
         .take(24)
         .map(char::from)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<RunConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("ferry-perf").chain(args.iter().copied()))?;
+        cli.to_run_config()
+    }
+
+    #[test]
+    fn certificate_scenarios_default_to_x509_on_the_tls_ports() -> anyhow::Result<()> {
+        let c = parse(&["--ca", "ca.pem", "handshakes"])?;
+        assert_eq!(
+            (c.scenario, c.auth),
+            (ScenarioKind::Handshakes, AuthKind::X509)
+        );
+        let Target::Ferry(f) = &c.target else {
+            bail!("not a Ferry target");
+        };
+        assert_eq!((f.http.port, f.http.tls), (8443, true));
+        assert_eq!((f.mqtt.port, f.mqtt.tls), (8883, true));
+
+        let c = parse(&["--devices", "50", "provision-storm", "--concurrency", "1"])?;
+        assert_eq!(
+            (c.scenario, c.concurrency),
+            (ScenarioKind::ProvisionStorm, 1)
+        );
+        let c = parse(&["provision-storm"])?;
+        assert_eq!(c.concurrency, usize::MAX, "all at once by default");
+
+        // Password devices stay on the plain ports; x509 telemetry moves to TLS.
+        let c = parse(&["telemetry"])?;
+        assert_eq!(c.auth, AuthKind::Password);
+        let Target::Ferry(f) = &c.target else {
+            bail!("not a Ferry target");
+        };
+        assert!(!f.http.tls);
+        let c = parse(&["--auth", "x509", "--pki-dir", "/tmp/p", "telemetry"])?;
+        assert_eq!(c.auth, AuthKind::X509);
+        assert_eq!(c.pki_dir, PathBuf::from("/tmp/p"));
+        Ok(())
+    }
+
+    #[test]
+    fn contradictory_arguments_are_refused() {
+        assert!(parse(&["--auth", "password", "handshakes"]).is_err());
+        assert!(parse(&["--auth", "password", "provision-storm"]).is_err());
+        assert!(parse(&["provision-storm", "--concurrency", "0"]).is_err());
+        assert!(parse(&["--auth", "kerberos", "telemetry"]).is_err());
+        assert!(parse(&["issuance"]).is_err(), "not a load scenario");
+    }
+
+    #[test]
+    fn issuance_takes_its_counts() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let pki = dir.path().to_string_lossy().into_owned();
+        let cli = Cli::try_parse_from([
+            "ferry-perf",
+            "--pki-dir",
+            &pki,
+            "issuance",
+            "--certificates",
+            "5",
+            "--bulk-rows",
+            "0",
+        ])?;
+        let c = cli
+            .to_issuance()?
+            .ok_or_else(|| anyhow::anyhow!("no issuance"))?;
+        assert_eq!(
+            (c.certificates, c.bulk_rows, c.tenant.as_str()),
+            (5, 0, "perf")
+        );
+        assert!(
+            Cli::try_parse_from(["ferry-perf", "telemetry"])?
+                .to_issuance()?
+                .is_none()
+        );
+        Ok(())
+    }
 }

@@ -14,6 +14,12 @@ pub enum ScenarioKind {
     Events,
     /// Open N connections, authenticate them, hold them idle; report memory per connection.
     Connections,
+    /// A new TLS connection with a full handshake and the device's client certificate for every
+    /// message (telemetry), so the gateway's X.509 path runs each time.
+    Handshakes,
+    /// Never-seen certificates connect (all at once, or a window at a time) and send one
+    /// telemetry message each; the gateway auto-provisions them.
+    ProvisionStorm,
 }
 
 impl ScenarioKind {
@@ -23,6 +29,8 @@ impl ScenarioKind {
             ScenarioKind::Telemetry => "telemetry",
             ScenarioKind::Events => "events",
             ScenarioKind::Connections => "connections",
+            ScenarioKind::Handshakes => "handshakes",
+            ScenarioKind::ProvisionStorm => "provision-storm",
         }
     }
 }
@@ -36,6 +44,8 @@ pub enum TransportKind {
     Mqtt,
     /// AMQP 1.0 with SASL PLAIN, one connection and sender link per device.
     Amqp,
+    /// CoAP over DTLS-PSK, one session per device.
+    Coap,
 }
 
 impl TransportKind {
@@ -45,6 +55,26 @@ impl TransportKind {
             TransportKind::Http => "http",
             TransportKind::Mqtt => "mqtt",
             TransportKind::Amqp => "amqp",
+            TransportKind::Coap => "coap",
+        }
+    }
+}
+
+/// How devices authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthKind {
+    /// Username `auth-id@tenant` and password (HTTP basic auth, MQTT CONNECT).
+    Password,
+    /// A TLS client certificate from the harness's CA (`pki`); needs a TLS address.
+    X509,
+}
+
+impl AuthKind {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::Password => "password",
+            AuthKind::X509 => "x509",
         }
     }
 }
@@ -110,6 +140,11 @@ impl Address {
     pub fn amqp(url: &str) -> Result<Self, String> {
         Self::parse(url, ("amqp", 5672), ("amqps", 5671))
     }
+
+    /// A CoAP address (`coap://`, default port 5683; `coaps://`, DTLS, 5684).
+    pub fn coap(url: &str) -> Result<Self, String> {
+        Self::parse(url, ("coap", 5683), ("coaps", 5684))
+    }
 }
 
 /// A Ferry: provisioned through its Management API and consumed on its northbound.
@@ -129,14 +164,18 @@ pub struct FerryTarget {
     pub mqtt: Address,
     /// The AMQP adapter.
     pub amqp: Address,
+    /// The CoAP adapter's DTLS port.
+    pub coap: Address,
     /// Whether to create the tenant, devices and passwords first.
     pub setup: bool,
 }
 
 /// What the run loads.
 #[derive(Clone, Debug)]
-// One value per run: the size of the Ferry variant (every adapter's address) does not matter.
-#[allow(clippy::large_enum_variant)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per run; boxing the Ferry target would buy nothing"
+)]
 pub enum Target {
     /// A Ferry with its northbound consumer.
     Ferry(FerryTarget),
@@ -171,6 +210,13 @@ pub struct RunConfig {
     pub tenant: String,
     /// The devices' password (set during setup).
     pub password: String,
+    /// How devices authenticate.
+    pub auth: AuthKind,
+    /// Where the harness keeps its CA and device certificates (X.509 devices).
+    pub pki_dir: PathBuf,
+    /// `provision-storm`: how many new devices connect at the same time (`devices` for all at once,
+    /// 1 for one after the other).
+    pub concurrency: usize,
     /// Number of simulated devices (one connection each for telemetry and events).
     pub devices: usize,
     /// Connections to open in the `connections` scenario (devices are reused round-robin).
@@ -204,6 +250,9 @@ impl RunConfig {
             target,
             tenant: "perf".to_owned(),
             password: String::new(),
+            auth: AuthKind::Password,
+            pki_dir: PathBuf::from("perf-pki"),
+            concurrency: usize::MAX,
             devices: 10,
             connections: 100,
             duration: Duration::from_secs(5),
@@ -236,6 +285,8 @@ mod tests {
         let a = Address::amqp("amqps://localhost")?;
         assert_eq!((a.host.as_str(), a.port, a.tls), ("localhost", 5671, true));
         assert_eq!(Address::amqp("amqp://127.0.0.1")?.port, 5672);
+        let a = Address::coap("coaps://127.0.0.1")?;
+        assert_eq!((a.port, a.tls), (5684, true));
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::PerfError;
-use crate::config::{RunConfig, ScenarioKind, Target};
+use crate::config::{AuthKind, RunConfig, ScenarioKind, Target};
 use crate::payload::now_us;
 use crate::scenario::Endpoint;
 use crate::scenario::mqtt::{error_kind, options, tls_config, wait_connack};
@@ -52,17 +52,21 @@ pub async fn start(
             Ok(Some(tokio::spawn(receiver.run(recorder, stop))))
         }
         Target::MqttBroker(address) => {
-            let tls = if address.tls {
-                Some(tls_config(config.ca_file.as_deref())?)
-            } else {
-                None
+            let username = setup::username(0, &config.tenant);
+            // With client certificates the subscriber presents one too (`perf-consumer`).
+            let (tls, credentials) = match (address.tls, config.auth) {
+                (false, _) => (None, Some((username.as_str(), config.password.as_str()))),
+                (true, AuthKind::Password) => (
+                    Some(tls_config(config.ca_file.as_deref())?),
+                    Some((username.as_str(), config.password.as_str())),
+                ),
+                (true, AuthKind::X509) => (Some(subscriber_identity(config)?), None),
             };
             let o = options(
                 address,
                 tls.as_ref(),
                 &format!("ferry-perf-consumer-{}", recorder.run()),
-                &setup::username(0, &config.tenant),
-                &config.password,
+                credentials,
                 config.payload_size + 1024,
             );
             let (client, mut events) = AsyncClient::new(o, 16);
@@ -118,6 +122,14 @@ pub async fn start(
 /// the messages in flight during one refill round trip at the highest rate measured.
 const NORTHBOUND_CREDIT: u32 = 5000;
 
+/// The subscriber's TLS configuration with its own certificate from the harness's PKI.
+fn subscriber_identity(config: &RunConfig) -> Result<Arc<rustls::ClientConfig>, PerfError> {
+    let cert = crate::pki::Pki::open(&config.pki_dir.join(&config.tenant))
+        .and_then(|pki| pki.device("perf-consumer"))
+        .map_err(|e| PerfError::Config(format!("--pki-dir: {e}")))?;
+    crate::tls::client_config(&crate::tls::roots(config.ca_file.as_deref())?, Some(&cert))
+}
+
 /// An AMQP 1.0 receiver on Ferry's northbound (Hono's application side).
 ///
 /// This is what `ferry_northbound::Consumer` does, with a larger credit window: that client
@@ -149,7 +161,8 @@ impl Northbound {
         let open = Connection::builder()
             .container_id(format!("ferry-perf-{}", std::process::id()))
             .sasl_profile(profile)
-            .open_with_stream(stream);
+            // fe2o3 flushes every frame: let the dispositions of a busy link share syscalls.
+            .open_with_stream(ferry_adapter_core::coalesce::Coalescing::tcp(stream));
         let mut connection = tokio::time::timeout(Duration::from_secs(10), open)
             .await
             .map_err(|e| fail("open", &e))?

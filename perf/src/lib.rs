@@ -1,7 +1,9 @@
 //! `ferry-perf`: Ferry's load generator and benchmark harness.
 //!
-//! It simulates many devices on tokio (HTTP and MQTT today; CoAP and AMQP slot in as further
-//! [`scenario::Transport`]s), provisions them through the Management API ([`setup`]), consumes
+//! It simulates many devices on tokio (HTTP, MQTT and CoAP today; AMQP slots in as a further
+//! [`scenario::Transport`]) that authenticate with passwords, pre-shared keys or client
+//! certificates from the harness's own CA ([`pki`], [`tls`]), provisions them through the
+//! Management API ([`setup`]), consumes
 //! what arrives northbound ([`consumer`]) and measures end to end from a timestamp in every
 //! payload ([`payload`], [`stats`]): throughput, latency percentiles from HDR histograms, errors by
 //! kind, and sent vs acknowledged vs received, so loss is visible. Senders follow absolute
@@ -20,7 +22,9 @@
 
 pub mod config;
 pub mod consumer;
+pub mod issuance;
 pub mod payload;
+pub mod pki;
 pub mod plot;
 pub mod procfs;
 pub mod rate;
@@ -28,6 +32,7 @@ pub mod report;
 pub mod scenario;
 pub mod setup;
 pub mod stats;
+pub mod tls;
 
 pub use scenario::run;
 

@@ -36,6 +36,15 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Some(issuance) = cli.to_issuance()? {
+        let result = runtime.block_on(ferry_perf::issuance::run(&issuance))?;
+        print!("{}", ferry_perf::issuance::table(&result));
+        if let Some(path) = &cli.json {
+            ferry_perf::report::write_json(&result, path)?;
+            eprintln!("results written to {}", path.display());
+        }
+        return Ok(());
+    }
     let config = cli.to_run_config()?;
     let result = runtime.block_on(ferry_perf::run(&config))?;
     print!("{}", ferry_perf::report::table(&result));

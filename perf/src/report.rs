@@ -73,6 +73,25 @@ pub struct ConnectionsResult {
     pub rss_bytes_per_connection: Option<f64>,
 }
 
+/// The `provision-storm` scenario's figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StormResult {
+    /// New certificates that connected.
+    pub requested: usize,
+    /// How many connected at the same time.
+    pub concurrency: usize,
+    /// First messages acknowledged (HTTP 2xx, MQTT PUBACK).
+    pub acknowledged: u64,
+    /// Devices the tenant gained during the run (Management API search): `requested` when each
+    /// certificate was provisioned exactly once.
+    pub provisioned: u64,
+    /// Seconds from the first connect until every device had its answer.
+    pub seconds_to_all_acknowledged: f64,
+    /// Seconds from the first connect until the last acknowledged message arrived northbound
+    /// (`None` if some never arrived, or there was no consumer).
+    pub seconds_to_all_arrived: Option<f64>,
+}
+
 /// One second of the run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
@@ -141,14 +160,17 @@ pub struct RunResult {
     pub gateway: Option<GatewayUse>,
     /// Figures of the `connections` scenario.
     pub connections: Option<ConnectionsResult>,
+    /// Figures of the `provision-storm` scenario.
+    #[serde(default)]
+    pub storm: Option<StormResult>,
     /// Once-a-second samples.
     pub timeline: Vec<Sample>,
     /// Where it ran.
     pub machine: Machine,
 }
 
-/// Writes `result` as pretty JSON.
-pub fn write_json(result: &RunResult, path: &Path) -> Result<(), ReportError> {
+/// Writes `result` (a [`RunResult`], or another scenario's result) as pretty JSON.
+pub fn write_json(result: &impl Serialize, path: &Path) -> Result<(), ReportError> {
     let text = serde_json::to_string_pretty(result).map_err(|source| ReportError::Json {
         path: path.display().to_string(),
         source,
@@ -246,6 +268,9 @@ pub fn table(r: &RunResult) -> String {
             );
         }
     }
+    if let Some(s) = &r.storm {
+        storm_rows(&mut out, s);
+    }
     if let Some(cpu) = &r.loadgen {
         let _ = writeln!(
             out,
@@ -275,6 +300,28 @@ pub fn table(r: &RunResult) -> String {
         r.machine.nproc, r.machine.cpu_model, r.machine.load_average
     );
     out
+}
+
+fn storm_rows(out: &mut String, s: &StormResult) {
+    let requested = s.requested as u64;
+    let verdict = match s.provisioned.cmp(&requested) {
+        std::cmp::Ordering::Equal => "each exactly once".to_owned(),
+        std::cmp::Ordering::Less => format!("{} never provisioned", requested - s.provisioned),
+        std::cmp::Ordering::Greater => "more devices than certificates!".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "  new devices   {} connected ({} at a time), {} acknowledged, {} provisioned ({verdict})",
+        s.requested, s.concurrency, s.acknowledged, s.provisioned,
+    );
+    let arrived = s
+        .seconds_to_all_arrived
+        .map_or("not all arrived".to_owned(), |t| format!("{t:.2} s"));
+    let _ = writeln!(
+        out,
+        "  all answered  {:.2} s; all first messages northbound {arrived}",
+        s.seconds_to_all_acknowledged
+    );
 }
 
 #[cfg(test)]
@@ -317,6 +364,7 @@ pub(crate) mod tests {
             }),
             gateway: None,
             connections: None,
+            storm: None,
             timeline: vec![
                 Sample {
                     t_s: 1.0,
@@ -367,6 +415,33 @@ pub(crate) mod tests {
         assert!(t.contains("missing"), "{t}");
         assert!(t.contains("http 503"), "{t}");
         assert!(t.contains("p99.9"), "{t}");
+        assert!(!t.contains("new devices"), "{t}");
+    }
+
+    #[test]
+    fn table_says_whether_each_certificate_was_provisioned_once() {
+        let mut r = sample_result();
+        let mut storm = StormResult {
+            requested: 10,
+            concurrency: 10,
+            acknowledged: 10,
+            provisioned: 10,
+            seconds_to_all_acknowledged: 0.5,
+            seconds_to_all_arrived: Some(0.6),
+        };
+        r.storm = Some(storm.clone());
+        let t = table(&r);
+        assert!(t.contains("10 provisioned (each exactly once)"), "{t}");
+        assert!(t.contains("northbound 0.60 s"), "{t}");
+        storm.provisioned = 11;
+        storm.seconds_to_all_arrived = None;
+        r.storm = Some(storm.clone());
+        let t = table(&r);
+        assert!(t.contains("more devices than certificates"), "{t}");
+        assert!(t.contains("not all arrived"), "{t}");
+        storm.provisioned = 7;
+        r.storm = Some(storm);
+        assert!(table(&r).contains("3 never provisioned"));
     }
 
     #[test]

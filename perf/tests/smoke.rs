@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use ferry::{Config, Gateway};
-use ferry_perf::config::{Address, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind};
+use ferry_perf::config::{
+    Address, AuthKind, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind,
+};
 use ferry_perf::rate::Rate;
 use ferry_perf::report::RunResult;
 
@@ -35,6 +37,7 @@ fn run_config(
         northbound_credentials: None,
         http: Address::http(&format!("http://{http}"))?,
         mqtt: Address::mqtt("mqtt://127.0.0.1:1")?,
+        coap: Address::coap(&format!("coaps://{}", a.coaps.ok_or("no CoAP DTLS port")?))?,
         amqp: Address::amqp(&format!(
             "amqp://{}",
             a.amqp.ok_or("no plain AMQP listener")?
@@ -122,6 +125,306 @@ async fn http_connections_are_opened_and_held() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coap_telemetry_over_dtls_psk_arrives_and_sessions_are_held() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    // CON telemetry (QoS 1) at a fixed rate, then events, then NON telemetry as fast as the
+    // answers come.
+    let mut config = run_config(&gateway, ScenarioKind::Telemetry, "smoke-coap")?;
+    config.transport = TransportKind::Coap;
+    config.rate = Rate::PerSecond(300.0);
+    config.qos = 1;
+    let con = ferry_perf::run(&config).await?;
+    assert_sane(&con);
+    assert_eq!(con.transport, "coap");
+    assert!(con.errors.is_empty(), "{:?}", con.errors);
+    config.scenario = ScenarioKind::Events;
+    let events = ferry_perf::run(&config).await?;
+    assert_sane(&events);
+    config.scenario = ScenarioKind::Telemetry;
+    config.rate = Rate::Max;
+    config.qos = 0;
+    let non = ferry_perf::run(&config).await?;
+    assert_sane(&non);
+
+    let mut config = run_config(&gateway, ScenarioKind::Connections, "smoke-coap")?;
+    config.transport = TransportKind::Coap;
+    config.connections = 10;
+    config.pid = Some(std::process::id());
+    let r = ferry_perf::run(&config).await?;
+    let c = r.connections.ok_or("no connections figures")?;
+    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// A Mosquitto on a free loopback port (local-only mode: anonymous, any credentials), if the
+/// `mosquitto` binary is installed; the MQTT transport has no Ferry adapter to run against yet.
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start() -> Option<Self> {
+        Self::start_with(|port| vec!["-p".to_owned(), port.to_string()])
+    }
+
+    /// Starts `mosquitto` with the arguments `args` makes for a free port.
+    fn start_with(args: impl FnOnce(u16) -> Vec<String>) -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("mosquitto")
+            .args(args(port))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Self { child, port })
+    }
+
+    async fn wait_listening(&self) {
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_telemetry_and_connections_against_mosquitto_if_installed() -> TestResult {
+    let Some(broker) = Mosquitto::start() else {
+        eprintln!("mosquitto is not installed: the MQTT smoke run is skipped");
+        return Ok(());
+    };
+    let address = Address::mqtt(&format!("mqtt://127.0.0.1:{}", broker.port))?;
+    broker.wait_listening().await;
+    for qos in [0, 1] {
+        let target = Target::MqttBroker(address.clone());
+        let mut config = RunConfig::new(ScenarioKind::Telemetry, TransportKind::Mqtt, target);
+        config.password = "any".to_owned();
+        config.devices = 3;
+        config.duration = Duration::from_secs(1);
+        config.rate = Rate::PerSecond(300.0);
+        config.payload_size = 64;
+        config.qos = qos;
+        let r = ferry_perf::run(&config).await?;
+        assert_sane(&r);
+        assert_eq!(r.qos, qos);
+    }
+    let target = Target::MqttBroker(address);
+    let mut config = RunConfig::new(ScenarioKind::Connections, TransportKind::Mqtt, target);
+    config.password = "any".to_owned();
+    config.connections = 10;
+    config.duration = Duration::from_secs(1);
+    let r = ferry_perf::run(&config).await?;
+    let c = r.connections.ok_or("no connections figures")?;
+    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    Ok(())
+}
+
+/// A run with client-certificate devices against the gateway's TLS ports (its own server
+/// certificate as the CA), the harness's PKI in `pki`.
+fn x509_config(
+    gateway: &Gateway,
+    data_dir: &std::path::Path,
+    pki: &std::path::Path,
+    scenario: ScenarioKind,
+    transport: TransportKind,
+    tenant: &str,
+) -> Result<RunConfig, String> {
+    let a = gateway.addresses();
+    let https = a.https.ok_or("no HTTPS listener")?;
+    let mqtts = a.mqtts.ok_or("no MQTTS listener")?;
+    let mut config = run_config(gateway, scenario, tenant)?;
+    config.transport = transport;
+    if let Target::Ferry(f) = &mut config.target {
+        f.http = Address::http(&format!("https://localhost:{}", https.port()))?;
+        f.mqtt = Address::mqtt(&format!("mqtts://localhost:{}", mqtts.port()))?;
+    }
+    config.auth = AuthKind::X509;
+    config.pki_dir = pki.to_path_buf();
+    config.ca_file = Some(data_dir.join("tls/server-cert.pem"));
+    config.password = String::new();
+    config.rate = Rate::PerSecond(40.0);
+    Ok(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_telemetry_and_handshakes_over_http_and_mqtt() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    for transport in [TransportKind::Http, TransportKind::Mqtt] {
+        // Keep-alive devices authenticated by their certificates.
+        let mut config = x509_config(
+            &gateway,
+            dir.path(),
+            pki.path(),
+            ScenarioKind::Telemetry,
+            transport,
+            "smoke-x509",
+        )?;
+        config.qos = 1;
+        let r = ferry_perf::run(&config).await?;
+        assert_sane(&r);
+
+        // Every message on a new connection with a full handshake, certificates from the cache.
+        config.scenario = ScenarioKind::Handshakes;
+        let r = ferry_perf::run(&config).await?;
+        assert_sane(&r);
+        assert_eq!(r.scenario, "handshakes");
+        assert_eq!(r.received, Some(r.acked), "{r:?}");
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+    // The device certificates were made once and cached for the tenant.
+    let cached = std::fs::read_dir(pki.path().join("smoke-x509/devices"))?.count();
+    assert_eq!(cached, 3);
+    gateway.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_storm_creates_each_new_device_exactly_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    let cases = [
+        (TransportKind::Http, 30, usize::MAX),
+        (TransportKind::Mqtt, 20, usize::MAX),
+        (TransportKind::Http, 3, 1),
+    ];
+    for (transport, devices, concurrency) in cases {
+        let mut config = x509_config(
+            &gateway,
+            dir.path(),
+            pki.path(),
+            ScenarioKind::ProvisionStorm,
+            transport,
+            "smoke-storm",
+        )?;
+        config.devices = devices;
+        config.concurrency = concurrency;
+        let r = ferry_perf::run(&config).await?;
+        let storm = r.storm.clone().ok_or("no storm figures")?;
+        let n = devices as u64;
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!((r.sent, r.acked, r.received), (n, n, Some(n)), "{r:?}");
+        assert_eq!(storm.provisioned, n, "{storm:?}");
+        assert_eq!(storm.concurrency, concurrency.min(devices));
+        let arrived = storm.seconds_to_all_arrived.ok_or("not all arrived")?;
+        assert!(arrived > 0.0 && storm.seconds_to_all_acknowledged > 0.0);
+        assert_eq!(r.ack.count, n);
+        assert!(r.ack.p50_ms > 0.0 && r.ack.p50_ms <= r.ack.p99_ms);
+    }
+    gateway.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_and_bulk_jobs_are_measured() -> TestResult {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir()?;
+    let pki = tempfile::tempdir()?;
+    let mut config = Config::ephemeral(dir.path());
+    config.registry.bcrypt_cost = 4;
+    config.registry.ca_encryption_key = Some(ferry_registry::EncryptionKey(
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+    ));
+    let gateway = Gateway::start(config).await.map_err(|e| format!("{e:#}"))?;
+    let issuance = ferry_perf::issuance::IssuanceConfig {
+        management: format!("http://{}", gateway.addresses().management),
+        credentials: None,
+        tenant: "smoke-issue".to_owned(),
+        certificates: 5,
+        bulk_rows: 40,
+        pki: std::sync::Arc::new(ferry_perf::pki::Pki::open(pki.path())?),
+    };
+    let r = ferry_perf::issuance::run(&issuance).await?;
+    assert_eq!(r.issued, 5, "{:?}", r.errors);
+    assert!(r.errors.is_empty());
+    assert_eq!(r.issue.count, 5);
+    assert!(r.issue.p50_ms > 0.0 && r.issue.p50_ms <= r.issue.p99_ms);
+    let bulk = r.bulk.clone().ok_or("no bulk figures")?;
+    assert_eq!((bulk.rows, bulk.created, bulk.failed), (40, 40, 0));
+    assert!(bulk.seconds > 0.0);
+    let table = ferry_perf::issuance::table(&r);
+    assert!(table.contains("40 created"), "{table}");
+
+    // The devices of the bulk file exist.
+    let api = ferry_perf::setup::Api::new(&issuance.management, None);
+    assert_eq!(api.device_count("smoke-issue").await?, 40);
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// Mosquitto configured as `perf/compare.sh` does for client certificates: TLS, the harness's CA
+/// as `cafile`, `require_certificate`, `use_identity_as_username`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_client_certificates_against_mosquitto_if_installed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // The harness's CA for tenant `perf` must exist before Mosquitto reads it as its cafile.
+    ferry_perf::pki::Pki::open(&dir.path().join("pki/perf"))?;
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let (cert, key, conf) = (
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+        dir.path().join("mosquitto.conf"),
+    );
+    std::fs::write(&cert, server.cert.pem())?;
+    std::fs::write(&key, server.signing_key.serialize_pem())?;
+    let conf_path = conf.clone();
+    let Some(broker) = Mosquitto::start_with(|port| {
+        let text = format!(
+            "user root\nlistener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\ncafile {}\n\
+             require_certificate true\nuse_identity_as_username true\n",
+            cert.display(),
+            key.display(),
+            dir.path().join("pki/perf/ca-cert.pem").display(),
+        );
+        let _ = std::fs::write(&conf_path, text);
+        vec!["-c".to_owned(), conf_path.display().to_string()]
+    }) else {
+        eprintln!("mosquitto is not installed: the MQTT client-certificate smoke run is skipped");
+        return Ok(());
+    };
+    broker.wait_listening().await;
+    let address = Address::mqtt(&format!("mqtts://localhost:{}", broker.port))?;
+    let mut config = RunConfig::new(
+        ScenarioKind::Telemetry,
+        TransportKind::Mqtt,
+        Target::MqttBroker(address),
+    );
+    config.auth = AuthKind::X509;
+    config.pki_dir = dir.path().join("pki");
+    config.ca_file = Some(cert.clone());
+    config.devices = 3;
+    config.duration = Duration::from_secs(1);
+    config.rate = Rate::PerSecond(300.0);
+    config.payload_size = 64;
+    config.qos = 1;
+    let r = ferry_perf::run(&config).await?;
+    assert_sane(&r);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_telemetry_events_and_connections_arrive_northbound() -> TestResult {
     let dir = tempfile::tempdir()?;
     let gateway = start_ferry(dir.path()).await?;
@@ -164,77 +467,5 @@ async fn amqp_telemetry_events_and_connections_arrive_northbound() -> TestResult
     let c = r.connections.ok_or("no connections figures")?;
     assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
     gateway.shutdown().await;
-    Ok(())
-}
-
-/// A Mosquitto on a free loopback port (local-only mode: anonymous, any credentials), if the
-/// `mosquitto` binary is installed; the MQTT transport has no Ferry adapter to run against yet.
-struct Mosquitto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Mosquitto {
-    fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = std::process::Command::new("mosquitto")
-            .args(["-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        Some(Self { child, port })
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_telemetry_and_connections_against_mosquitto_if_installed() -> TestResult {
-    let Some(broker) = Mosquitto::start() else {
-        eprintln!("mosquitto is not installed: the MQTT smoke run is skipped");
-        return Ok(());
-    };
-    let address = Address::mqtt(&format!("mqtt://127.0.0.1:{}", broker.port))?;
-    // Wait until it listens.
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", broker.port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for qos in [0, 1] {
-        let target = Target::MqttBroker(address.clone());
-        let mut config = RunConfig::new(ScenarioKind::Telemetry, TransportKind::Mqtt, target);
-        config.password = "any".to_owned();
-        config.devices = 3;
-        config.duration = Duration::from_secs(1);
-        config.rate = Rate::PerSecond(300.0);
-        config.payload_size = 64;
-        config.qos = qos;
-        let r = ferry_perf::run(&config).await?;
-        assert_sane(&r);
-        assert_eq!(r.qos, qos);
-    }
-    let target = Target::MqttBroker(address);
-    let mut config = RunConfig::new(ScenarioKind::Connections, TransportKind::Mqtt, target);
-    config.password = "any".to_owned();
-    config.connections = 10;
-    config.duration = Duration::from_secs(1);
-    let r = ferry_perf::run(&config).await?;
-    let c = r.connections.ok_or("no connections figures")?;
-    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
     Ok(())
 }

@@ -95,6 +95,23 @@ pub enum RegistryError {
     Unavailable(String),
 }
 
+/// The message of the 403 a registration assertion gets for a device that was provisioned by a
+/// CA with `claim-required` and that its owner has not claimed yet (Ferry's extension). On the
+/// wire it is a plain 403 with this text, so Hono's adapters refuse the device as well.
+pub const DEVICE_NOT_CLAIMED: &str = "device is not claimed";
+
+impl RegistryError {
+    /// The 403 for a device that waits for its owner's claim.
+    pub fn not_claimed() -> Self {
+        RegistryError::Forbidden(DEVICE_NOT_CLAIMED.to_owned())
+    }
+
+    /// Whether this is the answer for a device that waits for its owner's claim.
+    pub fn is_not_claimed(&self) -> bool {
+        matches!(self, RegistryError::Forbidden(m) if m == DEVICE_NOT_CLAIMED)
+    }
+}
+
 /// Hono's Tenant API.
 #[async_trait]
 pub trait TenantApi: Send + Sync {

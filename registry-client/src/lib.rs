@@ -17,8 +17,8 @@ pub mod trust;
 pub mod x509;
 
 pub use api::{
-    CacheDirective, ChangeListener, CredentialsApi, DeviceRegistry, RegistrationApi,
-    RegistryChange, RegistryError, Response, TenantApi,
+    CacheDirective, ChangeListener, CredentialsApi, DEVICE_NOT_CLAIMED, DeviceRegistry,
+    RegistrationApi, RegistryChange, RegistryError, Response, TenantApi,
 };
 pub use cache::{CacheConfig, Cached};
 pub use credentials::{CredentialType, CredentialsObject, Secret};

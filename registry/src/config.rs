@@ -28,6 +28,30 @@ pub struct RegistryConfig {
     /// Longest validity of a device certificate issued under `/v1/provisioning`, in days
     /// (default 825).
     pub max_device_certificate_days: u32,
+    /// Rate limits of `POST /v1/provisioning/{tenant}/claims` (claiming JITP devices).
+    pub claim_limits: ClaimLimits,
+}
+
+/// How many unsuccessful claim attempts are allowed before further ones get 429.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClaimLimits {
+    /// Unsuccessful attempts per device within `window_secs` (default 5).
+    pub per_device: u32,
+    /// Unsuccessful attempts per tenant within `window_secs` (default 100).
+    pub per_tenant: u32,
+    /// Length of the window in seconds, counted from its first attempt (default 900).
+    pub window_secs: u64,
+}
+
+impl Default for ClaimLimits {
+    fn default() -> Self {
+        Self {
+            per_device: 5,
+            per_tenant: 100,
+            window_secs: 900,
+        }
+    }
 }
 
 /// A secret key from the configuration; never printed.
@@ -74,6 +98,7 @@ impl Default for RegistryConfig {
             ca_encryption_key: None,
             max_bulk_body_size: 64 * 1024 * 1024,
             max_device_certificate_days: 825,
+            claim_limits: ClaimLimits::default(),
         }
     }
 }
@@ -100,6 +125,10 @@ impl RegistryConfig {
         }
         if self.max_device_certificate_days == 0 {
             return Err("max_device_certificate_days must be at least 1".to_owned());
+        }
+        let limits = &self.claim_limits;
+        if limits.per_device == 0 || limits.per_tenant == 0 || limits.window_secs == 0 {
+            return Err("claim_limits values must be at least 1".to_owned());
         }
         if self.max_body_size < 1024 {
             return Err("max_body_size must be at least 1024 bytes".to_owned());

@@ -31,6 +31,9 @@ pub enum ManageError {
     /// 412: `If-Match` does not match the resource version.
     #[error("resource version does not match If-Match")]
     PreconditionFailed,
+    /// 429: too many unsuccessful attempts (claims); retry after this many seconds.
+    #[error("too many unsuccessful attempts; retry in {0} s")]
+    TooManyAttempts(u64),
     /// 503: the operation needs configuration that is missing (e.g. the CA encryption key).
     #[error("{0}")]
     NotConfigured(String),

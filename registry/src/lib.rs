@@ -5,7 +5,8 @@
 //!
 //! Auto-provisioning by certificate and by gateway (hono-api.md §13) happens inside the service
 //! APIs; provisioning notifications go to a [`ProvisioningNotifier`] set with
-//! [`Registry::set_provisioning_notifier`].
+//! [`Registry::set_provisioning_notifier`]. Devices of a CA with `claim-required` are
+//! provisioned unclaimed and wait for their owner's claim (module `claim`).
 //!
 //! Every committed change is reported synchronously to the registered
 //! [`ChangeListener`]s before the Management API answers, so caches drop stale entries at once.
@@ -26,6 +27,7 @@
 
 mod bulk;
 mod ca;
+mod claim;
 pub mod config;
 pub mod error;
 mod management;
@@ -42,7 +44,7 @@ use std::sync::{Arc, RwLock};
 use ferry_registry_client::{ChangeListener, RegistryChange};
 
 pub use ca::pki;
-pub use config::{EncryptionKey, ManagementUser, RegistryConfig};
+pub use config::{ClaimLimits, EncryptionKey, ManagementUser, RegistryConfig};
 pub use error::{ManageError, RegistryOpenError};
 pub use provisioning::{
     AUTO_PROVISIONING_AUTHORITY, NotifyError, PROVISIONING_NOTIFICATION, ProvisioningNotice,
@@ -63,6 +65,7 @@ struct Inner {
     notifier: RwLock<Option<Arc<dyn ProvisioningNotifier>>>,
     in_flight: provisioning::InFlight,
     jobs: bulk::Jobs,
+    claims: claim::Limits,
 }
 
 impl std::fmt::Debug for Registry {
@@ -84,11 +87,12 @@ impl Registry {
         Registry {
             inner: Arc::new(Inner {
                 store,
-                config,
                 listeners: RwLock::new(Vec::new()),
                 notifier: RwLock::new(None),
                 in_flight: provisioning::InFlight::default(),
                 jobs: bulk::Jobs::default(),
+                claims: claim::Limits::new(&config.claim_limits),
+                config,
             }),
         }
     }

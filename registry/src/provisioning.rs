@@ -14,6 +14,8 @@
 //!   `auto-provisioning-enabled` authority creates the device with `via` = the gateway and
 //!   `viaGroups` = the gateway's `memberOf`.
 //!
+//! A CA with `claim-required` provisions its devices unclaimed (module `claim`).
+//!
 //! Either way a provisioning notification goes to the [`ProvisioningNotifier`] (the binary sends
 //! it northbound as an event); once it was accepted, `status.auto-provisioning-notification-sent`
 //! is set. While the flag is false, later lookups of the device send it again (at least once).
@@ -35,6 +37,7 @@ use rustls_pki_types::CertificateDer;
 use serde_json::{Map, Value, json};
 
 use crate::Registry;
+use crate::claim;
 use crate::model::device::strings;
 use crate::model::{credentials, format_time, new_id, tenant};
 use crate::store::{CredentialRecord, DeviceRecord, StoreError};
@@ -55,6 +58,9 @@ pub struct ProvisioningNotice {
     pub device_id: DeviceId,
     /// The gateway it was provisioned by, if any.
     pub gateway_id: Option<DeviceId>,
+    /// The device waits for its owner's claim (its CA has `claim-required`); Ferry adds the
+    /// application property `ferry_unclaimed=true` to the event.
+    pub unclaimed: bool,
 }
 
 /// The notification could not be delivered; it is sent again on a later lookup.
@@ -216,7 +222,13 @@ impl Registry {
         if setting("auto-provision-as-gateway").and_then(Value::as_bool) == Some(true) {
             doc.insert("authorities".into(), json!([AUTO_PROVISIONING_AUTHORITY]));
         }
-        doc.insert("status".into(), provisioned_status());
+        let mut status = provisioned_status();
+        if raw_ca.is_some_and(tenant::claim_required)
+            && let Value::Object(status) = &mut status
+        {
+            status.insert("claim".into(), claim::unclaimed_status(&names.subject));
+        }
+        doc.insert("status".into(), status);
         let credential = CredentialRecord {
             credential_type: CredentialType::X509Cert,
             auth_id: auth_id.to_owned(),
@@ -232,6 +244,7 @@ impl Registry {
         };
         let object = credentials::credentials_object(&device_id, &credential)
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let unclaimed = claim::unclaimed(&doc);
         let record = DeviceRecord {
             id: device_id.clone(),
             doc,
@@ -263,7 +276,7 @@ impl Registry {
             }
             Err(e) => return Err(store_error(e)),
         }
-        tracing::info!(tenant = %tenant_id, device = %device_id, auth_id, "auto-provisioned a device by its certificate");
+        tracing::info!(tenant = %tenant_id, device = %device_id, auth_id, unclaimed, "auto-provisioned a device by its certificate");
         self.notify(&[
             RegistryChange::Device {
                 tenant_id: tenant_id.clone(),
@@ -366,18 +379,21 @@ impl Registry {
             return;
         };
         // Another lookup may have sent it between our read of the device and now.
-        match self.store().get_device(tenant_id, device_id).await {
-            Ok(Some(device)) if notification_pending(&device.value.doc) => {}
+        let unclaimed = match self.store().get_device(tenant_id, device_id).await {
+            Ok(Some(device)) if notification_pending(&device.value.doc) => {
+                claim::unclaimed(&device.value.doc)
+            }
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(tenant = %tenant_id, device = %device_id, error = %e, "cannot read the device to notify its provisioning");
                 return;
             }
-        }
+        };
         let notice = ProvisioningNotice {
             tenant_id: tenant_id.clone(),
             device_id: device_id.clone(),
             gateway_id: gateway_id.cloned(),
+            unclaimed,
         };
         if let Err(e) = notifier.device_provisioned(&notice).await {
             tracing::warn!(tenant = %tenant_id, device = %device_id, error = %e, "provisioning notification failed; it is sent again on a later lookup");

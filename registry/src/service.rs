@@ -3,7 +3,8 @@
 //! Every answer carries `max-age = cache_max_age`. An `x509-cert` lookup for an unknown auth-id
 //! whose client context carries `client-certificate`, and an `assert` for an unknown device by a
 //! provisioning gateway, auto-provision the device (module `provisioning`). Lookups of an
-//! auto-provisioned device whose notification was not yet sent send it again.
+//! auto-provisioned device whose notification was not yet sent send it again. Assertions for a
+//! device (or gateway) that waits for its owner's claim answer 403 (module `claim`).
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -15,6 +16,7 @@ use ferry_registry_client::{
 use serde_json::{Map, Value};
 
 use crate::Registry;
+use crate::claim::unclaimed;
 use crate::error::ManageError;
 use crate::model::device::{strings, via};
 use crate::model::{credentials, enabled, tenant};
@@ -72,20 +74,30 @@ impl TenantApi for Registry {
     ) -> Result<Response<TenantObject>, RegistryError> {
         let normalized = normalize_dn(subject_dn).unwrap_or_else(|_| subject_dn.to_owned());
         let subject_dn = normalized.as_str();
-        let t = self
-            .store()
-            .find_tenant_by_ca(subject_dn)
-            .await?
-            .ok_or(RegistryError::NotFound)?;
-        let object = self.tenant_answer(t)?;
-        if !object
-            .trusted_ca
-            .iter()
-            .any(|ca| ca.subject_dn == subject_dn)
-        {
-            // Every CA with this subject is outside its validity period.
+        // Only tenants with a CA of this subject inside its validity period count.
+        let mut trusting = Vec::new();
+        for t in self.store().find_tenants_by_ca(subject_dn).await? {
+            let object = self.tenant_answer(t)?;
+            if object
+                .trusted_ca
+                .iter()
+                .any(|ca| ca.subject_dn == subject_dn)
+            {
+                trusting.push(object);
+            }
+        }
+        if trusting.len() > 1 {
+            // Tenants of a trust anchor group share the CA: the issuer alone names no tenant,
+            // so answer 404 as Hono does and let the adapter fall back to the SNI host name.
+            let tenants: Vec<&str> = trusting.iter().map(|t| t.tenant_id.as_str()).collect();
+            tracing::debug!(
+                subject_dn,
+                ?tenants,
+                "CA shared by a trust anchor group: ambiguous"
+            );
             return Err(RegistryError::NotFound);
         }
+        let object = trusting.pop().ok_or(RegistryError::NotFound)?;
         Ok(self.answer(object))
     }
 }
@@ -163,6 +175,9 @@ impl RegistrationApi for Registry {
             (None, None) => None,
         };
         let device = device.filter(enabled).ok_or(RegistryError::NotFound)?;
+        if unclaimed(&device) {
+            return Err(RegistryError::not_claimed());
+        }
         let mut via_ids = via(&device);
         let via_groups: Vec<String> = strings(&device, "viaGroups").map(str::to_owned).collect();
         if !via_groups.is_empty() {
@@ -182,6 +197,11 @@ impl RegistrationApi for Registry {
             if !enabled(&gateway) {
                 return Err(RegistryError::Forbidden(format!(
                     "gateway {gw} is disabled"
+                )));
+            }
+            if unclaimed(&gateway) {
+                return Err(RegistryError::Forbidden(format!(
+                    "gateway {gw} is not claimed"
                 )));
             }
             if !via_ids.contains(gw) {

@@ -284,6 +284,62 @@ async fn trusted_ca_from_certificate_and_dn_conflicts() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_trust_anchor_group_shares_a_ca_and_the_tenant_api_calls_it_ambiguous() -> TestResult {
+    use ferry_registry_client::{RegistryError, TenantApi};
+    let s = start(config()).await?;
+    let (der, _) = cert(&[(DnType::CommonName, "Shared CA")])?;
+    let ca = json!([{"cert": b64(&der)}]);
+    s.tenant(
+        "g1",
+        json!({"trust-anchor-group": "fleet", "trusted-ca": ca}),
+    )
+    .await?;
+    // Alone in its group, the tenant is found by the CA.
+    let found = s.registry.get_tenant_by_ca("CN=Shared CA").await?;
+    assert_eq!(found.payload.tenant_id.as_str(), "g1");
+    // Outside the group (none, or another one) the DN conflicts, inside it is shared.
+    for body in [
+        json!({"trusted-ca": ca}),
+        json!({"trust-anchor-group": "other", "trusted-ca": ca}),
+    ] {
+        let r = s.post("/tenants/x", body).await?;
+        expect(r.status, StatusCode::CONFLICT, &r.body)?;
+    }
+    let r = s
+        .post(
+            "/tenants/g2",
+            json!({"trust-anchor-group": "fleet", "trusted-ca": ca}),
+        )
+        .await?;
+    expect(r.status, StatusCode::CREATED, &r.body)?;
+    // Two tenants trust the CA: the issuer alone names no tenant (the adapter uses the SNI).
+    assert_eq!(
+        s.registry.get_tenant_by_ca("CN=Shared CA").await.err(),
+        Some(RegistryError::NotFound)
+    );
+    // A member cannot leave the group while it shares the DN.
+    let r = s
+        .put(
+            "/tenants/g2",
+            json!({"trust-anchor-group": "other", "trusted-ca": ca}),
+        )
+        .await?;
+    expect(r.status, StatusCode::CONFLICT, &r.body)?;
+    // Once the other member is gone, the CA names one tenant again.
+    expect(
+        s.delete("/tenants/g1").await?.status,
+        StatusCode::NO_CONTENT,
+        &Value::Null,
+    )?;
+    let found = s.registry.get_tenant_by_ca("CN=Shared CA").await?;
+    assert_eq!(found.payload.tenant_id.as_str(), "g2");
+    let r = s
+        .post("/tenants/g3", json!({"trust-anchor-group": 7}))
+        .await?;
+    expect(r.status, StatusCode::BAD_REQUEST, &r.body)
+}
+
+#[tokio::test]
 async fn device_lifecycle() -> TestResult {
     let s = start(config()).await?;
     let r = s.post("/devices/nope/d1", json!({})).await?;

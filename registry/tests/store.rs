@@ -23,6 +23,7 @@ fn tenant(id: &str) -> Result<TenantRecord, Box<dyn Error>> {
         id: TenantId::parse(id)?,
         alias: None,
         ca_subjects: vec![format!("CN={id} CA")],
+        trust_anchor_group: None,
         doc: map(json!({"enabled": true})),
     })
 }
@@ -56,11 +57,9 @@ async fn data_survives_reopening_and_migrations_run_once() -> TestResult {
         .await?
         .ok_or("tenant lost")?;
     assert_eq!(t.value.ca_subjects, vec!["CN=t CA".to_owned()]);
-    let by_ca = store
-        .find_tenant_by_ca("CN=t CA")
-        .await?
-        .ok_or("ca index lost")?;
-    assert_eq!(by_ca.value.id.as_str(), "t");
+    let by_ca = store.find_tenants_by_ca("CN=t CA").await?;
+    assert_eq!(by_ca.len(), 1, "ca index lost");
+    assert_eq!(by_ca[0].value.id.as_str(), "t");
     drop(store);
     // A database written by a newer Ferry is refused rather than misread.
     let conn = rusqlite::Connection::open(&path)?;
@@ -128,5 +127,40 @@ async fn device_and_credentials_are_created_atomically() -> TestResult {
         .create_device(&TenantId::parse("none")?, device("d")?, vec![], None)
         .await;
     assert_eq!(err, Err(StoreError::NotFound));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_version_2_database_keeps_its_ca_subjects_and_groups_after_migrating() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("registry.db");
+    {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch(include_str!("../migrations/0001_init.sql"))?;
+        conn.execute_batch(include_str!("../migrations/0002_tenant_cas.sql"))?;
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version (version) VALUES (1), (2);
+             INSERT INTO tenants (id, version, doc)
+                 VALUES ('old', 'v1', '{\"trust-anchor-group\": \"g\"}');
+             INSERT INTO tenant_ca_subjects (subject_dn, tenant_id) VALUES ('CN=Old CA', 'old');",
+        )?;
+    }
+    let store = SqliteStore::open(&path)?;
+    let found = store.find_tenants_by_ca("CN=Old CA").await?;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].value.trust_anchor_group.as_deref(), Some("g"));
+    // The migrated row carries the group: a tenant of the same group may share the DN.
+    let mut shared = tenant("new")?;
+    shared.ca_subjects = vec!["CN=Old CA".to_owned()];
+    shared.trust_anchor_group = Some("g".to_owned());
+    store.create_tenant(shared.clone()).await?;
+    shared.id = TenantId::parse("other")?;
+    shared.trust_anchor_group = None;
+    assert!(matches!(
+        store.create_tenant(shared).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.find_tenants_by_ca("CN=Old CA").await?.len(), 2);
     Ok(())
 }

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 
 use ferry_registry_client::test_pki::TestCert;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::{Value as Json, json};
 
 use super::{Error, TestGateway};
@@ -82,6 +84,20 @@ impl CertDevice {
     pub fn base(&self) -> &str {
         &self.base
     }
+}
+
+/// The certificate and key of a `/v1/provisioning/.../certificates` answer (generated key).
+pub fn issued_cert(issued: &Json) -> Result<TestCert, Error> {
+    let pem = issued["cert"].as_str().ok_or("no cert in the answer")?;
+    let cert = CertificateDer::from_pem_slice(pem.as_bytes())?;
+    Ok(TestCert {
+        chain: vec![cert.clone()],
+        cert,
+        key_pem: issued["key"]
+            .as_str()
+            .ok_or("no key in the answer")?
+            .to_owned(),
+    })
 }
 
 impl TestGateway {

@@ -53,7 +53,10 @@ struct Inner {
     registry: Arc<dyn DeviceRegistry>,
     bcrypt_permits: Arc<Semaphore>,
     bcrypt_max_cost: u32,
-    verified: moka::sync::Cache<[u8; 32], ()>,
+    verified: moka::future::Cache<[u8; 32], ()>,
+    /// bcrypt computations started, for tests of the coalescing.
+    #[cfg(test)]
+    bcrypt_runs: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -85,12 +88,20 @@ impl Authenticator {
                 registry,
                 bcrypt_permits: Arc::new(Semaphore::new(cores)),
                 bcrypt_max_cost: config.bcrypt_max_cost,
-                verified: moka::sync::Cache::builder()
+                verified: moka::future::Cache::builder()
                     .max_capacity(100_000)
                     .time_to_live(config.auth_cache_ttl)
                     .build(),
+                #[cfg(test)]
+                bcrypt_runs: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Whether `other` is a clone of this authenticator (same cache and bcrypt bound).
+    #[cfg(test)]
+    pub(crate) fn is_shared_with(&self, other: &Authenticator) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Authenticates `auth-id@tenant` with a password against its `hashed-password` credentials.
@@ -180,37 +191,60 @@ impl Authenticator {
             return false;
         }
         let key = password::cache_key(secret, password);
-        if self.inner.verified.contains_key(&key) {
-            return true;
-        }
-        let Ok(permit) = Arc::clone(&self.inner.bcrypt_permits).acquire_owned().await else {
-            return false;
+        // Concurrent checks of the same password against the same hash (a reconnect storm of
+        // devices sharing credentials) wait for one bcrypt run; only a match is remembered.
+        let verify = async {
+            let permit = Arc::clone(&self.inner.bcrypt_permits)
+                .acquire_owned()
+                .await
+                .map_err(|_| BcryptFailure::Mismatch)?;
+            #[cfg(test)]
+            self.inner
+                .bcrypt_runs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (hash, candidate) = (hash.to_owned(), password.to_owned());
+            // The permit moves into the blocking task: if the caller gives up (the device hung
+            // up), the computation still counts against the bound until it really ends.
+            let outcome = tokio::task::spawn_blocking(move || {
+                let outcome = bcrypt::verify(candidate, &hash);
+                drop(permit);
+                outcome
+            })
+            .await;
+            match outcome {
+                Ok(Ok(true)) => Ok(()),
+                Ok(Ok(false)) => Err(BcryptFailure::Mismatch),
+                Ok(Err(e)) => Err(BcryptFailure::Unusable(e.to_string())),
+                Err(e) => Err(BcryptFailure::TaskFailed(e.to_string())),
+            }
         };
-        let (hash, candidate) = (hash.to_owned(), password.to_owned());
-        // The permit moves into the blocking task: if the caller gives up (the device hung up),
-        // the computation still counts against the bound until it really ends.
-        let outcome = tokio::task::spawn_blocking(move || {
-            let outcome = bcrypt::verify(candidate, &hash);
-            drop(permit);
-            outcome
-        })
-        .await;
-        match outcome {
-            Ok(Ok(true)) => {
-                self.inner.verified.insert(key, ());
-                true
-            }
-            Ok(Ok(false)) => false,
-            Ok(Err(e)) => {
-                tracing::warn!(auth_id, error = %e, "stored bcrypt hash cannot be checked");
-                false
-            }
-            Err(e) => {
-                tracing::error!(auth_id, error = %e, "bcrypt task failed");
+        match self.inner.verified.try_get_with(key, verify).await {
+            Ok(()) => true,
+            Err(failure) => {
+                match failure.as_ref() {
+                    BcryptFailure::Mismatch => {}
+                    BcryptFailure::Unusable(e) => {
+                        tracing::warn!(auth_id, error = %e, "stored bcrypt hash cannot be checked");
+                    }
+                    BcryptFailure::TaskFailed(e) => {
+                        tracing::error!(auth_id, error = %e, "bcrypt task failed");
+                    }
+                }
                 false
             }
         }
     }
+}
+
+/// Why a bcrypt check did not match.
+#[derive(Debug)]
+enum BcryptFailure {
+    /// The password is not the one hashed (or the check was shut down).
+    Mismatch,
+    /// The stored hash cannot be checked.
+    Unusable(String),
+    /// The blocking task did not finish.
+    TaskFailed(String),
 }
 
 #[cfg(test)]

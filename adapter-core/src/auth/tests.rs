@@ -255,6 +255,31 @@ async fn bcrypt_success_is_cached_and_failures_are_not() -> TestResult {
 }
 
 #[tokio::test]
+async fn concurrent_checks_of_one_password_share_one_bcrypt_run() -> TestResult {
+    let f = fixture()?;
+    f.credentials(true, vec![bcrypt_secret("secret", 6)?]);
+    let auth = f.authenticator(12);
+    let runs = |auth: &Authenticator| {
+        auth.inner
+            .bcrypt_runs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let checks = (0..20).map(|_| auth.authenticate_password("sensor@t1", "secret"));
+    let outcomes = futures_util::future::join_all(checks).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(runs(&auth), 1);
+    // Wrong guesses are not remembered: each one costs its own run.
+    for _ in 0..2 {
+        assert_eq!(
+            auth.authenticate_password("sensor@t1", "guess").await,
+            Err(AuthError::WrongPassword)
+        );
+    }
+    assert_eq!(runs(&auth), 3);
+    Ok(())
+}
+
+#[tokio::test]
 async fn bcrypt_2b_and_2y_are_accepted() -> TestResult {
     let f = fixture()?;
     let auth = f.authenticator(12);

@@ -409,6 +409,10 @@ fn every_cause_has_a_kind() -> TestResult {
             ErrorKind::NotFound,
         ),
         (
+            ForwardError::DeviceNotClaimed(d.clone()),
+            ErrorKind::Forbidden,
+        ),
+        (
             ForwardError::GatewayNotAuthorised {
                 gateway: d.clone(),
                 device: d,

@@ -142,6 +142,8 @@ pub(crate) fn is_terminal(error: &ForwardError, sent_for_itself: bool) -> bool {
         | ForwardError::AuthenticationRequired(_)
         | ForwardError::GatewayNotAuthorised { .. }
         | ForwardError::RegistrationForbidden(_)
+        // Not terminal: the device stays connected and is heard once its owner claims it.
+        | ForwardError::DeviceNotClaimed(_)
         | ForwardError::RegistryBadRequest(_)
         | ForwardError::RegistryUnavailable(_)
         | ForwardError::NoConsumer(_)

@@ -6,7 +6,7 @@
 //! Only the certificate cipher suites (ECDHE_ECDSA, i.e. X.509 device authentication) use it;
 //! PSK handshakes never do.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
@@ -24,14 +24,14 @@ const KEY_FILE: &str = "coap-ec-key.pem";
 #[derive(Clone)]
 pub struct DtlsCertificate {
     certificate: Certificate,
-    /// Where the certificate was read from.
-    pub path: PathBuf,
+    /// Where the certificate came from (a file name), for logs.
+    pub source: String,
 }
 
 impl std::fmt::Debug for DtlsCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DtlsCertificate")
-            .field("path", &self.path)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -45,29 +45,26 @@ fn load(cert: &Path, key: &Path) -> Result<Option<DtlsCertificate>, CoapError> {
     let Ok(pkcs8) = PrivatePkcs8KeyDer::from_pem_file(key) else {
         return Ok(None);
     };
-    let der = pkcs8.secret_pkcs8_der().to_vec();
-    let Ok(pair) =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &SystemRandom::new())
-    else {
+    let Some(private_key) = ec_key(&pkcs8) else {
         return Ok(None);
     };
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| fail(format!("cannot read {}: {e}", cert.display())))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(format!("{}: {e}", cert.display())))?;
-    if chain.is_empty() {
-        return Err(fail(format!("{} holds no certificate", cert.display())));
-    }
-    Ok(Some(DtlsCertificate {
-        certificate: Certificate {
-            certificate: chain,
-            private_key: CryptoPrivateKey {
-                kind: CryptoPrivateKeyKind::Ecdsa256(pair),
-                serialized_der: der,
-            },
-        },
-        path: cert.to_path_buf(),
-    }))
+    DtlsCertificate::new(chain, private_key, cert.display().to_string()).map(Some)
+}
+
+/// The key in webrtc-dtls's form, if it is ECDSA P-256.
+fn ec_key(pkcs8: &PrivatePkcs8KeyDer<'_>) -> Option<CryptoPrivateKey> {
+    let der = pkcs8.secret_pkcs8_der().to_vec();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &SystemRandom::new())
+            .ok()?;
+    Some(CryptoPrivateKey {
+        kind: CryptoPrivateKeyKind::Ecdsa256(pair),
+        serialized_der: der,
+    })
 }
 
 fn create(dir: &Path) -> Result<(), CoapError> {
@@ -111,6 +108,36 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 impl DtlsCertificate {
+    fn new(
+        chain: Vec<CertificateDer<'static>>,
+        private_key: CryptoPrivateKey,
+        source: String,
+    ) -> Result<Self, CoapError> {
+        if chain.is_empty() {
+            return Err(fail(format!("{source} holds no certificate")));
+        }
+        Ok(Self {
+            certificate: Certificate {
+                certificate: chain,
+                private_key,
+            },
+            source,
+        })
+    }
+
+    /// A chain (PEM, leaf first) and its PKCS#8 PEM ECDSA P-256 key, e.g. a DTLS client's
+    /// certificate in tests and load generators.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, CoapError> {
+        let pkcs8 = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| fail(format!("key: {e}")))?;
+        let private_key =
+            ec_key(&pkcs8).ok_or_else(|| fail("the key is not an ECDSA P-256 key"))?;
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("certificate: {e}")))?;
+        Self::new(chain, private_key, "PEM".to_owned())
+    }
+
     /// The configured certificate (`cert`, `key`) if its key is ECDSA P-256 in PKCS#8, else the
     /// generated one under `data_dir/tls/` (created on first use).
     pub fn load_or_create(
@@ -169,7 +196,11 @@ mod tests {
         std::fs::write(&c, cert.pem())?;
         std::fs::write(&k, ec.serialize_pem())?;
         let used = DtlsCertificate::load_or_create(Some((&c, &k)), dir.path())?;
-        assert_eq!(used.path, c);
+        assert_eq!(used.source, c.display().to_string());
+        // The same from PEM text; other keys are refused.
+        let pem = DtlsCertificate::from_pem(&cert.pem(), &ec.serialize_pem())?;
+        assert_eq!(pem.dtls_certificate(), used.dtls_certificate());
+        assert!(DtlsCertificate::from_pem(&cert.pem(), &other.serialize_pem()).is_err());
         Ok(())
     }
 }

@@ -44,6 +44,10 @@ pub struct CoapConfig {
     /// are dropped until a slot frees. On the plain port, the most requests in flight at once
     /// (further requests are answered with 5.03).
     pub max_peers: usize,
+    /// Kernel receive buffer of each UDP port in bytes (default 4194304; 0 keeps the system
+    /// default). Linux grants at most `net.core.rmem_max`. A small buffer drops datagrams
+    /// whenever the read loop falls behind for a moment, and devices have to retransmit.
+    pub receive_buffer: usize,
 }
 
 impl Default for CoapConfig {
@@ -57,6 +61,7 @@ impl Default for CoapConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             max_peers: 10_000,
+            receive_buffer: 4 << 20,
         }
     }
 }

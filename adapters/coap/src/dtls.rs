@@ -9,6 +9,9 @@
 //! so junk and half-open handshakes only ever cost their own slot, then serves CoAP over the
 //! session ([`Session`]) until it is idle for `idle_timeout`, and removes itself from the table.
 //!
+//! Which DTLS configuration a peer gets (PSK or certificate) is chosen from its first ClientHello,
+//! and the device its finished handshake proved is found in [`crate::handshake`].
+//!
 //! **PSK.** The key of the identity `auth-id@tenant` comes from the device's `psk` credentials.
 //! webrtc-dtls asks for it in a synchronous callback while it processes the ClientKeyExchange.
 //! The peer's transport ([`PeerConn`]) sees every datagram before webrtc-dtls does: when one
@@ -30,14 +33,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-use webrtc_dtls::cipher_suite::CipherSuiteId;
-use webrtc_dtls::config::{Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_util::conn::Conn;
 
 use crate::cert::DtlsCertificate;
 use crate::config::CoapConfig;
 use crate::exchange::{ExchangeConfig, Exchanges};
+use crate::handshake::{Method, authenticate, certificate_config, psk_config};
 use crate::listener::{HEADER_ROOM, RECEIVE_ERROR_PAUSE, rand_u16};
 use crate::record;
 use crate::session::{Session, Shared, Transport};
@@ -54,7 +56,8 @@ const PEER_EXCHANGES: usize = 256;
 pub(crate) struct DtlsPort {
     pub(crate) socket: Arc<UdpSocket>,
     pub(crate) addr: SocketAddr,
-    /// For the certificate cipher suites (X.509 device authentication, not wired yet).
+    /// For the certificate cipher suites (X.509 device authentication); without it, certificate
+    /// handshakes are refused.
     pub(crate) certificate: Option<DtlsCertificate>,
 }
 
@@ -78,6 +81,7 @@ struct PeerSettings {
     handshake_timeout: Duration,
     idle_timeout: Duration,
     exchange: ExchangeConfig,
+    certificate: Option<DtlsCertificate>,
 }
 
 impl DtlsPort {
@@ -91,7 +95,7 @@ impl DtlsPort {
         let (socket, addr) = (self.socket, self.addr);
         match &self.certificate {
             Some(c) => {
-                tracing::debug!(%addr, cert = %c.path.display(), "CoAP DTLS port serving")
+                tracing::debug!(%addr, cert = %c.source, "CoAP DTLS port serving")
             }
             None => tracing::debug!(%addr, "CoAP DTLS port serving"),
         }
@@ -101,6 +105,7 @@ impl DtlsPort {
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
             exchange,
+            certificate: self.certificate,
         });
         let shutdown = shared.ctx.shutdown.clone();
         let tracker = TaskTracker::new();
@@ -156,10 +161,10 @@ impl DtlsPort {
                         tracing::trace!(%peer, n, "not a ClientHello from an unknown peer: dropped");
                         continue;
                     }
-                    if !offers_psk(datagram) {
-                        tracing::debug!(%peer, "ClientHello without a PSK cipher suite dropped (certificate authentication over DTLS is not available yet)");
+                    let Some(method) = Method::of(datagram) else {
+                        tracing::debug!(%peer, "ClientHello offering neither a PSK nor an ECDHE_ECDSA cipher suite: dropped");
                         continue;
-                    }
+                    };
                     if peers.len() >= config.max_peers {
                         tracing::debug!(%peer, max = config.max_peers, "peer table full: ClientHello dropped");
                         continue;
@@ -180,7 +185,7 @@ impl DtlsPort {
                             stop: stop.clone(),
                         },
                     );
-                    let control = PeerControl { id: next_id, established, stop };
+                    let control = PeerControl { id: next_id, method, established, stop };
                     let span = tracing::info_span!(
                         "coaps",
                         %peer,
@@ -225,14 +230,14 @@ impl PskSlot {
     }
 
     /// The key for `identity`, if it was resolved and accepted.
-    fn key(&self, identity: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn key(&self, identity: &[u8]) -> Option<Vec<u8>> {
         let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let resolved = guard.as_ref().filter(|r| r.identity == identity)?;
         resolved.key.as_ref().map(|k| k.key.clone())
     }
 
     /// The device that proved the key, after the handshake.
-    fn device(&self) -> Option<AuthenticatedDevice> {
+    pub(crate) fn device(&self) -> Option<AuthenticatedDevice> {
         let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         guard.as_ref()?.key.as_ref().map(|k| k.device.clone())
     }
@@ -343,37 +348,6 @@ fn hello_digest(datagram: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// The PSK cipher suites the port offers, best first.
-const PSK_SUITES: [CipherSuiteId; 3] = [
-    CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8,
-    CipherSuiteId::Tls_Psk_With_Aes_128_Ccm,
-    CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
-];
-
-/// Whether a ClientHello offers one of [`PSK_SUITES`]. This is where a peer's DTLS
-/// configuration is chosen; certificate suites (ECDHE_ECDSA) get theirs once X.509 over DTLS is
-/// wired.
-fn offers_psk(client_hello: &[u8]) -> bool {
-    record::client_hello_suites(client_hello)
-        .is_some_and(|offered| PSK_SUITES.iter().any(|s| offered.contains(&(*s as u16))))
-}
-
-/// The server configuration of one PSK handshake, its callback answering from `slot`.
-///
-/// The suites must be named: webrtc-dtls's default list has no PSK suite, so a PSK config
-/// without them fails every handshake with "no available cipher suites".
-fn psk_config(slot: Arc<PskSlot>) -> Config {
-    Config {
-        cipher_suites: PSK_SUITES.to_vec(),
-        psk: Some(Arc::new(move |identity: &[u8]| {
-            slot.key(identity)
-                .ok_or_else(|| webrtc_dtls::Error::Other("unknown PSK identity".to_owned()))
-        })),
-        extended_master_secret: ExtendedMasterSecretType::Request,
-        ..Config::default()
-    }
-}
-
 /// An established DTLS session as the CoAP session's transport.
 struct DtlsTransport {
     conn: DTLSConn,
@@ -402,6 +376,8 @@ impl Transport for DtlsTransport {
 /// The peer task's side of its [`PeerHandle`].
 struct PeerControl {
     id: u64,
+    /// How the peer authenticates (from its first ClientHello).
+    method: Method,
     established: Arc<AtomicBool>,
     stop: CancellationToken,
 }
@@ -422,7 +398,18 @@ async fn run_peer(
         psk: Arc::clone(&psk),
         authenticator: settings.shared.ctx.authenticator.clone(),
     });
-    let handshake = DTLSConn::new(conn, psk_config(Arc::clone(&psk)), false, None);
+    let config = match (control.method, &settings.certificate) {
+        (Method::Psk, _) => psk_config(Arc::clone(&psk)),
+        (Method::Certificate, Some(certificate)) => certificate_config(certificate),
+        (Method::Certificate, None) => {
+            tracing::debug!("certificate handshake refused: the port has no server certificate");
+            let _ = closed.send((peer, control.id));
+            return;
+        }
+    };
+    // Boxed, like the authentication below: a future awaited inline would keep its size in this
+    // task for the whole session, long after the handshake.
+    let handshake = Box::pin(DTLSConn::new(conn, config, false, None));
     let stop = control.stop.clone();
     let outcome = tokio::select! {
         () = stop.cancelled() => None,
@@ -432,17 +419,24 @@ async fn run_peer(
         None => {}
         Some(Err(_)) => tracing::debug!("DTLS handshake timed out"),
         Some(Ok(Err(e))) => tracing::info!(reason = %e, "DTLS handshake failed"),
-        Some(Ok(Ok(conn))) => match psk.device() {
-            None => {
-                tracing::warn!("DTLS session without a resolved PSK identity: closed");
+        Some(Ok(Ok(conn))) => match Box::pin(authenticate(
+            control.method,
+            &conn,
+            &psk,
+            &settings.shared.ctx.authenticator,
+        ))
+        .await
+        {
+            Err(reason) => {
+                tracing::info!(method = ?control.method, %reason, "DTLS peer not authenticated: session closed");
                 let _ = conn.close().await;
             }
-            Some(device) => {
+            Ok(device) => {
                 control.established.store(true, Ordering::Relaxed);
                 let span = tracing::Span::current();
                 span.record("tenant", device.tenant_id.as_str());
                 span.record("device", device.device_id.as_str());
-                tracing::debug!(auth_id = device.auth_id, "DTLS session established");
+                tracing::debug!(method = ?control.method, auth_id = device.auth_id, "DTLS session established");
                 let transport = DtlsTransport { conn, peer };
                 let shared = Arc::clone(&settings.shared);
                 let buffer_size = shared.max_payload_size + HEADER_ROOM;
@@ -482,15 +476,6 @@ mod tests {
     use crate::record::tests::client_hello;
 
     #[test]
-    fn only_client_hellos_offering_a_psk_suite_start_a_psk_peer() {
-        assert!(offers_psk(&client_hello(&[0xc02b, 0xc0a8])));
-        assert!(offers_psk(&client_hello(&[0x00a8])));
-        // ECDHE_ECDSA only: a certificate handshake.
-        assert!(!offers_psk(&client_hello(&[0xc02b, 0xc0ae])));
-        assert!(!offers_psk(&[22, 0xfe, 0xfd]));
-    }
-
-    #[test]
     fn a_duplicate_client_hello_is_told_from_a_new_handshake() {
         let hello = client_hello(&[0xc0a8]);
         let mut other = hello.clone();
@@ -498,6 +483,6 @@ mod tests {
         other[27] ^= 0xff;
         assert_eq!(hello_digest(&hello), hello_digest(&hello.clone()));
         assert_ne!(hello_digest(&hello), hello_digest(&other));
-        assert!(offers_psk(&other));
+        assert_eq!(Method::of(&other), Some(Method::Psk));
     }
 }

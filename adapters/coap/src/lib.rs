@@ -23,6 +23,8 @@
 //! - `dtls.rs`: the DTLS port (webrtc-dtls): its own peer table, a task per peer with the
 //!   handshake under a timeout, PSK identities resolved before the synchronous key callback
 //!   (`record.rs` reads the DTLS records for that), and an idle timeout;
+//! - `handshake.rs`: PSK or certificate configuration per peer, chosen from its first ClientHello,
+//!   and the device a finished handshake authenticated (X.509 chains through adapter-core);
 //! - [`cert`]: the ECDSA server certificate DTLS needs for certificate suites.
 //!
 //! Per-peer memory: the peer table entry is [`PEER_ENTRY_BYTES`] bytes (plus the hash map's
@@ -44,6 +46,7 @@ pub mod config;
 mod dtls;
 pub mod error;
 pub mod exchange;
+mod handshake;
 mod listener;
 mod record;
 mod request;

@@ -60,13 +60,33 @@ impl std::fmt::Debug for CoapAdapter {
     }
 }
 
-async fn bind_udp(addr: SocketAddr) -> Result<(Arc<UdpSocket>, SocketAddr), CoapError> {
-    let socket = UdpSocket::bind(addr)
-        .await
-        .map_err(|source| CoapError::Bind { addr, source })?;
-    let local = socket
-        .local_addr()
-        .map_err(|source| CoapError::Bind { addr, source })?;
+/// Binds a UDP port and asks for a kernel receive buffer of `receive_buffer` bytes (0: the
+/// system default). One socket takes every device's datagrams; when the read loop is not
+/// scheduled for a moment, a default buffer (about 200 KiB on Linux) overflows at a few
+/// thousand requests per second and devices must retransmit.
+fn bind_udp(
+    addr: SocketAddr,
+    receive_buffer: usize,
+) -> Result<(Arc<UdpSocket>, SocketAddr), CoapError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |source| CoapError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind)?;
+    socket.set_nonblocking(true).map_err(bind)?;
+    if receive_buffer > 0 {
+        match socket.set_recv_buffer_size(receive_buffer) {
+            // Linux caps the request at net.core.rmem_max (and reports twice the size it keeps).
+            Ok(()) => {
+                tracing::debug!(%addr, requested = receive_buffer, granted = ?socket.recv_buffer_size().ok(), "UDP receive buffer")
+            }
+            Err(e) => {
+                tracing::warn!(%addr, requested = receive_buffer, error = %e, "cannot set the UDP receive buffer; the system default stays")
+            }
+        }
+    }
+    socket.bind(&addr.into()).map_err(bind)?;
+    let socket = UdpSocket::from_std(socket.into()).map_err(bind)?;
+    let local = socket.local_addr().map_err(bind)?;
     Ok((Arc::new(socket), local))
 }
 
@@ -84,9 +104,9 @@ impl CoapAdapter {
         config.validate()?;
         let plain = match config.authentication_required {
             true => None,
-            false => Some(bind_udp(config.bind).await?),
+            false => Some(bind_udp(config.bind, config.receive_buffer)?),
         };
-        let (socket, addr) = bind_udp(config.dtls_bind).await?;
+        let (socket, addr) = bind_udp(config.dtls_bind, config.receive_buffer)?;
         let max_payload_size = config
             .max_payload_size
             .min(ctx.forwarder.max_payload_size());

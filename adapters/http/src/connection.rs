@@ -65,6 +65,9 @@ impl Connection {
             permit,
             ..
         } = self;
+        // Without it, a small response written while the peer has not yet acknowledged the
+        // last TLS handshake flight waits for its delayed ACK (about 40 ms on Linux).
+        let _ = stream.set_nodelay(true);
         let shutdown = shared.ctx.shutdown.clone();
         tracing::debug!("accepted");
         match tls {

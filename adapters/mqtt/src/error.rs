@@ -159,6 +159,8 @@ impl PublishError {
             | ForwardError::EmptyNotificationWithBody
             | ForwardError::OtherTenant { .. }
             | ForwardError::RegistrationForbidden(_)
+            // Not terminal: the device stays connected and is heard once its owner claims it.
+            | ForwardError::DeviceNotClaimed(_)
             | ForwardError::RegistryBadRequest(_)
             | ForwardError::RegistryUnavailable(_)
             | ForwardError::NoConsumer(_)

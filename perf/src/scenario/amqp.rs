@@ -30,7 +30,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{ACK_TIMEOUT, BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
-use crate::config::{Address, RunConfig, Target};
+use crate::config::{Address, AuthKind, RunConfig, Target};
 use crate::stats::{Recorder, histogram};
 
 /// Unsettled deliveries a device may have outstanding.
@@ -93,6 +93,13 @@ impl AmqpTransport {
                 "--transport amqp needs --target ferry (Hono's AMQP adapter)".to_owned(),
             ));
         };
+        if config.auth == AuthKind::X509 {
+            return Err(PerfError::Config(
+                "--transport amqp authenticates with passwords (SASL PLAIN); --auth x509 is not \
+                 supported yet"
+                    .to_owned(),
+            ));
+        }
         let address = ferry.amqp.clone();
         let tls = if address.tls {
             let config = super::mqtt::tls_config(config.ca_file.as_deref())?;

@@ -1,6 +1,6 @@
-//! HTTP devices: HTTP/1.1 keep-alive with basic auth, one connection per device, one request in
-//! flight per connection (as a device does), on hyper's low-level client to keep the load
-//! generator's own cost small.
+//! HTTP devices: HTTP/1.1 keep-alive with basic auth or, over TLS (`https://`), with the device's
+//! client certificate; one connection per device, one request in flight per connection (as a
+//! device does), on hyper's low-level client to keep the load generator's own cost small.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,12 +12,16 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use std::pin::Pin;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use super::{ACK_TIMEOUT, BoxFuture, Device, Endpoint, Hold, Load, Transport, warmup_payload};
 use crate::PerfError;
-use crate::config::{Address, RunConfig, Target};
+use crate::config::{Address, AuthKind, RunConfig, Target, TransportKind};
 use crate::stats::histogram;
 
 /// How long to wait before reconnecting after a connection failed.
@@ -29,13 +33,18 @@ pub struct HttpTransport {
     address: Address,
     host: HeaderValue,
     path: &'static str,
+    /// For `https://`: the configuration of devices without a certificate, and the server name.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
+
+/// A plain or a TLS connection.
+type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// One keep-alive connection. Its driver is polled by the device task itself, only while a request
 /// is in flight: one task per device instead of two saves a wake-up per request.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
-    driver: Pin<Box<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
+    driver: Pin<Box<http1::Connection<TokioIo<Stream>, Full<Bytes>>>>,
 }
 
 /// The outcome of one request.
@@ -60,11 +69,21 @@ impl HttpTransport {
                 ));
             }
         };
-        if address.tls {
-            return Err(PerfError::Config(
-                "https:// is not supported yet; use the plain HTTP port".to_owned(),
-            ));
+        if config.auth == AuthKind::X509 && !address.tls {
+            return Err(PerfError::Config(format!(
+                "client certificates need TLS: give the {} address as {}://host:port",
+                TransportKind::Http.as_str(),
+                "https"
+            )));
         }
+        let tls = if address.tls {
+            let name = ServerName::try_from(address.host.clone())
+                .map_err(|e| PerfError::Config(format!("bad TLS server name: {e}")))?;
+            let roots = crate::tls::roots(config.ca_file.as_deref())?;
+            Some((crate::tls::client_config(&roots, None)?, name))
+        } else {
+            None
+        };
         let host = HeaderValue::from_str(&address.authority())
             .map_err(|e| PerfError::Config(format!("bad HTTP host: {e}")))?;
         let path = match endpoint {
@@ -75,10 +94,12 @@ impl HttpTransport {
             address,
             host,
             path,
+            tls,
         })
     }
 
-    async fn connect(&self) -> Result<Conn, &'static str> {
+    /// Connects (over TLS with the device's certificate, if it has one).
+    async fn connect(&self, device: &Device) -> Result<Conn, &'static str> {
         let stream = tokio::time::timeout(
             ACK_TIMEOUT,
             TcpStream::connect((self.address.host.as_str(), self.address.port)),
@@ -87,6 +108,19 @@ impl HttpTransport {
         .map_err(|_| "timeout")?
         .map_err(|_| "http connect")?;
         let _ = stream.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Either::Left(stream),
+            Some((config, name)) => {
+                let config = device.tls.clone().unwrap_or_else(|| config.clone());
+                let tls = TlsConnector::from(config).connect(name.clone(), stream);
+                Either::Right(
+                    tokio::time::timeout(ACK_TIMEOUT, tls)
+                        .await
+                        .map_err(|_| "timeout")?
+                        .map_err(|_| "tls handshake")?,
+                )
+            }
+        };
         let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|_| "http connect")?;
@@ -96,11 +130,19 @@ impl HttpTransport {
         })
     }
 
-    async fn send(&self, conn: &mut Conn, auth: &HeaderValue, qos: u8, body: Bytes) -> Outcome {
+    async fn send(
+        &self,
+        conn: &mut Conn,
+        auth: Option<&HeaderValue>,
+        qos: u8,
+        body: Bytes,
+    ) -> Outcome {
         let mut request = Request::post(self.path)
             .header(HOST, self.host.clone())
-            .header(AUTHORIZATION, auth.clone())
             .header(CONTENT_TYPE, "application/octet-stream");
+        if let Some(auth) = auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
         if qos == 1 && self.path == "/telemetry" {
             request = request.header("qos-level", "1");
         }
@@ -138,23 +180,44 @@ impl HttpTransport {
     }
 }
 
-fn basic_auth(device: &Device) -> Option<HeaderValue> {
+/// The `authorization` header of a password device (`Ok(None)` for a certificate device).
+fn basic_auth(device: &Device) -> Result<Option<HeaderValue>, &'static str> {
+    if device.tls.is_some() {
+        return Ok(None);
+    }
     let token = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", device.username, device.password));
-    HeaderValue::from_str(&format!("Basic {token}")).ok()
+    HeaderValue::from_str(&format!("Basic {token}"))
+        .map(Some)
+        .map_err(|_| "http bad credentials")
 }
 
 impl HttpTransport {
+    /// One new connection (a full TLS handshake for `https://`), one request, closed: the outcome
+    /// as an error kind.
+    pub async fn send_once(&self, device: &Device, qos: u8, body: Bytes) -> Result<(), String> {
+        let auth = basic_auth(device)?;
+        let mut conn = self.connect(device).await?;
+        match self.send(&mut conn, auth.as_ref(), qos, body).await {
+            Outcome::Accepted => Ok(()),
+            Outcome::Status(code) => Err(format!("http {code}")),
+            Outcome::Broken(kind) => Err(kind.to_owned()),
+        }
+    }
+
     async fn drive_device(self: Arc<Self>, device: Device, mut load: Load) {
         let recorder = load.recorder.clone();
-        let Some(auth) = basic_auth(&device) else {
-            recorder.error("http bad credentials");
-            let _ = load.ready.send(false).await;
-            return;
+        let auth = match basic_auth(&device) {
+            Ok(auth) => auth,
+            Err(kind) => {
+                recorder.error(kind);
+                let _ = load.ready.send(false).await;
+                return;
+            }
         };
         let qos = load.effective_qos();
         // Connect and authenticate once (the first password check is the slow one).
-        let mut sender = match self.connect().await {
+        let mut sender = match self.connect(&device).await {
             Ok(s) => Some(s),
             Err(kind) => {
                 recorder.error(kind);
@@ -163,7 +226,10 @@ impl HttpTransport {
         };
         let mut ok = false;
         if let Some(s) = sender.as_mut() {
-            match self.send(s, &auth, qos, load.warmup_payload()).await {
+            match self
+                .send(s, auth.as_ref(), qos, load.warmup_payload())
+                .await
+            {
                 Outcome::Accepted => ok = true,
                 Outcome::Status(code) => recorder.error(format!("http {code} (warm-up)")),
                 Outcome::Broken(kind) => recorder.error(format!("{kind} (warm-up)")),
@@ -178,7 +244,7 @@ impl HttpTransport {
         while load.pace(&mut schedule).await {
             let s = match sender.as_mut() {
                 Some(s) => s,
-                None => match self.connect().await {
+                None => match self.connect(&device).await {
                     Ok(s) => sender.insert(s),
                     Err(kind) => {
                         recorder.error(kind);
@@ -190,7 +256,7 @@ impl HttpTransport {
             let body = load.next_payload();
             recorder.sent();
             let t0 = Instant::now();
-            match self.send(s, &auth, qos, body).await {
+            match self.send(s, auth.as_ref(), qos, body).await {
                 Outcome::Accepted => {
                     recorder.acked();
                     acks.saturating_record(t0.elapsed().as_micros().max(1) as u64);
@@ -206,11 +272,11 @@ impl HttpTransport {
     }
 
     async fn hold_connection(self: Arc<Self>, device: Device, hold: Hold) {
-        let Some(auth) = basic_auth(&device) else {
+        let Ok(auth) = basic_auth(&device) else {
             let _ = hold.opened.send(false).await;
             return;
         };
-        let mut sender = match self.connect().await {
+        let mut sender = match self.connect(&device).await {
             Ok(s) => s,
             Err(kind) => {
                 hold.recorder.error(kind);
@@ -219,7 +285,7 @@ impl HttpTransport {
             }
         };
         let payload = warmup_payload(&hold.payload, &hold.recorder);
-        let ok = match self.send(&mut sender, &auth, 0, payload).await {
+        let ok = match self.send(&mut sender, auth.as_ref(), 0, payload).await {
             Outcome::Accepted => true,
             Outcome::Status(code) => {
                 hold.recorder.error(format!("http {code}"));

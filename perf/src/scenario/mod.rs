@@ -4,13 +4,16 @@
 //! schedule and learns each message's fate ([`Transport::drive`]), and how it holds an idle
 //! connection ([`Transport::hold`]). Scenarios ([`run`]) are protocol-free: they provision, start
 //! the consumer, spawn one task per device, start every sender at the same instant, sample the
-//! counters once a second and stop. CoAP and AMQP devices slot in as further transports.
+//! counters once a second and stop. HTTP, MQTT and CoAP today; AMQP slots in as a further transport.
 
 pub mod amqp;
+pub mod coap;
+mod handshakes;
 pub mod http;
 pub mod mqtt;
 mod runner;
 mod sampler;
+mod storm;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -70,6 +73,9 @@ pub struct Device {
     pub username: String,
     /// Its password.
     pub password: String,
+    /// Its TLS configuration with its client certificate, when it authenticates with one (then
+    /// no username or password is sent).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What a sending device needs: where its numbers go, what to send and when.

@@ -1,5 +1,6 @@
 //! MQTT devices: MQTT 3.1.1 with username and password (rumqttc), QoS 0 or 1, one connection per
-//! device, optionally over TLS (`mqtts://`, ring provider, the CA from `--ca`).
+//! device, optionally over TLS (`mqtts://`, ring provider, the CA from `--ca`), where a device may
+//! authenticate with its client certificate instead (CONNECT without username and password).
 //!
 //! The publisher task paces and hands publishes to rumqttc; the event-loop task matches
 //! `Outgoing::Publish(pkid)` to the send times (same order) and `PubAck(pkid)` to the packet, so
@@ -18,9 +19,9 @@ use rumqttc::{
     TlsConfiguration,
 };
 
-use super::{BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
+use super::{ACK_TIMEOUT, BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
-use crate::config::{Address, RunConfig, Target};
+use crate::config::{Address, AuthKind, RunConfig, Target, TransportKind};
 use crate::stats::{Recorder, histogram};
 
 /// Publishes a device may have unacknowledged (rumqttc's window).
@@ -39,49 +40,26 @@ pub struct MqttTransport {
     max_packet: usize,
 }
 
-/// Builds a rustls client configuration (ring) trusting the CA certificates in `ca_file`, or
-/// nothing when no file is given.
+/// Builds a rustls client configuration (ring) trusting the CA certificates in `ca_file`, without
+/// a client certificate.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, PerfError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    let Some(path) = ca_file else {
-        return Err(PerfError::Config(
-            "TLS (mqtts://, amqps://) needs --ca FILE (the PEM CA that signed the server's \
-             certificate)"
-                .to_owned(),
-        ));
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| PerfError::Config(format!("{}: {e}", path.display())))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| PerfError::Config(format!("{}: {e}", path.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| PerfError::Config(format!("{}: {e}", path.display())))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| PerfError::Config(format!("TLS: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::tls::client_config(&crate::tls::roots(ca_file)?, None)
 }
 
-/// Connection options for one client.
+/// Connection options for one client; `credentials` (username, password) are left out when the
+/// client authenticates with its TLS client certificate.
 pub fn options(
     address: &Address,
     tls: Option<&Arc<rustls::ClientConfig>>,
     client_id: &str,
-    username: &str,
-    password: &str,
+    credentials: Option<(&str, &str)>,
     max_packet: usize,
 ) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, address.host.clone(), address.port);
-    o.set_credentials(username, password)
-        .set_keep_alive(KEEP_ALIVE)
+    if let Some((username, password)) = credentials {
+        o.set_credentials(username, password);
+    }
+    o.set_keep_alive(KEEP_ALIVE)
         .set_clean_session(true)
         .set_inflight(INFLIGHT)
         .set_max_packet_size(max_packet, max_packet);
@@ -139,6 +117,13 @@ impl MqttTransport {
                 ));
             }
         };
+        if config.auth == AuthKind::X509 && !address.tls {
+            return Err(PerfError::Config(format!(
+                "client certificates need TLS: give the {} address as {}://host:port",
+                TransportKind::Mqtt.as_str(),
+                "mqtts"
+            )));
+        }
         let tls = if address.tls {
             Some(tls_config(config.ca_file.as_deref())?)
         } else {
@@ -153,15 +138,53 @@ impl MqttTransport {
     }
 
     fn client(&self, device: &Device) -> (AsyncClient, EventLoop) {
+        // A device with a certificate presents it (over `mqtts://`) and sends no credentials.
+        let (tls, credentials) = match (&device.tls, &self.tls) {
+            (Some(own), Some(_)) => (Some(own), None),
+            _ => (
+                self.tls.as_ref(),
+                Some((device.username.as_str(), device.password.as_str())),
+            ),
+        };
         let o = options(
             &self.address,
-            self.tls.as_ref(),
+            tls,
             &device.client_id,
-            &device.username,
-            &device.password,
+            credentials,
             self.max_packet,
         );
-        AsyncClient::new(o, CHANNEL)
+        let (client, mut events) = AsyncClient::new(o, CHANNEL);
+        // Connecting (TCP, TLS, CONNACK) may take as long as an acknowledgement (rumqttc: 5 s).
+        events
+            .network_options
+            .set_connection_timeout(ACK_TIMEOUT.as_secs());
+        (client, events)
+    }
+
+    /// One new connection (a full TLS handshake for `mqtts://`), CONNECT, one PUBLISH at QoS 1
+    /// until its PUBACK, DISCONNECT: the outcome as an error kind.
+    pub async fn send_once(&self, device: &Device, payload: bytes::Bytes) -> Result<(), String> {
+        let (client, mut events) = self.client(device);
+        let exchange = async {
+            wait_connack(&mut events, ACK_TIMEOUT).await?;
+            client
+                .publish_bytes(self.topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|_| "mqtt client closed".to_owned())?;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(error_kind(&e)),
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(ACK_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err("timeout".to_owned()));
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(100), events.poll()).await;
+        outcome
     }
 
     async fn drive_device(self: Arc<Self>, device: Device, mut load: Load) {

@@ -9,17 +9,21 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::amqp::AmqpTransport;
+use super::coap::CoapTransport;
+use super::handshakes::{Handshakes, OneShot};
 use super::http::HttpTransport;
 use super::mqtt::MqttTransport;
 use super::sampler::{Finished, Watch};
+use super::storm::storm;
 use super::{Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
-use crate::config::{RunConfig, ScenarioKind, Target, TransportKind};
+use crate::config::{AuthKind, RunConfig, ScenarioKind, Target, TransportKind};
 use crate::consumer;
 use crate::payload::PayloadBuilder;
+use crate::pki::Pki;
 use crate::procfs;
-use crate::report::{ConnectionsResult, CpuUse, GatewayUse, RunResult};
-use crate::setup::{self, Provisioning};
+use crate::report::{ConnectionsResult, CpuUse, GatewayUse, RunResult, StormResult};
+use crate::setup::{self, Credential, Provisioning};
 use crate::stats::Recorder;
 
 /// How many connections are being opened at once in the `connections` scenario.
@@ -33,41 +37,48 @@ pub async fn run(config: &RunConfig) -> Result<RunResult, PerfError> {
     if config.qos > 1 {
         return Err(PerfError::Config("--qos must be 0 or 1".to_owned()));
     }
-    let recorder = Arc::new(Recorder::new(rand::random::<u64>() >> 1));
-    if let Target::Ferry(ferry) = &config.target
-        && ferry.setup
-    {
-        setup::provision(&Provisioning {
-            management: ferry.management.clone(),
-            credentials: ferry.management_credentials.clone(),
-            tenant: config.tenant.clone(),
-            devices: config.devices,
-            password: config.password.clone(),
-        })
-        .await?;
+    let one_shot = matches!(
+        config.scenario,
+        ScenarioKind::Handshakes | ScenarioKind::ProvisionStorm
+    );
+    if one_shot && config.auth != AuthKind::X509 {
+        return Err(PerfError::Config(format!(
+            "{} is about client certificates: use --auth x509",
+            config.scenario.as_str()
+        )));
     }
+    let recorder = Arc::new(Recorder::new(rand::random::<u64>() >> 1));
+    let (pki, identities) = prepare(config).await?;
     let endpoint = match config.scenario {
         ScenarioKind::Events => Endpoint::Event,
-        ScenarioKind::Telemetry | ScenarioKind::Connections => Endpoint::Telemetry,
+        _ => Endpoint::Telemetry,
     };
     let consumer_stop = CancellationToken::new();
     let consumer =
         consumer::start(config, endpoint, recorder.clone(), consumer_stop.clone()).await?;
-    let transport: Arc<dyn Transport> = match config.transport {
-        TransportKind::Http => Arc::new(HttpTransport::new(config, endpoint)?),
-        TransportKind::Mqtt => Arc::new(MqttTransport::new(config, endpoint)?),
-        TransportKind::Amqp => Arc::new(AmqpTransport::new(config, endpoint)?),
-    };
+    let (once, transport) = transports(config, endpoint)?;
     let mut watch = Watch::new(config, recorder.clone());
-    let outcome = match config.scenario {
-        ScenarioKind::Telemetry | ScenarioKind::Events => {
-            load(config, endpoint, transport, &recorder, &mut watch).await
-        }
-        ScenarioKind::Connections => connections(config, transport, &recorder, &mut watch)
-            .await
-            .map(Some),
+    let devices = Devices {
+        config,
+        identities: &identities,
     };
-    let connections = match outcome {
+    // `pki` is there for every certificate scenario (checked above).
+    let outcome = match (config.scenario, pki, once) {
+        (ScenarioKind::ProvisionStorm, Some(pki), Some(once)) => {
+            storm(config, once, pki, &recorder, &mut watch)
+                .await
+                .map(|s| (None, Some(s)))
+        }
+        (ScenarioKind::Connections, ..) => {
+            connections(config, &devices, transport, &recorder, &mut watch)
+                .await
+                .map(|c| (Some(c), None))
+        }
+        _ => load(config, &devices, endpoint, transport, &recorder, &mut watch)
+            .await
+            .map(|()| (None, None)),
+    };
+    let (connections, storm) = match outcome {
         Ok(c) => c,
         Err(e) => {
             consumer_stop.cancel();
@@ -81,27 +92,140 @@ pub async fn run(config: &RunConfig) -> Result<RunResult, PerfError> {
         let _ = task.await;
     }
     watch.finish();
-    Ok(result(config, &recorder, watch, has_consumer, connections))
+    Ok(result(
+        config,
+        &recorder,
+        watch,
+        has_consumer,
+        connections,
+        storm,
+    ))
 }
 
-fn device(config: &RunConfig, index: usize, connection: usize) -> Device {
-    let number = index % config.devices;
-    Device {
-        index: number,
-        client_id: format!("ferry-perf-{}-{connection}", std::process::id()),
-        username: setup::username(number, &config.tenant),
-        password: config.password.clone(),
+/// Opens the PKI (certificate devices), provisions (unless `--no-setup`) and makes the devices'
+/// TLS identities.
+async fn prepare(
+    config: &RunConfig,
+) -> Result<(Option<Arc<Pki>>, Vec<Arc<rustls::ClientConfig>>), PerfError> {
+    let pki = match config.auth {
+        AuthKind::X509 => Some(Arc::new(
+            Pki::open(&config.pki_dir.join(&config.tenant))
+                .map_err(|e| PerfError::Config(format!("--pki-dir: {e}")))?,
+        )),
+        AuthKind::Password => None,
+    };
+    if let Target::Ferry(ferry) = &config.target
+        && ferry.setup
+    {
+        setup::provision(&Provisioning {
+            management: ferry.management.clone(),
+            credentials: ferry.management_credentials.clone(),
+            tenant: config.tenant.clone(),
+            // The storm's devices must be unknown: they are provisioned by connecting.
+            devices: match config.scenario {
+                ScenarioKind::ProvisionStorm => 0,
+                _ => config.devices,
+            },
+            credential: match &pki {
+                Some(pki) => Credential::X509(pki.clone()),
+                None => Credential::Password(config.password.clone()),
+            },
+        })
+        .await?;
+    }
+    let identities = match &pki {
+        Some(pki) if config.scenario != ScenarioKind::ProvisionStorm => {
+            identities(config, pki.clone()).await?
+        }
+        _ => Vec::new(),
+    };
+    Ok((pki, identities))
+}
+
+/// The protocol as a one-message-per-connection sender, and the transport the scenario drives.
+fn transports(
+    config: &RunConfig,
+    endpoint: Endpoint,
+) -> Result<(Option<OneShot>, Arc<dyn Transport>), PerfError> {
+    let once = match config.transport {
+        TransportKind::Http => OneShot::Http(Arc::new(HttpTransport::new(config, endpoint)?)),
+        TransportKind::Mqtt => OneShot::Mqtt(Arc::new(MqttTransport::new(config, endpoint)?)),
+        TransportKind::Coap | TransportKind::Amqp => {
+            if matches!(
+                config.scenario,
+                ScenarioKind::Handshakes | ScenarioKind::ProvisionStorm
+            ) {
+                return Err(PerfError::Config(
+                    "handshakes and provision-storm need --transport http or mqtt".to_owned(),
+                ));
+            }
+            let transport: Arc<dyn Transport> = match config.transport {
+                TransportKind::Amqp => Arc::new(AmqpTransport::new(config, endpoint)?),
+                _ => Arc::new(CoapTransport::new(config, endpoint)?),
+            };
+            return Ok((None, transport));
+        }
+    };
+    let transport: Arc<dyn Transport> = match (&once, config.scenario) {
+        (once, ScenarioKind::Handshakes) => Arc::new(Handshakes::new(once.clone())),
+        (OneShot::Http(t), _) => t.clone(),
+        (OneShot::Mqtt(t), _) => t.clone(),
+    };
+    Ok((Some(once), transport))
+}
+
+/// The TLS configurations of devices `perf-00000 …` with their certificates (made or read off
+/// the runtime: key generation is CPU work).
+async fn identities(
+    config: &RunConfig,
+    pki: Arc<Pki>,
+) -> Result<Vec<Arc<rustls::ClientConfig>>, PerfError> {
+    let roots = crate::tls::roots(config.ca_file.as_deref())?;
+    let count = config.devices;
+    tokio::task::spawn_blocking(move || {
+        (0..count)
+            .map(|index| {
+                let cert = pki
+                    .device(&setup::device_id(index))
+                    .map_err(|e| PerfError::Config(format!("--pki-dir: {e}")))?;
+                crate::tls::client_config(&roots, Some(&cert))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| PerfError::Config(format!("device certificates: {e}")))?
+}
+
+/// The simulated devices of a run.
+struct Devices<'a> {
+    config: &'a RunConfig,
+    /// With `--auth x509`: each device's TLS configuration with its certificate.
+    identities: &'a [Arc<rustls::ClientConfig>],
+}
+
+impl Devices<'_> {
+    /// Device `index` (modulo the number of devices) for connection number `connection`.
+    fn device(&self, index: usize, connection: usize) -> Device {
+        let number = index % self.config.devices;
+        Device {
+            index: number,
+            client_id: format!("ferry-perf-{}-{connection}", std::process::id()),
+            username: setup::username(number, &self.config.tenant),
+            password: self.config.password.clone(),
+            tls: self.identities.get(number).cloned(),
+        }
     }
 }
 
 /// Telemetry and events: every device sends from the same start instant until the duration is over.
 async fn load(
     config: &RunConfig,
+    devices_of_run: &Devices<'_>,
     endpoint: Endpoint,
     transport: Arc<dyn Transport>,
     recorder: &Arc<Recorder>,
     watch: &mut Watch,
-) -> Result<Option<ConnectionsResult>, PerfError> {
+) -> Result<(), PerfError> {
     let (ready_tx, mut ready_rx) = mpsc::channel(config.devices);
     let (start_tx, start_rx) = watch::channel(None);
     let stop = CancellationToken::new();
@@ -121,7 +245,11 @@ async fn load(
             start: start_rx.clone(),
             stop: stop.clone(),
         };
-        devices.spawn(transport.clone().drive(device(config, index, index), load));
+        devices.spawn(
+            transport
+                .clone()
+                .drive(devices_of_run.device(index, index), load),
+        );
     }
     drop(ready_tx);
     watch.message("connecting");
@@ -153,13 +281,14 @@ async fn load(
     {
         devices.abort_all();
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Opens `config.connections` connections (a window at a time), measures the gateway's memory,
 /// holds them for the duration and closes them.
 async fn connections(
     config: &RunConfig,
+    devices: &Devices<'_>,
     transport: Arc<dyn Transport>,
     recorder: &Arc<Recorder>,
     watch: &mut Watch,
@@ -187,7 +316,7 @@ async fn connections(
             opened: opened_tx.clone(),
             stop: stop.clone(),
         };
-        tasks.spawn(transport.clone().hold(device(config, i, i), hold));
+        tasks.spawn(transport.clone().hold(devices.device(i, i), hold));
         pending += 1;
     }
     while pending > 0 {
@@ -264,6 +393,7 @@ fn result(
     watch: Watch,
     has_consumer: bool,
     connections: Option<ConnectionsResult>,
+    storm: Option<StormResult>,
 ) -> RunResult {
     let c = recorder.counts();
     let start = watch.start.unwrap_or_else(Instant::now);
@@ -330,6 +460,7 @@ fn result(
         loadgen: cpu(watch.cpu_start, cpu_end),
         gateway,
         connections,
+        storm,
         timeline: watch.timeline,
         machine: procfs::Machine::current(),
     }

@@ -4,7 +4,8 @@
 //! The CA becomes one of the tenant's `trusted-ca` entries (with its auto-provisioning settings),
 //! so its devices authenticate and can be auto-provisioned; its private key is stored only sealed
 //! with the configured `ca_encryption_key`. Device certificates are issued from a CSR, or with a
-//! generated key that is returned once and never stored.
+//! generated key that is returned once and never stored, optionally with an ownership code for
+//! claiming (module `claim`).
 
 pub mod pki;
 
@@ -30,6 +31,7 @@ const CA_SETTINGS: &[&str] = &[
     "auto-provision-as-gateway",
     "auto-provisioning-device-id-template",
     "auth-id-template",
+    crate::model::tenant::CLAIM_REQUIRED,
 ];
 
 impl From<PkiError> for ManageError {
@@ -181,7 +183,8 @@ impl Registry {
         Ok(out)
     }
 
-    /// Issues a device certificate from `csr`, or with a generated key for `common-name`.
+    /// Issues a device certificate from `csr`, or with a generated key for `common-name`; an
+    /// `ownership-code` is stored (hashed) for claiming the device (module `claim`).
     pub(crate) async fn issue_device_certificate(
         &self,
         tenant: &TenantId,
@@ -196,6 +199,7 @@ impl Registry {
         };
         let max = self.config().max_device_certificate_days;
         let days = days(&body, DEVICE_DAYS, max)?;
+        let code = crate::claim::ownership_code(&body)?;
         let ca = self
             .store()
             .get_tenant_ca(tenant, ca_id)
@@ -218,6 +222,9 @@ impl Registry {
         .await
         .map_err(|e| ManageError::Internal(e.to_string()))??;
         let mut out = describe(&cert)?;
+        if let (Some(code), Some(Value::String(dn))) = (code, out.get("subject-dn")) {
+            self.set_ownership_code(tenant, dn, code).await?;
+        }
         if let Some(key) = key {
             out.insert("key".into(), key.into());
         }

@@ -1,7 +1,7 @@
 //! Mapping of Management API failures to HTTP: one exhaustive function, `{"error": ...}` bodies.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -34,6 +34,7 @@ fn status(e: &ManageError) -> StatusCode {
         ManageError::NotFound => StatusCode::NOT_FOUND,
         ManageError::Conflict(_) => StatusCode::CONFLICT,
         ManageError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+        ManageError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
         ManageError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
         ManageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -41,16 +42,24 @@ fn status(e: &ManageError) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, text) = match self {
             ApiError::Manage(e) => {
                 let status = status(&e);
                 if status == StatusCode::INTERNAL_SERVER_ERROR {
                     tracing::error!(error = %e, "management request failed");
                 }
+                if let ManageError::TooManyAttempts(secs) = e {
+                    retry_after = Some(HeaderValue::from(secs));
+                }
                 (status, e.to_string())
             }
             ApiError::Body(status, text) => (status, text),
         };
-        (status, Json(json!({ "error": text }))).into_response()
+        let mut resp = (status, Json(json!({ "error": text }))).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, secs);
+        }
+        resp
     }
 }

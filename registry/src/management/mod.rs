@@ -3,7 +3,7 @@
 //! Handlers parse ids, bodies and headers, call the operations in `crate::ops`, and map the
 //! result: 201 with `Location`, `ETag` and `{"id"}`; 200 with `ETag`; 204 with the new `ETag`;
 //! errors as `{"error": ...}` (see `error`). Ferry's own extension lives under `/v1/provisioning`
-//! (tenant CAs and device certificates).
+//! (tenant CAs and device certificates, bulk provisioning, ownership codes and claims).
 
 mod auth;
 mod bulk;
@@ -77,6 +77,14 @@ pub(crate) fn router(registry: Registry) -> Router {
             axum::routing::post(bulk::start).layer(DefaultBodyLimit::max(bulk_limit)),
         )
         .route("/provisioning/{tenant_id}/bulk/{job_id}", get(bulk::status))
+        .route(
+            "/provisioning/{tenant_id}/ownership-codes",
+            axum::routing::put(provisioning::set_ownership_code),
+        )
+        .route(
+            "/provisioning/{tenant_id}/claims",
+            axum::routing::post(provisioning::claim),
+        )
         .layer(middleware::from_fn_with_state(
             registry.clone(),
             auth::authenticate,

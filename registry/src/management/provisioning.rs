@@ -1,5 +1,5 @@
-//! `/v1/provisioning` handlers: tenant-managed CAs and device certificates (Ferry's extension of
-//! the Management API; docs/provisioning.md).
+//! `/v1/provisioning` handlers: tenant-managed CAs and device certificates, ownership codes and
+//! claims (Ferry's extension of the Management API; docs/provisioning.md).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Map, Value};
 
-use super::{ApiResult, json_body, parse_id};
+use super::{ApiResult, json_body, no_content, parse_id};
 use crate::Registry;
 
 fn created(location: String, body: Map<String, Value>) -> ApiResult {
@@ -53,4 +53,29 @@ pub(super) async fn issue(
     let body = json_body(body, None)?;
     let cert = r.issue_device_certificate(&tenant, &ca, body).await?;
     created(format!("/v1/provisioning/{tenant}/cas/{ca}"), cert)
+}
+
+/// `PUT /v1/provisioning/{tenantId}/ownership-codes`: set the ownership code of certificates
+/// with a subject DN (for certificates Ferry did not issue).
+pub(super) async fn set_ownership_code(
+    State(r): State<Registry>,
+    Path(tenant): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = parse_id(&tenant)?;
+    let body = json_body(body, None)?;
+    r.register_ownership_code(&tenant, body).await?;
+    Ok(no_content(None))
+}
+
+/// `POST /v1/provisioning/{tenantId}/claims`: claim an unclaimed device with its ownership code.
+pub(super) async fn claim(
+    State(r): State<Registry>,
+    Path(tenant): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let tenant = parse_id(&tenant)?;
+    let body = json_body(body, None)?;
+    r.claim_device(&tenant, body).await?;
+    Ok(no_content(None))
 }

@@ -28,6 +28,8 @@ pub fn prepare(id: TenantId, body: Value) -> Result<TenantRecord, ManageError> {
         check_type(&doc, key, "an object", Value::is_object)?;
     }
     check_type(&doc, "minimum-message-size", "a number", Value::is_u64)?;
+    check_type(&doc, "trust-anchor-group", "a string", Value::is_string)?;
+    let trust_anchor_group = TenantRecord::anchor_group_of(&doc);
     let alias = match doc.get("alias") {
         None | Some(Value::Null) => None,
         Some(Value::String(a))
@@ -77,6 +79,7 @@ pub fn prepare(id: TenantId, body: Value) -> Result<TenantRecord, ManageError> {
         id,
         alias,
         ca_subjects,
+        trust_anchor_group,
         doc,
     })
 }
@@ -113,8 +116,22 @@ fn check_adapters(doc: &Map<String, Value>) -> Result<(), ManageError> {
 }
 
 fn prepare_ca(ca: &mut Map<String, Value>) -> Result<(), ManageError> {
-    for key in ["auto-provisioning-enabled", "auto-provision-as-gateway"] {
+    for key in [
+        "auto-provisioning-enabled",
+        "auto-provision-as-gateway",
+        CLAIM_REQUIRED,
+    ] {
         check_type(ca, key, "a boolean", Value::is_boolean)?;
+    }
+    if claim_required(ca) {
+        // Claiming happens after auto-provisioning: the one implies the other, and every
+        // adapter (Hono's too) then sends the certificate along.
+        if ca.get("auto-provisioning-enabled") == Some(&Value::Bool(false)) {
+            return Err(bad(
+                "'claim-required' needs 'auto-provisioning-enabled' (leave it out or set it true)",
+            ));
+        }
+        ca.insert("auto-provisioning-enabled".into(), true.into());
     }
     for key in [
         "id",
@@ -173,6 +190,14 @@ fn prepare_ca(ca: &mut Map<String, Value>) -> Result<(), ManageError> {
         ca.insert("id".into(), new_id().into());
     }
     Ok(())
+}
+
+/// Ferry's `trusted-ca` member that makes devices of the CA wait for an owner's claim.
+pub const CLAIM_REQUIRED: &str = "claim-required";
+
+/// Whether a `trusted-ca` entry has `claim-required`.
+pub fn claim_required(ca: &Map<String, Value>) -> bool {
+    ca.get(CLAIM_REQUIRED).and_then(Value::as_bool) == Some(true)
 }
 
 /// `registration-limits.max-devices`, if limited.

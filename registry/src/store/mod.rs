@@ -2,7 +2,8 @@
 //!
 //! Tenants, devices and credentials are kept as JSON documents beside the columns the database
 //! must keep unique: (tenant, device-id), (tenant, credential type, auth-id), the tenant alias and
-//! each trusted CA subject DN. Every tenant and device row carries a version (the HTTP `ETag`);
+//! each trusted CA subject DN (per trust anchor group). Ownership codes for claiming are kept
+//! hashed, by tenant and certificate subject DN. Every tenant and device row carries a version (the HTTP `ETag`);
 //! a device's credential set has a version of its own. Deleting a tenant deletes its devices,
 //! deleting a device deletes its credentials. Implementations: [`sqlite::SqliteStore`]; a
 //! PostgreSQL one can follow behind the same trait.
@@ -49,10 +50,24 @@ pub struct TenantRecord {
     pub id: TenantId,
     /// Its alias, unique over all tenants.
     pub alias: Option<String>,
-    /// Distinct subject DNs of its trusted CAs, each unique over all tenants.
+    /// Distinct subject DNs of its trusted CAs, each unique over all tenants unless the tenants
+    /// share a trust anchor group.
     pub ca_subjects: Vec<String>,
+    /// Its `trust-anchor-group` (non-empty), which lets it share CA subject DNs with the other
+    /// tenants of the group.
+    pub trust_anchor_group: Option<String>,
     /// The Management API document (without the id).
     pub doc: Map<String, Value>,
+}
+
+impl TenantRecord {
+    /// The non-empty `trust-anchor-group` of a tenant document.
+    pub fn anchor_group_of(doc: &Map<String, Value>) -> Option<String> {
+        doc.get("trust-anchor-group")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+    }
 }
 
 /// One credential (type and auth-id) of a device, as stored (secrets with hashes and keys).
@@ -100,7 +115,8 @@ pub type Expected = Option<String>;
 /// The registry's storage. Methods are async so that blocking databases run off the runtime.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates a tenant; `Conflict` for a used id, alias or CA subject DN.
+    /// Creates a tenant; `Conflict` for a used id, alias or CA subject DN (a DN may be shared
+    /// only by tenants of one trust anchor group).
     async fn create_tenant(&self, tenant: TenantRecord) -> Result<String, StoreError>;
     /// The tenant with this id.
     async fn get_tenant(
@@ -112,11 +128,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         alias: &str,
     ) -> Result<Option<Versioned<TenantRecord>>, StoreError>;
-    /// The tenant trusting a CA with this subject DN.
-    async fn find_tenant_by_ca(
+    /// The tenants trusting a CA with this subject DN: one, or several of one trust anchor group.
+    async fn find_tenants_by_ca(
         &self,
         subject_dn: &str,
-    ) -> Result<Option<Versioned<TenantRecord>>, StoreError>;
+    ) -> Result<Vec<Versioned<TenantRecord>>, StoreError>;
     /// Replaces a tenant; returns the new version.
     async fn update_tenant(
         &self,
@@ -202,6 +218,21 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         ca_id: &str,
     ) -> Result<Option<TenantCaRecord>, StoreError>;
+
+    /// Sets (replacing) the hashed ownership code for device certificates with this subject DN;
+    /// `NotFound` without the tenant.
+    async fn set_ownership_code(
+        &self,
+        tenant: &TenantId,
+        subject_dn: &str,
+        code_hash: &str,
+    ) -> Result<(), StoreError>;
+    /// The hashed ownership code for certificates with this subject DN.
+    async fn get_ownership_code(
+        &self,
+        tenant: &TenantId,
+        subject_dn: &str,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Creates many devices with their credentials in one transaction; each row succeeds or
     /// fails on its own (in order).

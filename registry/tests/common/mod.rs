@@ -26,6 +26,8 @@ pub struct Server {
     pub registry: Registry,
     /// Changes seen.
     pub changes: Arc<Recorder>,
+    /// The SQLite database file.
+    pub db: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -62,7 +64,8 @@ pub fn config() -> RegistryConfig {
 /// Starts a registry with `config`.
 pub async fn start(config: RegistryConfig) -> Result<Server, Box<dyn Error>> {
     let dir = tempfile::tempdir()?;
-    let registry = Registry::open(&dir.path().join("sub/registry.db"), config)?;
+    let db = dir.path().join("sub/registry.db");
+    let registry = Registry::open(&db, config)?;
     let changes = Arc::new(Recorder::default());
     registry.add_change_listener(changes.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -74,6 +77,7 @@ pub async fn start(config: RegistryConfig) -> Result<Server, Box<dyn Error>> {
         client: reqwest::Client::new(),
         registry,
         changes,
+        db,
         _dir: dir,
     })
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use rmqtt_codec::error::DecodeError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
@@ -53,8 +53,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
     }
 
     async fn serve_loop(&mut self) -> CloseReason {
-        let shutdown = self.shared.ctx.shutdown.clone();
-        let revoked = self.revoked.clone();
+        // Waiting on cancellation is set up once, not on every turn of the loop.
+        let shutdown = self.shared.ctx.shutdown.clone().cancelled_owned();
+        let revoked = self.revoked.clone().cancelled_owned();
+        tokio::pin!(shutdown, revoked);
         let max = self.shared.max_in_flight;
         let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(86_400));
         let idle = tokio::time::sleep(keep_alive);
@@ -80,7 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
             }
             if self.transport.has_pending_writes() {
                 let flushed = tokio::select! {
-                    () = shutdown.cancelled() => return CloseReason::Shutdown,
+                    () = &mut shutdown => return CloseReason::Shutdown,
                     flushed = tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush()) => flushed,
                 };
                 match flushed {
@@ -94,14 +96,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
             }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return CloseReason::Shutdown,
-                () = revoked.cancelled() => return CloseReason::Revoked,
+                () = &mut shutdown => return CloseReason::Shutdown,
+                () = &mut revoked => return CloseReason::Revoked,
                 Some(outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     // Not reading while the in-flight window is full is our doing, not the
                     // client's: it must not count as idle time.
                     idle.as_mut().reset(Instant::now() + keep_alive);
                     if let Err(reason) = self.complete(outcome) {
                         return reason;
+                    }
+                    // Acknowledge every upload that is done by now in the same write.
+                    while let Some(Some(outcome)) = self.in_flight.next().now_or_never() {
+                        if let Err(reason) = self.complete(outcome) {
+                            return reason;
+                        }
                     }
                 }
                 read = self.transport.fill(), if self.in_flight.len() < max => match read {

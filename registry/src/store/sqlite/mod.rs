@@ -23,6 +23,7 @@ use super::{
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0001_init.sql"),
     include_str!("../../../migrations/0002_tenant_cas.sql"),
+    include_str!("../../../migrations/0003_claims_and_anchor_groups.sql"),
 ];
 
 /// SQLite storage.
@@ -40,9 +41,7 @@ fn map_err(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, Some(msg)) = &e
         && f.code == ErrorCode::ConstraintViolation
     {
-        let what = if msg.contains("tenant_ca_subjects") {
-            "the trusted CA subject DN is already used by another tenant"
-        } else if msg.contains("tenants.alias") {
+        let what = if msg.contains("tenants.alias") {
             "the alias is already used by another tenant"
         } else if msg.contains("credentials") {
             "a credential with this type and auth-id already exists"
@@ -170,13 +169,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn find_tenant_by_ca(
+    async fn find_tenants_by_ca(
         &self,
         subject_dn: &str,
-    ) -> Result<Option<Versioned<TenantRecord>>, StoreError> {
+    ) -> Result<Vec<Versioned<TenantRecord>>, StoreError> {
         let dn = subject_dn.to_owned();
-        let clause = "id = (SELECT tenant_id FROM tenant_ca_subjects WHERE subject_dn = ?1)";
-        self.tx(move |tx| tenants::read(tx, clause, &dn)).await
+        self.tx(move |tx| tenants::by_ca(tx, &dn)).await
     }
 
     async fn update_tenant(
@@ -330,6 +328,51 @@ impl Store for SqliteStore {
                         sealed_key: r.get(2)?,
                     })
                 },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_ownership_code(
+        &self,
+        tenant: &TenantId,
+        subject_dn: &str,
+        code_hash: &str,
+    ) -> Result<(), StoreError> {
+        let (t, dn, hash) = (
+            tenant.to_string(),
+            subject_dn.to_owned(),
+            code_hash.to_owned(),
+        );
+        self.tx(move |tx| {
+            if !tenants::exists(tx, &t)? {
+                return Err(StoreError::NotFound);
+            }
+            tx.execute(
+                "INSERT INTO ownership_codes (tenant_id, subject_dn, code_hash) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (tenant_id, subject_dn) DO UPDATE SET code_hash = excluded.code_hash",
+                [&t, &dn, &hash],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_ownership_code(
+        &self,
+        tenant: &TenantId,
+        subject_dn: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (t, dn) = (tenant.to_string(), subject_dn.to_owned());
+        self.tx(move |tx| {
+            use rusqlite::OptionalExtension;
+            tx.query_row(
+                "SELECT code_hash FROM ownership_codes WHERE tenant_id = ?1 AND subject_dn = ?2",
+                [&t, &dn],
+                |r| r.get(0),
             )
             .optional()
             .map_err(backend)

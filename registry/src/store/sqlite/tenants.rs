@@ -1,4 +1,8 @@
-//! Tenant rows: the document, its alias and the CA subject DNs it owns.
+//! Tenant rows: the document, its alias and the CA subject DNs it trusts.
+//!
+//! A CA subject DN may be trusted by several tenants only if they all share one non-empty
+//! trust anchor group: [`write_ca_subjects`] checks that inside the writing transaction (the one
+//! SQLite connection serializes writers, so the check cannot race).
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::Value;
@@ -35,15 +39,49 @@ pub(super) fn read(
         .map_err(backend)?
         .collect::<Result<Vec<String>, _>>()
         .map_err(backend)?;
+    let doc = to_map(&doc)?;
     Ok(Some(Versioned {
         version,
         value: TenantRecord {
             id: id.parse().map_err(backend)?,
             alias,
             ca_subjects,
-            doc: to_map(&doc)?,
+            trust_anchor_group: TenantRecord::anchor_group_of(&doc),
+            doc,
         },
     }))
+}
+
+/// The tenants whose ids `sql` selects (one column) with `params`.
+fn read_selected(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Versioned<TenantRecord>>, StoreError> {
+    let ids = {
+        let mut stmt = tx.prepare_cached(sql).map_err(backend)?;
+        stmt.query_map(params, |r| r.get::<_, String>(0))
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.extend(read(tx, "id = ?1", &id)?);
+    }
+    Ok(out)
+}
+
+/// Every tenant trusting a CA with `subject_dn`.
+pub(super) fn by_ca(
+    tx: &Transaction<'_>,
+    subject_dn: &str,
+) -> Result<Vec<Versioned<TenantRecord>>, StoreError> {
+    read_selected(
+        tx,
+        "SELECT tenant_id FROM tenant_ca_subjects WHERE subject_dn = ?1 ORDER BY tenant_id",
+        [subject_dn],
+    )
 }
 
 fn write_ca_subjects(tx: &Transaction<'_>, tenant: &TenantRecord) -> Result<(), StoreError> {
@@ -52,10 +90,28 @@ fn write_ca_subjects(tx: &Transaction<'_>, tenant: &TenantRecord) -> Result<(), 
         [tenant.id.as_str()],
     )
     .map_err(backend)?;
+    let group = tenant.trust_anchor_group.as_deref().unwrap_or_default();
     for dn in &tenant.ca_subjects {
+        // Another tenant with this DN outside our (non-empty) group makes it ambiguous.
+        let clash: Option<String> = tx
+            .query_row(
+                "SELECT tenant_id FROM tenant_ca_subjects WHERE subject_dn = ?1 \
+                 AND tenant_id <> ?2 AND (?3 = '' OR trust_anchor_group <> ?3) LIMIT 1",
+                params![dn, tenant.id.as_str(), group],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        if let Some(other) = clash {
+            return Err(StoreError::Conflict(format!(
+                "the trusted CA subject DN {dn} is already used by tenant {other}, which is not \
+                 in the same trust anchor group"
+            )));
+        }
         tx.execute(
-            "INSERT INTO tenant_ca_subjects (subject_dn, tenant_id) VALUES (?1, ?2)",
-            params![dn, tenant.id.as_str()],
+            "INSERT INTO tenant_ca_subjects (subject_dn, tenant_id, trust_anchor_group) \
+             VALUES (?1, ?2, ?3)",
+            params![dn, tenant.id.as_str(), group],
         )
         .map_err(map_err)?;
     }
@@ -124,18 +180,5 @@ pub(super) fn delete(
 }
 
 pub(super) fn list(tx: &Transaction<'_>) -> Result<Vec<Versioned<TenantRecord>>, StoreError> {
-    let ids = {
-        let mut stmt = tx
-            .prepare("SELECT id FROM tenants ORDER BY id")
-            .map_err(backend)?;
-        stmt.query_map([], |r| r.get::<_, String>(0))
-            .map_err(backend)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(backend)?
-    };
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        out.extend(read(tx, "id = ?1", &id)?);
-    }
-    Ok(out)
+    read_selected(tx, "SELECT id FROM tenants ORDER BY id", [])
 }
