@@ -16,6 +16,7 @@ use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Connection, Delivery, Session};
 use ferry_registry_client::TenantId;
+use futures_util::FutureExt;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +119,25 @@ pub async fn start(
     }
 }
 
+/// Most deliveries the northbound receiver settles with one `accept_all`.
+const ACCEPT_BATCH: usize = 256;
+
+/// Records the payload of `delivery`, received at `now` (µs since the epoch).
+fn arrived(recorder: &Recorder, delivery: &Delivery<Body<Value>>, now: u64) {
+    match delivery.body() {
+        Body::Data(sections) if sections.len() == 1 => {
+            recorder.arrived(&sections[0].0, now);
+        }
+        Body::Data(sections) => {
+            let bytes: Vec<u8> = sections.iter().flat_map(|d| d.0.iter().copied()).collect();
+            recorder.arrived(&bytes, now);
+        }
+        _ => {
+            recorder.arrived(&[], now);
+        }
+    }
+}
+
 /// Credit the northbound receiver grants. The client library refills it at half, so it must cover
 /// the messages in flight during one refill round trip at the highest rate measured.
 const NORTHBOUND_CREDIT: u32 = 5000;
@@ -186,8 +206,9 @@ impl Northbound {
     }
 
     async fn run(mut self, recorder: Arc<Recorder>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(ACCEPT_BATCH);
         loop {
-            let delivery: Delivery<Body<Value>> = tokio::select! {
+            let first: Delivery<Body<Value>> = tokio::select! {
                 d = self.receiver.recv() => match d {
                     Ok(d) => d,
                     Err(_) => {
@@ -197,22 +218,21 @@ impl Northbound {
                 },
                 () = stop.cancelled() => break,
             };
-            let now = now_us();
-            match delivery.body() {
-                Body::Data(sections) if sections.len() == 1 => {
-                    recorder.arrived(&sections[0].0, now);
-                }
-                Body::Data(sections) => {
-                    let bytes: Vec<u8> =
-                        sections.iter().flat_map(|d| d.0.iter().copied()).collect();
-                    recorder.arrived(&bytes, now);
-                }
-                _ => {
-                    recorder.arrived(&[], now);
+            batch.push(first);
+            // Whatever else has already arrived is settled with the first: one disposition per
+            // run of consecutive deliveries, as an application that keeps up would send.
+            while batch.len() < ACCEPT_BATCH {
+                match self.receiver.recv().now_or_never() {
+                    Some(Ok(d)) => batch.push(d),
+                    _ => break,
                 }
             }
+            let now = now_us();
+            for delivery in &batch {
+                arrived(&recorder, delivery, now);
+            }
             // Pre-settled deliveries (QoS 0 telemetry) need no disposition; fe2o3 skips them.
-            if self.receiver.accept(&delivery).await.is_err() {
+            if self.receiver.accept_all(batch.drain(..)).await.is_err() {
                 recorder.error("northbound settle");
                 break;
             }
