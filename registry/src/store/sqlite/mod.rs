@@ -1,15 +1,20 @@
-//! The SQLite [`Store`]: one file in WAL mode, one connection used from `spawn_blocking`.
+//! The SQLite [`Store`]: one file in WAL mode, one connection owned by a database thread.
+//!
+//! Every operation is a closure run in its own transaction on that thread, one after the other:
+//! callers queue as tasks and the thread takes the next closure as soon as it committed the last,
+//! so a storm of first connections neither parks blocking threads on a lock nor waits for task
+//! hand-offs between transactions.
 //!
 //! Migrations live in `registry/migrations/*.sql`, are compiled in, and are applied at open in
 //! order; `schema_version` records the last one applied.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ferry_registry_client::{CredentialType, DeviceId, TenantId};
 use rusqlite::{Connection, ErrorCode, Transaction};
 use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
 
 mod devices;
 mod tenants;
@@ -26,10 +31,16 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0003_claims_and_anchor_groups.sql"),
 ];
 
-/// SQLite storage.
+/// Closures waiting for the database thread; a full queue makes callers wait.
+const QUEUE: usize = 1024;
+
+/// One closure for the database thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// SQLite storage. Clones share the database thread, which ends with the last clone.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -89,29 +100,49 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(backend)?;
         migrate(&mut conn)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("ferry-registry-db".to_owned())
+            .spawn(move || serve(conn, queue))
+            .map_err(backend)?;
+        Ok(Self { jobs })
     }
 
-    /// Runs `f` in a transaction on a blocking thread.
+    /// Runs `f` in a transaction on the database thread.
     async fn tx<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn
-                .lock()
-                .map_err(|_| backend("database connection poisoned"))?;
-            let tx = conn.transaction().map_err(backend)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(map_err)?;
-            Ok(out)
-        })
-        .await
-        .map_err(backend)?
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let outcome = conn.transaction().map_err(backend).and_then(|tx| {
+                let out = f(&tx)?;
+                tx.commit().map_err(map_err)?;
+                Ok(out)
+            });
+            let _ = reply.send(outcome);
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| backend("the database thread has stopped"))?;
+        answer
+            .await
+            .map_err(|_| backend("the database operation did not complete"))?
+    }
+}
+
+/// The database thread: runs queued closures until every [`SqliteStore`] clone is gone. A closure
+/// that panics loses only its own answer (its caller sees an error); the thread goes on.
+fn serve(mut conn: Connection, mut queue: mpsc::Receiver<Job>) {
+    while let Some(job) = queue.blocking_recv() {
+        let run = std::panic::AssertUnwindSafe(|| job(&mut conn));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!(
+                "a registry database operation panicked; its transaction was rolled back"
+            );
+        }
     }
 }
 
@@ -406,5 +437,38 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_operation_fails_alone_and_the_store_goes_on()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("r.db"))?;
+        let panicked: Result<(), StoreError> = store
+            .tx(|tx| {
+                tx.execute("CREATE TABLE scratch (x INTEGER)", [])
+                    .map_err(backend)?;
+                panic!("boom");
+            })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Backend(_))));
+        // The panicking transaction was rolled back, and the thread serves the next one.
+        let tables: i64 = store
+            .tx(|tx| {
+                tx.query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE name = 'scratch'",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(backend)
+            })
+            .await?;
+        assert_eq!(tables, 0);
+        Ok(())
     }
 }
