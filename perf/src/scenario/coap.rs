@@ -11,7 +11,7 @@
 //! Acknowledgement latency is send to 2.04.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use coap_lite::{
@@ -22,13 +22,12 @@ use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::{Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 
+use super::requests::{self, Answer, RequestResponse};
 use super::{ACK_TIMEOUT, BoxFuture, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
 use crate::config::{Address, RunConfig, Target};
-use crate::stats::{Recorder, histogram};
+use crate::stats::Recorder;
 
-/// How long to wait before a new handshake after a session failed.
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 /// How long a DTLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// RFC 7252's ACK_TIMEOUT: the first retransmission of an unanswered CON.
@@ -253,62 +252,14 @@ impl Outcome {
 }
 
 impl CoapTransport {
-    async fn drive_device(self: Arc<Self>, device: Device, mut load: Load) {
-        let recorder = load.recorder.clone();
-        let confirmable = load.effective_qos() == 1;
-        let mut session = match self.connect(&device).await {
-            Ok(s) => Some(s),
-            Err(kind) => {
-                recorder.error(kind);
-                None
-            }
+    async fn drive_device(self: Arc<Self>, device: Device, load: Load) {
+        let coap = CoapDevice {
+            transport: &self,
+            device: &device,
+            confirmable: load.effective_qos() == 1,
+            recorder: load.recorder.clone(),
         };
-        let mut ok = false;
-        if let Some(s) = session.as_mut() {
-            let outcome = self.send(s, true, &load.warmup_payload(), &recorder).await;
-            match outcome.error(" (warm-up)") {
-                None => ok = true,
-                Some(kind) => recorder.error(kind),
-            }
-        }
-        let _ = load.ready.send(ok).await;
-        let Some(start) = load.wait_start().await else {
-            close(session).await;
-            return;
-        };
-        let mut schedule = load.schedule(start);
-        let mut acks = histogram();
-        while load.pace(&mut schedule).await {
-            let s = match session.as_mut() {
-                Some(s) => s,
-                None => match self.connect(&device).await {
-                    Ok(s) => session.insert(s),
-                    Err(kind) => {
-                        recorder.error(kind);
-                        tokio::time::sleep(RECONNECT_DELAY).await;
-                        continue;
-                    }
-                },
-            };
-            let body = load.next_payload();
-            recorder.sent();
-            let t0 = Instant::now();
-            let outcome = self.send(s, confirmable, &body, &recorder).await;
-            match outcome.error("") {
-                None => {
-                    recorder.acked();
-                    acks.saturating_record(t0.elapsed().as_micros().max(1) as u64);
-                }
-                Some(kind) => {
-                    recorder.error(kind);
-                    if matches!(outcome, Outcome::Broken(_)) {
-                        close(session.take()).await;
-                    }
-                }
-            }
-        }
-        recorder.merge_ack_latency(&acks);
-        close(session).await;
+        requests::drive(&coap, load).await;
     }
 
     async fn hold_session(self: Arc<Self>, device: Device, hold: Hold) {
@@ -343,6 +294,53 @@ impl CoapTransport {
 async fn close(session: Option<Session>) {
     if let Some(s) = session {
         let _ = tokio::time::timeout(Duration::from_secs(1), s.conn.close()).await;
+    }
+}
+
+/// One device on its DTLS session.
+struct CoapDevice<'a> {
+    transport: &'a CoapTransport,
+    device: &'a Device,
+    /// CON (at least once) or NON (at most once) for the measured messages.
+    confirmable: bool,
+    recorder: Arc<Recorder>,
+}
+
+impl CoapDevice<'_> {
+    async fn exchange(&self, session: &mut Session, confirmable: bool, body: Bytes) -> Answer {
+        let outcome = self
+            .transport
+            .send(session, confirmable, &body, &self.recorder)
+            .await;
+        match (outcome.error(""), &outcome) {
+            (None, _) => Answer::Ack,
+            (Some(kind), Outcome::Broken(_)) => Answer::Broken(kind),
+            (Some(kind), _) => Answer::Refused(kind),
+        }
+    }
+}
+
+impl RequestResponse for CoapDevice<'_> {
+    type Conn = Session;
+
+    async fn connect(&self) -> Result<Session, String> {
+        self.transport
+            .connect(self.device)
+            .await
+            .map_err(str::to_owned)
+    }
+
+    async fn request(&self, session: &mut Session, payload: Bytes) -> Answer {
+        self.exchange(session, self.confirmable, payload).await
+    }
+
+    /// Always confirmable: a NON warm-up would prove nothing.
+    async fn warm_up(&self, session: &mut Session, payload: Bytes) -> Answer {
+        self.exchange(session, true, payload).await
+    }
+
+    async fn close(&self, session: Session) {
+        close(Some(session)).await;
     }
 }
 

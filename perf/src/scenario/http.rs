@@ -3,7 +3,6 @@
 //! device does), on hyper's low-level client to keep the load generator's own cost small.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -19,13 +18,10 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
+use super::requests::{self, Answer, RequestResponse};
 use super::{ACK_TIMEOUT, BoxFuture, Device, Endpoint, Hold, Load, Transport, warmup_payload};
 use crate::PerfError;
 use crate::config::{Address, AuthKind, RunConfig, Target, TransportKind};
-use crate::stats::histogram;
-
-/// How long to wait before reconnecting after a connection failed.
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
 /// The HTTP device protocol (Hono's HTTP adapter API, or any server answering 2xx).
 #[derive(Debug)]
@@ -205,70 +201,23 @@ impl HttpTransport {
         }
     }
 
-    async fn drive_device(self: Arc<Self>, device: Device, mut load: Load) {
-        let recorder = load.recorder.clone();
+    async fn drive_device(self: Arc<Self>, device: Device, load: Load) {
         let auth = match basic_auth(&device) {
             Ok(auth) => auth,
             Err(kind) => {
-                recorder.error(kind);
+                load.recorder.error(kind);
                 let _ = load.ready.send(false).await;
                 return;
             }
         };
         let qos = load.effective_qos();
-        // Connect and authenticate once (the first password check is the slow one).
-        let mut sender = match self.connect(&device).await {
-            Ok(s) => Some(s),
-            Err(kind) => {
-                recorder.error(kind);
-                None
-            }
+        let http = HttpDevice {
+            transport: &self,
+            device: &device,
+            auth,
+            qos,
         };
-        let mut ok = false;
-        if let Some(s) = sender.as_mut() {
-            match self
-                .send(s, auth.as_ref(), qos, load.warmup_payload())
-                .await
-            {
-                Outcome::Accepted => ok = true,
-                Outcome::Status(code) => recorder.error(format!("http {code} (warm-up)")),
-                Outcome::Broken(kind) => recorder.error(format!("{kind} (warm-up)")),
-            }
-        }
-        let _ = load.ready.send(ok).await;
-        let Some(start) = load.wait_start().await else {
-            return;
-        };
-        let mut schedule = load.schedule(start);
-        let mut acks = histogram();
-        while load.pace(&mut schedule).await {
-            let s = match sender.as_mut() {
-                Some(s) => s,
-                None => match self.connect(&device).await {
-                    Ok(s) => sender.insert(s),
-                    Err(kind) => {
-                        recorder.error(kind);
-                        tokio::time::sleep(RECONNECT_DELAY).await;
-                        continue;
-                    }
-                },
-            };
-            let body = load.next_payload();
-            recorder.sent();
-            let t0 = Instant::now();
-            match self.send(s, auth.as_ref(), qos, body).await {
-                Outcome::Accepted => {
-                    recorder.acked();
-                    acks.saturating_record(t0.elapsed().as_micros().max(1) as u64);
-                }
-                Outcome::Status(code) => recorder.error(format!("http {code}")),
-                Outcome::Broken(kind) => {
-                    recorder.error(kind);
-                    sender = None;
-                }
-            }
-        }
-        recorder.merge_ack_latency(&acks);
+        requests::drive(&http, load).await;
     }
 
     async fn hold_connection(self: Arc<Self>, device: Device, hold: Hold) {
@@ -301,6 +250,41 @@ impl HttpTransport {
             hold.stop.cancelled().await;
         }
         drop(sender);
+    }
+}
+
+/// One device on its keep-alive connection.
+struct HttpDevice<'a> {
+    transport: &'a HttpTransport,
+    device: &'a Device,
+    auth: Option<HeaderValue>,
+    qos: u8,
+}
+
+impl RequestResponse for HttpDevice<'_> {
+    type Conn = Conn;
+
+    async fn connect(&self) -> Result<Conn, String> {
+        self.transport
+            .connect(self.device)
+            .await
+            .map_err(str::to_owned)
+    }
+
+    async fn request(&self, conn: &mut Conn, payload: Bytes) -> Answer {
+        match self
+            .transport
+            .send(conn, self.auth.as_ref(), self.qos, payload)
+            .await
+        {
+            Outcome::Accepted => Answer::Ack,
+            Outcome::Status(code) => Answer::Refused(format!("http {code}")),
+            Outcome::Broken(kind) => Answer::Broken(kind.to_owned()),
+        }
+    }
+
+    async fn close(&self, conn: Conn) {
+        drop(conn);
     }
 }
 

@@ -11,6 +11,7 @@ pub mod coap;
 mod handshakes;
 pub mod http;
 pub mod mqtt;
+mod requests;
 mod runner;
 mod sampler;
 mod storm;
