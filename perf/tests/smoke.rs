@@ -54,6 +54,19 @@ fn run_config(
     Ok(config)
 }
 
+/// Runs `config` as the `connections` scenario with 10 connections and checks that all opened;
+/// returns the figures.
+async fn holds_ten_connections(
+    mut config: RunConfig,
+) -> Result<ferry_perf::report::ConnectionsResult, Box<dyn std::error::Error + Send + Sync>> {
+    config.scenario = ScenarioKind::Connections;
+    config.connections = 10;
+    let r = ferry_perf::run(&config).await?;
+    let c = r.connections.ok_or("no connections figures")?;
+    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    Ok(c)
+}
+
 fn assert_sane(r: &RunResult) {
     let received = r.received.unwrap_or(0);
     assert!(r.sent > 0, "nothing sent: {r:?}");
@@ -114,11 +127,8 @@ async fn http_connections_are_opened_and_held() -> TestResult {
     let dir = tempfile::tempdir()?;
     let gateway = start_ferry(dir.path()).await?;
     let mut config = run_config(&gateway, ScenarioKind::Connections, "smoke-conn")?;
-    config.connections = 10;
     config.pid = Some(std::process::id());
-    let r = ferry_perf::run(&config).await?;
-    let c = r.connections.ok_or("no connections figures")?;
-    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    let c = holds_ten_connections(config).await?;
     assert!(c.rss_kib_after.is_some());
     gateway.shutdown().await;
     Ok(())
@@ -149,11 +159,8 @@ async fn coap_telemetry_over_dtls_psk_arrives_and_sessions_are_held() -> TestRes
 
     let mut config = run_config(&gateway, ScenarioKind::Connections, "smoke-coap")?;
     config.transport = TransportKind::Coap;
-    config.connections = 10;
     config.pid = Some(std::process::id());
-    let r = ferry_perf::run(&config).await?;
-    let c = r.connections.ok_or("no connections figures")?;
-    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    holds_ten_connections(config).await?;
     gateway.shutdown().await;
     Ok(())
 }
@@ -230,11 +237,8 @@ async fn mqtt_telemetry_and_connections_against_mosquitto_if_installed() -> Test
     let target = Target::MqttBroker(address);
     let mut config = RunConfig::new(ScenarioKind::Connections, TransportKind::Mqtt, target);
     config.password = "any".to_owned();
-    config.connections = 10;
     config.duration = Duration::from_secs(1);
-    let r = ferry_perf::run(&config).await?;
-    let c = r.connections.ok_or("no connections figures")?;
-    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    holds_ten_connections(config).await?;
     Ok(())
 }
 
@@ -460,12 +464,8 @@ async fn amqp_telemetry_events_and_connections_arrive_northbound() -> TestResult
     assert_sane(&events);
     assert!(events.received >= Some(events.acked), "{events:?}");
 
-    config.scenario = ScenarioKind::Connections;
-    config.connections = 10;
     config.pid = Some(std::process::id());
-    let r = ferry_perf::run(&config).await?;
-    let c = r.connections.ok_or("no connections figures")?;
-    assert_eq!((c.opened, c.failed), (10, 0), "{:?}", r.errors);
+    holds_ten_connections(config).await?;
     gateway.shutdown().await;
     Ok(())
 }
