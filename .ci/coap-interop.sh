@@ -110,5 +110,5 @@ for client in coap-client-openssl coap-client-gnutls; do
     || fail "certificate telemetry from $client not received: $(cat "$work/consumed")"
 done
 if grep -q "must not arrive" "$work/consumed"; then fail "a wrong key or a foreign certificate got through"; fi
-grep -q "unknown issuer: CN=Rogue CA" "$work/ferry.log" || fail "the foreign certificate's refusal was not logged"
+grep -qE "unknown issuer.*: CN=Rogue CA" "$work/ferry.log" || fail "the foreign certificate's refusal was not logged"
 echo "coap interop: coap-client-openssl and coap-client-gnutls (DTLS-PSK and X.509) -> Ferry -> qpid-proton: telemetry and events received"
