@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 
 use ferry::{Config, Gateway};
 
+/// mimalloc instead of glibc's malloc: the message path allocates small, short-lived buffers on
+/// two worker threads, where it needs about half the CPU (docs/perf.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Ferry: a multi-protocol IoT device gateway speaking Eclipse Hono's APIs.
 #[derive(Parser)]
 #[command(version, about)]
