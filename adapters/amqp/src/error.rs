@@ -34,6 +34,16 @@ pub enum AmqpError {
     },
 }
 
+impl From<ferry_adapter_core::accept::PortsError> for AmqpError {
+    fn from(e: ferry_adapter_core::accept::PortsError) -> Self {
+        use ferry_adapter_core::accept::PortsError;
+        match e {
+            PortsError::Bind { addr, source } => Self::Bind { addr, source },
+            PortsError::NoPort => Self::InvalidConfig(PortsError::NoPort.to_string()),
+        }
+    }
+}
+
 /// What the device is told about a delivery that was not forwarded.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Refusal {

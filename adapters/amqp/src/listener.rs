@@ -9,11 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ferry_adapter_core::AdapterContext;
-use ferry_adapter_core::accept::{connection_slot, next_connection};
+use ferry_adapter_core::accept::{Port, Ports, connection_slot, next_connection};
 use ferry_registry_client::ChangeListener;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AmqpConfig;
@@ -21,17 +19,9 @@ use crate::connection::{Connection, Shared};
 use crate::error::AmqpError;
 use crate::watch::ConnectionWatch;
 
-/// A bound port.
-struct Port {
-    listener: TcpListener,
-    addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
-}
-
 /// The AMQP adapter, bound and ready to [`run`](AmqpAdapter::run).
 pub struct AmqpAdapter {
-    insecure: Option<Port>,
-    secure: Option<Port>,
+    ports: Ports,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
 }
@@ -45,20 +35,6 @@ impl std::fmt::Debug for AmqpAdapter {
     }
 }
 
-async fn bind(addr: SocketAddr, tls: Option<TlsAcceptor>) -> Result<Port, AmqpError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| AmqpError::Bind { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| AmqpError::Bind { addr, source })?;
-    Ok(Port {
-        listener,
-        addr,
-        tls,
-    })
-}
-
 impl AmqpAdapter {
     /// Validates `config` and binds the insecure port (if enabled) and, given a TLS server
     /// configuration, the TLS port. ALPN protocols of `tls` are cleared for this port: AMQP
@@ -69,30 +45,18 @@ impl AmqpAdapter {
         ctx: AdapterContext,
     ) -> Result<Self, AmqpError> {
         config.validate()?;
-        let insecure = match config.insecure_port_enabled {
-            true => Some(bind(config.bind, None).await?),
-            false => None,
-        };
-        let secure = match tls {
-            Some(tls) => {
-                let mut tls = Arc::unwrap_or_clone(tls);
-                tls.alpn_protocols.clear();
-                Some(bind(config.tls_bind, Some(TlsAcceptor::from(Arc::new(tls)))).await?)
-            }
-            None => None,
-        };
-        if insecure.is_none() && secure.is_none() {
-            return Err(AmqpError::InvalidConfig(
-                "the insecure port is disabled and no TLS configuration was given".to_owned(),
-            ));
-        }
+        let tls = tls.map(|tls| {
+            let mut tls = Arc::unwrap_or_clone(tls);
+            tls.alpn_protocols.clear();
+            (config.tls_bind, Arc::new(tls))
+        });
+        let ports = Ports::bind(config.insecure_port_enabled.then_some(config.bind), tls).await?;
         let max_payload_size = config
             .max_payload_size
             .min(ctx.forwarder.max_payload_size());
         let watch = Arc::new(ConnectionWatch::new(ctx.forwarder.clone()));
         Ok(Self {
-            insecure,
-            secure,
+            ports,
             shared: Arc::new(Shared {
                 ctx,
                 max_payload_size,
@@ -116,28 +80,26 @@ impl AmqpAdapter {
 
     /// The bound address of the insecure port, if it is open.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.insecure.as_ref().map(|p| p.addr)
+        self.ports.local_addr()
     }
 
     /// The bound address of the TLS port, if it is open.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
-        self.secure.as_ref().map(|p| p.addr)
+        self.ports.tls_local_addr()
     }
 
     /// Serves until the context's shutdown token fires, then stops accepting and returns once
     /// every connection has settled its deliveries in flight and closed.
     pub async fn run(self) {
         let tracker = TaskTracker::new();
-        let accept = |port: Option<Port>| {
+        let accept = |port: Port| {
             let tracker = tracker.clone();
             let (shared, permits) = (Arc::clone(&self.shared), Arc::clone(&self.permits));
             async move {
-                if let Some(port) = port {
-                    accept_loop(port, shared, permits, tracker).await;
-                }
+                accept_loop(port, shared, permits, tracker).await;
             }
         };
-        tokio::join!(accept(self.insecure), accept(self.secure));
+        self.ports.serve(accept).await;
         tracker.close();
         tracker.wait().await;
         tracing::info!("AMQP adapter stopped");

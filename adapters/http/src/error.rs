@@ -26,6 +26,16 @@ pub enum HttpError {
     },
 }
 
+impl From<ferry_adapter_core::accept::PortsError> for HttpError {
+    fn from(e: ferry_adapter_core::accept::PortsError) -> Self {
+        use ferry_adapter_core::accept::PortsError;
+        match e {
+            PortsError::Bind { addr, source } => Self::Bind { addr, source },
+            PortsError::NoPort => Self::InvalidConfig(PortsError::NoPort.to_string()),
+        }
+    }
+}
+
 /// The HTTP status of a protocol-neutral error kind.
 pub(crate) fn status_for(kind: ErrorKind) -> StatusCode {
     match kind {

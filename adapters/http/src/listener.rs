@@ -10,10 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ferry_adapter_core::AdapterContext;
-use ferry_adapter_core::accept::{connection_slot, next_connection};
-use tokio::net::TcpListener;
+use ferry_adapter_core::accept::{Port, Ports, connection_slot, next_connection};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::HttpConfig;
@@ -21,17 +19,9 @@ use crate::connection::{Connection, ConnectionConfig};
 use crate::error::HttpError;
 use crate::service::Shared;
 
-/// A bound port.
-struct Port {
-    listener: TcpListener,
-    addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
-}
-
 /// The HTTP adapter, bound and ready to [`run`](HttpAdapter::run).
 pub struct HttpAdapter {
-    insecure: Option<Port>,
-    secure: Option<Port>,
+    ports: Ports,
     shared: Arc<Shared>,
     connection: Arc<ConnectionConfig>,
     permits: Arc<Semaphore>,
@@ -46,20 +36,6 @@ impl std::fmt::Debug for HttpAdapter {
     }
 }
 
-async fn bind(addr: SocketAddr, tls: Option<TlsAcceptor>) -> Result<Port, HttpError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| HttpError::Bind { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| HttpError::Bind { addr, source })?;
-    Ok(Port {
-        listener,
-        addr,
-        tls,
-    })
-}
-
 impl HttpAdapter {
     /// Validates `config` and binds the insecure port (if enabled) and, given a TLS server
     /// configuration (with ALPN `http/1.1` set by the caller), the TLS port.
@@ -69,25 +45,16 @@ impl HttpAdapter {
         ctx: AdapterContext,
     ) -> Result<Self, HttpError> {
         config.validate()?;
-        let insecure = match config.insecure_port_enabled {
-            true => Some(bind(config.bind, None).await?),
-            false => None,
-        };
-        let secure = match tls {
-            Some(tls) => Some(bind(config.tls_bind, Some(TlsAcceptor::from(tls))).await?),
-            None => None,
-        };
-        if insecure.is_none() && secure.is_none() {
-            return Err(HttpError::InvalidConfig(
-                "the insecure port is disabled and no TLS configuration was given".to_owned(),
-            ));
-        }
+        let ports = Ports::bind(
+            config.insecure_port_enabled.then_some(config.bind),
+            tls.map(|tls| (config.tls_bind, tls)),
+        )
+        .await?;
         let max_payload_size = config
             .max_payload_size
             .min(ctx.forwarder.max_payload_size());
         Ok(Self {
-            insecure,
-            secure,
+            ports,
             shared: Arc::new(Shared {
                 ctx,
                 max_payload_size,
@@ -104,19 +71,19 @@ impl HttpAdapter {
 
     /// The bound address of the insecure port, if it is open.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.insecure.as_ref().map(|p| p.addr)
+        self.ports.local_addr()
     }
 
     /// The bound address of the TLS port, if it is open.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
-        self.secure.as_ref().map(|p| p.addr)
+        self.ports.tls_local_addr()
     }
 
     /// Serves until the context's shutdown token fires, then stops accepting and returns once
     /// every request in flight was answered.
     pub async fn run(self) {
         let tracker = TaskTracker::new();
-        let accept = |port: Option<Port>| {
+        let accept = |port: Port| {
             let tracker = tracker.clone();
             let (shared, connection, permits) = (
                 Arc::clone(&self.shared),
@@ -124,12 +91,10 @@ impl HttpAdapter {
                 Arc::clone(&self.permits),
             );
             async move {
-                if let Some(port) = port {
-                    accept_loop(port, shared, connection, permits, tracker).await;
-                }
+                accept_loop(port, shared, connection, permits, tracker).await;
             }
         };
-        tokio::join!(accept(self.insecure), accept(self.secure));
+        self.ports.serve(accept).await;
         tracker.close();
         tracker.wait().await;
         tracing::info!("HTTP adapter stopped");

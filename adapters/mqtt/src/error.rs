@@ -29,6 +29,16 @@ pub enum MqttError {
     },
 }
 
+impl From<ferry_adapter_core::accept::PortsError> for MqttError {
+    fn from(e: ferry_adapter_core::accept::PortsError) -> Self {
+        use ferry_adapter_core::accept::PortsError;
+        match e {
+            PortsError::Bind { addr, source } => Self::Bind { addr, source },
+            PortsError::NoPort => Self::InvalidConfig(PortsError::NoPort.to_string()),
+        }
+    }
+}
+
 /// Why a CONNECT was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refusal {

@@ -10,11 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ferry_adapter_core::AdapterContext;
-use ferry_adapter_core::accept::next_connection;
+use ferry_adapter_core::accept::{Port, Ports, next_connection};
 use ferry_registry_client::ChangeListener;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::MqttConfig;
@@ -29,17 +27,9 @@ use crate::watch::ConnectionWatch;
 /// are closed without a CONNACK.
 const MAX_REFUSALS_IN_PROGRESS: usize = 64;
 
-/// A bound port.
-struct Port {
-    listener: TcpListener,
-    addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
-}
-
 /// The MQTT adapter, bound and ready to [`run`](MqttAdapter::run).
 pub struct MqttAdapter {
-    insecure: Option<Port>,
-    secure: Option<Port>,
+    ports: Ports,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
@@ -54,20 +44,6 @@ impl std::fmt::Debug for MqttAdapter {
     }
 }
 
-async fn bind(addr: SocketAddr, tls: Option<TlsAcceptor>) -> Result<Port, MqttError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| MqttError::Bind { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| MqttError::Bind { addr, source })?;
-    Ok(Port {
-        listener,
-        addr,
-        tls,
-    })
-}
-
 impl MqttAdapter {
     /// Validates `config` and binds the insecure port (if enabled) and, given a TLS server
     /// configuration, the TLS port. `ctx` must be built for the adapter type
@@ -78,19 +54,11 @@ impl MqttAdapter {
         ctx: AdapterContext,
     ) -> Result<Self, MqttError> {
         config.validate()?;
-        let insecure = match config.insecure_port_enabled {
-            true => Some(bind(config.bind, None).await?),
-            false => None,
-        };
-        let secure = match tls {
-            Some(tls) => Some(bind(config.tls_bind, Some(TlsAcceptor::from(tls))).await?),
-            None => None,
-        };
-        if insecure.is_none() && secure.is_none() {
-            return Err(MqttError::InvalidConfig(
-                "the insecure port is disabled and no TLS configuration was given".to_owned(),
-            ));
-        }
+        let ports = Ports::bind(
+            config.insecure_port_enabled.then_some(config.bind),
+            tls.map(|tls| (config.tls_bind, tls)),
+        )
+        .await?;
         let max_payload_size = config
             .max_payload_size
             .min(ctx.forwarder.max_payload_size());
@@ -98,8 +66,7 @@ impl MqttAdapter {
             .map_err(|_| MqttError::InvalidConfig("max_payload_size is too large".to_owned()))?;
         let watch = Arc::new(ConnectionWatch::new(ctx.forwarder.clone()));
         Ok(Self {
-            insecure,
-            secure,
+            ports,
             shared: Arc::new(Shared {
                 ctx,
                 max_payload_size,
@@ -125,19 +92,19 @@ impl MqttAdapter {
 
     /// The bound address of the insecure port, if it is open.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.insecure.as_ref().map(|p| p.addr)
+        self.ports.local_addr()
     }
 
     /// The bound address of the TLS port, if it is open.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
-        self.secure.as_ref().map(|p| p.addr)
+        self.ports.tls_local_addr()
     }
 
     /// Serves until the context's shutdown token fires, then stops accepting and returns once
     /// every connection has closed (forwards in flight finish first).
     pub async fn run(self) {
         let tracker = TaskTracker::new();
-        let accept = |port: Option<Port>| {
+        let accept = |port: Port| {
             let tracker = tracker.clone();
             let (shared, permits, refusals) = (
                 Arc::clone(&self.shared),
@@ -145,12 +112,10 @@ impl MqttAdapter {
                 Arc::clone(&self.refusals),
             );
             async move {
-                if let Some(port) = port {
-                    accept_loop(port, shared, permits, refusals, tracker).await;
-                }
+                accept_loop(port, shared, permits, refusals, tracker).await;
             }
         };
-        tokio::join!(accept(self.insecure), accept(self.secure));
+        self.ports.serve(accept).await;
         tracker.close();
         tracker.wait().await;
         tracing::info!("MQTT adapter stopped");
