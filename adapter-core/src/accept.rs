@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A bound port: plain, or TLS from the first byte.
 pub struct Port {
@@ -74,13 +75,16 @@ impl Ports {
         self.secure.as_ref().map(|p| p.addr)
     }
 
-    /// Runs `accept_loop` on every open port, concurrently, until all of them return.
-    pub async fn serve<F>(self, mut accept_loop: impl FnMut(Port) -> F)
+    /// Runs `accept_loop` on every open port, concurrently, with a tracker for the connection
+    /// tasks it spawns; returns once every loop returned and every tracked task ended.
+    pub async fn serve<F>(self, mut accept_loop: impl FnMut(Port, TaskTracker) -> F)
     where
         F: Future<Output = ()>,
     {
-        let insecure = self.insecure.map(&mut accept_loop);
-        let secure = self.secure.map(&mut accept_loop);
+        let tracker = TaskTracker::new();
+        let mut start = |port: Port| accept_loop(port, tracker.clone());
+        let insecure = self.insecure.map(&mut start);
+        let secure = self.secure.map(&mut start);
         tokio::join!(
             async {
                 if let Some(f) = insecure {
@@ -93,6 +97,8 @@ impl Ports {
                 }
             }
         );
+        tracker.close();
+        tracker.wait().await;
     }
 }
 

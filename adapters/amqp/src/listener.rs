@@ -91,17 +91,13 @@ impl AmqpAdapter {
     /// Serves until the context's shutdown token fires, then stops accepting and returns once
     /// every connection has settled its deliveries in flight and closed.
     pub async fn run(self) {
-        let tracker = TaskTracker::new();
-        let accept = |port: Port| {
-            let tracker = tracker.clone();
+        let accept = |port: Port, tracker: TaskTracker| {
             let (shared, permits) = (Arc::clone(&self.shared), Arc::clone(&self.permits));
             async move {
                 accept_loop(port, shared, permits, tracker).await;
             }
         };
         self.ports.serve(accept).await;
-        tracker.close();
-        tracker.wait().await;
         tracing::info!("AMQP adapter stopped");
     }
 }

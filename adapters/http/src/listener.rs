@@ -82,9 +82,7 @@ impl HttpAdapter {
     /// Serves until the context's shutdown token fires, then stops accepting and returns once
     /// every request in flight was answered.
     pub async fn run(self) {
-        let tracker = TaskTracker::new();
-        let accept = |port: Port| {
-            let tracker = tracker.clone();
+        let accept = |port: Port, tracker: TaskTracker| {
             let (shared, connection, permits) = (
                 Arc::clone(&self.shared),
                 Arc::clone(&self.connection),
@@ -95,8 +93,6 @@ impl HttpAdapter {
             }
         };
         self.ports.serve(accept).await;
-        tracker.close();
-        tracker.wait().await;
         tracing::info!("HTTP adapter stopped");
     }
 }

@@ -103,9 +103,7 @@ impl MqttAdapter {
     /// Serves until the context's shutdown token fires, then stops accepting and returns once
     /// every connection has closed (forwards in flight finish first).
     pub async fn run(self) {
-        let tracker = TaskTracker::new();
-        let accept = |port: Port| {
-            let tracker = tracker.clone();
+        let accept = |port: Port, tracker: TaskTracker| {
             let (shared, permits, refusals) = (
                 Arc::clone(&self.shared),
                 Arc::clone(&self.permits),
@@ -116,8 +114,6 @@ impl MqttAdapter {
             }
         };
         self.ports.serve(accept).await;
-        tracker.close();
-        tracker.wait().await;
         tracing::info!("MQTT adapter stopped");
     }
 }
