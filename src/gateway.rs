@@ -185,6 +185,7 @@ impl Gateway {
         .await
         .context("cannot start the AMQP adapter")?;
         // After the cache's listener: the adapter's re-checks then see the change.
+        registry.add_change_listener(http.change_listener());
         registry.add_change_listener(amqp.change_listener());
         registry.add_change_listener(mqtt.change_listener());
         let configured_tls = config.tls.cert.as_deref().zip(config.tls.key.as_deref());

@@ -205,6 +205,39 @@ async fn disabling_a_device_or_tenant_takes_effect_on_the_next_request() -> Test
     Ok(())
 }
 
+/// The HTTP adapter reuses a keep-alive connection's last password check; a password change
+/// must still be seen by the very next request on that connection.
+#[tokio::test]
+async fn a_changed_password_takes_effect_on_the_next_request_of_a_connection() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    ferry.provision("t7", "dev1", "old").await?;
+    let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t7").await?;
+    for _ in 0..3 {
+        assert_eq!(
+            ferry.upload("/telemetry", "dev1@t7", "old", "a").await?,
+            202
+        );
+    }
+    ferry.password("t7", "dev1", "new").await?;
+    assert_eq!(
+        ferry.upload("/telemetry", "dev1@t7", "old", "b").await?,
+        401
+    );
+    assert_eq!(
+        ferry.upload("/telemetry", "dev1@t7", "new", "c").await?,
+        202
+    );
+    let mut payloads = Vec::new();
+    while let Some(m) = consumer.next(Duration::from_millis(500)).await? {
+        payloads.push(m.payload);
+    }
+    assert_eq!(payloads, [&b"a"[..], b"a", b"a", b"c"]);
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_gateway_sends_only_for_devices_that_list_it() -> TestResult {
     let dir = tempfile::tempdir()?;

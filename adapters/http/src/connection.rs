@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::memo::AuthMemo;
 use crate::service::{self, Shared};
 
 /// hyper's read buffer limit per connection: bounds the memory a client can make us hold for
@@ -111,7 +112,10 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| service::handle(req, Arc::clone(&shared), peer.clone()));
+    let memo = Arc::new(AuthMemo::new(Arc::clone(&shared.generation)));
+    let service = service_fn(move |req| {
+        service::handle(req, Arc::clone(&shared), peer.clone(), Arc::clone(&memo))
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

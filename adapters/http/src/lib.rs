@@ -29,6 +29,7 @@ pub mod config;
 mod connection;
 pub mod error;
 mod listener;
+mod memo;
 mod request;
 mod service;
 

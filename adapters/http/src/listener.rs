@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use ferry_adapter_core::AdapterContext;
 use ferry_adapter_core::accept::{Port, Ports, connection_slot, next_connection};
+use ferry_registry_client::ChangeListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -60,6 +61,7 @@ impl HttpAdapter {
                 max_payload_size,
                 body_timeout: config.idle_timeout,
                 authentication_required: config.authentication_required,
+                generation: Arc::default(),
             }),
             connection: Arc::new(ConnectionConfig {
                 tls_handshake_timeout: config.tls_handshake_timeout,
@@ -67,6 +69,12 @@ impl HttpAdapter {
             }),
             permits: Arc::new(Semaphore::new(config.max_connections)),
         })
+    }
+
+    /// Tell this about every committed registry change: connections reuse their last password
+    /// authentication only while nothing changed.
+    pub fn change_listener(&self) -> Arc<dyn ChangeListener> {
+        Arc::clone(&self.shared.generation) as Arc<dyn ChangeListener>
     }
 
     /// The bound address of the insecure port, if it is open.

@@ -11,12 +11,13 @@ use bytes::Bytes;
 use ferry_adapter_core::tls::TlsPeer;
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Upload};
 use ferry_registry_client::{DeviceId, TenantId};
-use http::header::{ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 
 use crate::error::RequestError;
+use crate::memo::{AuthMemo, RegistryGeneration};
 use crate::request::{BasicCredentials, Params, Route, Target};
 
 /// What every request handler of the adapter shares.
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) body_timeout: Duration,
     /// Whether the adapter requires credentials.
     pub(crate) authentication_required: bool,
+    /// Committed registry changes, for the connections' [`AuthMemo`]s.
+    pub(crate) generation: Arc<RegistryGeneration>,
 }
 
 /// Tenant and device of a request, as far as they are known, for the log line of a refusal.
@@ -42,16 +45,18 @@ struct Who {
 
 /// Answers one request. Never fails: refusals are responses.
 ///
-/// `peer` is the connection's TLS client certificate, if the client presented one.
+/// `peer` is the connection's TLS client certificate, if the client presented one; `memo` its
+/// last password authentication.
 pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     peer: Option<Arc<TlsPeer>>,
+    memo: Arc<AuthMemo>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut who = Who::default();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    match upload(req, &shared, peer.as_deref(), &mut who).await {
+    let uri = req.uri().clone();
+    match upload(req, &shared, peer.as_deref(), &memo, &mut who).await {
         Ok(()) => Ok(status_only(StatusCode::ACCEPTED)),
         Err(e) => {
             let status = e.status();
@@ -60,7 +65,7 @@ pub(crate) async fn handle(
                 device = who.device.as_ref().map_or("-", DeviceId::as_str),
                 user = who.user.as_deref().unwrap_or("-"),
                 %method,
-                path,
+                path = uri.path(),
                 status = status.as_u16(),
                 reason = %e,
                 "request refused"
@@ -139,23 +144,47 @@ async fn authenticate_certificate(
     Ok(device)
 }
 
-/// Who sends, and for which device: authenticates where credentials are given or required.
-/// Basic credentials win over a client certificate; without either the request is anonymous.
-async fn identify(
-    target: Target,
-    credentials: Option<BasicCredentials>,
+/// Who sends: the device the connection's memo recalls for this `authorization`, else whoever
+/// the credentials or the client certificate prove (remembered when it was a password). Basic
+/// credentials win over a client certificate; without either the request is anonymous.
+async fn sender(
+    headers: &http::HeaderMap,
     peer: Option<&TlsPeer>,
+    shared: &Shared,
+    memo: &AuthMemo,
+    who: &mut Who,
+) -> Result<Option<AuthenticatedDevice>, RequestError> {
+    let authorization = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    if let Some(device) = authorization.and_then(|a| memo.recall(a)) {
+        who.user = Some(device.auth_id.chars().take(128).collect());
+        who.tenant = Some(device.tenant_id.clone());
+        who.device = Some(device.device_id.clone());
+        return Ok(Some(device));
+    }
+    let generation = memo.generation();
+    match (
+        BasicCredentials::from_headers(headers)?,
+        peer.filter(|p| p.has_certificate()),
+    ) {
+        (Some(credentials), _) => {
+            let device = authenticate(shared, credentials, who).await?;
+            if let Some(authorization) = authorization {
+                memo.remember(authorization, &device, generation);
+            }
+            Ok(Some(device))
+        }
+        (None, Some(peer)) => Ok(Some(authenticate_certificate(shared, peer, who).await?)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// For which device `sender` (if anyone) sends to `target`.
+fn identify(
+    target: Target,
+    sender: Option<AuthenticatedDevice>,
     shared: &Shared,
     who: &mut Who,
 ) -> Result<(Option<AuthenticatedDevice>, TenantId, DeviceId), RequestError> {
-    if let Target::Device { device, .. } = &target {
-        who.device = Some(device.clone());
-    }
-    let sender = match (credentials, peer.filter(|p| p.has_certificate())) {
-        (Some(credentials), _) => Some(authenticate(shared, credentials, who).await?),
-        (None, Some(peer)) => Some(authenticate_certificate(shared, peer, who).await?),
-        (None, None) => None,
-    };
     match (target, sender) {
         (Target::Own, None) => Err(RequestError::MissingCredentials),
         (Target::Own, Some(sender)) => {
@@ -183,12 +212,16 @@ async fn upload(
     req: Request<Incoming>,
     shared: &Shared,
     peer: Option<&TlsPeer>,
+    memo: &AuthMemo,
     who: &mut Who,
 ) -> Result<(), RequestError> {
     let (parts, body) = req.into_parts();
     let route = Route::parse(&parts.method, parts.uri.path())?;
-    let credentials = BasicCredentials::from_headers(&parts.headers)?;
-    let (sender, tenant, device) = identify(route.target, credentials, peer, shared, who).await?;
+    if let Target::Device { device, .. } = &route.target {
+        who.device = Some(device.clone());
+    }
+    let sender = sender(&parts.headers, peer, shared, memo, who).await?;
+    let (sender, tenant, device) = identify(route.target, sender, shared, who)?;
     let params = Params::parse(route.endpoint, &parts.headers, parts.uri.query())?;
     let payload = read_body(body, shared.max_payload_size, shared.body_timeout).await?;
     let upload = Upload {
