@@ -88,10 +88,13 @@ pub async fn start(
                 .await
                 .map_err(|e| PerfError::Consumer(format!("subscribe: {e}")))?;
             Ok(Some(tokio::spawn(async move {
+                let stopped = stop.cancelled_owned();
+                tokio::pin!(stopped);
                 loop {
                     let event = tokio::select! {
+                        biased;
                         e = events.poll() => e,
-                        () = stop.cancelled() => break,
+                        () = &mut stopped => break,
                     };
                     match event {
                         Ok(Polled::Message(payload)) => {

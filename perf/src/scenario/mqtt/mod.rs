@@ -151,22 +151,23 @@ impl MqttTransport {
             },
         ));
         if let Some(start) = load.wait_start().await {
-            let mut schedule = load.schedule(start);
-            while load.pace(&mut schedule).await {
+            let mut pacer = load.pacer(start);
+            while pacer.next().await {
                 let payload = load.next_payload();
                 if let Ok(mut q) = inflight.queued.lock() {
                     q.push_back(Instant::now());
                 }
                 inflight.outstanding.fetch_add(1, Ordering::Relaxed);
-                tokio::select! {
-                    sent = client.publish(self.topic, qos, payload) => {
-                        if !sent {
-                            recorder.error("mqtt client closed");
-                            break;
-                        }
-                        recorder.sent();
+                match pacer
+                    .unless_stopped(client.publish(self.topic, qos, payload))
+                    .await
+                {
+                    Some(true) => recorder.sent(),
+                    Some(false) => {
+                        recorder.error("mqtt client closed");
+                        break;
                     }
-                    () = load.stop.cancelled() => {
+                    None => {
                         if let Ok(mut q) = inflight.queued.lock() {
                             q.pop_back();
                         }
@@ -232,10 +233,14 @@ async fn run_events(
 ) {
     let mut by_pkid: HashMap<u16, Instant> = HashMap::new();
     let mut acks = histogram();
+    // One wait for the end, polled only when the event loop has nothing to report.
+    let done = done.cancelled_owned();
+    tokio::pin!(done);
     loop {
         let event = tokio::select! {
+            biased;
             e = events.poll() => e,
-            () = done.cancelled() => break,
+            () = &mut done => break,
         };
         match event {
             Ok(Polled::Written(pkid)) => {
@@ -269,7 +274,7 @@ async fn run_events(
                 // rumqttc reconnects on the next poll; do not spin against a dead broker.
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    () = done.cancelled() => break,
+                    () = &mut done => break,
                 }
             }
         }
