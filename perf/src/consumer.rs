@@ -88,11 +88,12 @@ pub async fn start(
                 .await
                 .map_err(|e| PerfError::Consumer(format!("subscribe: {e}")))?;
             Ok(Some(tokio::spawn(async move {
+                // One wait for the stop for the whole run. Not `biased`: a broker with a backlog
+                // keeps the event loop ready, and the stop must still win.
                 let stopped = stop.cancelled_owned();
                 tokio::pin!(stopped);
                 loop {
                     let event = tokio::select! {
-                        biased;
                         e = events.poll() => e,
                         () = &mut stopped => break,
                     };
