@@ -2,23 +2,26 @@
 # Side-by-side: the same ferry-perf scenarios against Ferry and against its peers on this machine.
 #
 #   HTTP telemetry   Ferry's HTTP adapter (northbound consumer attached)  vs  nginx answering 202
-#   MQTT telemetry   Ferry's MQTT adapter (QoS 0 and 1, and 1 over TLS)   vs  Mosquitto (subscriber)
-#                    and over TLS with client certificates (QoS 0 and 1) from one test CA for both
-#   idle connections Ferry vs nginx (HTTP) and Ferry vs Mosquitto (MQTT, plain and with client
-#                    certificates): resident memory per connection
+#   MQTT telemetry   Ferry's MQTT adapter (QoS 0 and 1, 1 over TLS, 1 with MQTT 5)  vs  Mosquitto
+#                    (subscriber), and over TLS with client certificates (QoS 0 and 1) from one test
+#                    CA for both
+#   idle connections Ferry vs nginx (HTTP) and Ferry vs Mosquitto (MQTT 3.1.1 and 5, plain, and
+#                    3.1.1 with client certificates): resident memory per connection, each measured
+#                    on a freshly started server (a process that held connections before reuses
+#                    the freed memory and would look cheaper than it is)
 #
-# Everything binds to 127.0.0.1 on ports the script picks, runs for a bounded time and is stopped
-# when the script ends. Ferry runs from a release build with a temporary data dir; Mosquitto
-# (password file with the same device users, a TLS listener with a throwaway CA, and a TLS listener
-# that requires client certificates from ferry-perf's test CA: `require_certificate`,
-# `use_identity_as_username`) and nginx (`return 202`) are Debian's, installed with
-# apt-get when missing. The MQTT comparison needs Ferry's MQTT adapter (listening on 1883); without
-# it that part is skipped with a message.
+# Everything binds to 127.0.0.1 on ports of one block (PORT_BASE, default 29000; see below), runs
+# for a bounded time and is stopped when the script ends. Ferry runs from a release build with a
+# temporary data dir (kept across its restarts, so provisioned devices stay); Mosquitto (password
+# file with the same device users, a TLS listener with a throwaway CA, and a TLS listener that
+# requires client certificates from ferry-perf's test CA: `require_certificate`,
+# `use_identity_as_username`) and nginx (`return 202`) are Debian's, installed with apt-get when
+# missing.
 #
 # Settings (environment): DURATION (s, default 10), DEVICES (100), PAYLOAD (256), RATE (max),
-# CONNECTIONS (10000), SKIP=mqtt,x509,http,connections (parts to skip; x509: the client-certificate
-# MQTT runs), OUT (results dir, default a temp dir),
-# NO_BUILD=1 (use the existing release binaries).
+# CONNECTIONS (10000), SKIP=mqtt,mqtt5,x509,http,connections (parts to skip; x509: the
+# client-certificate MQTT runs; mqtt5: the MQTT 5 runs), OUT (results dir, default a temp dir),
+# PORT_BASE (29000), NO_BUILD=1 (use the existing release binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,32 +31,33 @@ PAYLOAD=${PAYLOAD:-256}
 RATE=${RATE:-max}
 CONNECTIONS=${CONNECTIONS:-10000}
 SKIP=${SKIP:-}
+PORT_BASE=${PORT_BASE:-29000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 WORK=$(mktemp -d /tmp/ferry-compare.XXXXXX)
 chmod 711 "$WORK" # Mosquitto drops root privileges and must reach its password file
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 
-# Ports (loopback only), away from Hono's defaults except MQTT, where Ferry's adapter has no
-# setting yet and is looked for on 1883. All below the ephemeral range (32768+), which 10,000 client
-# connections would otherwise collide with.
-MGMT=28180 NORTH=25772 HTTP=28188 HTTPS=28543 NGINX=28190 MOSQ=28930 MOSQ_TLS=28931 MOSQ_X509=28932
-FERRY_MQTT=1883 FERRY_MQTTS=8883
+# Ports (loopback only): one block of 1,000 from PORT_BASE, the last three digits recalling the
+# usual port. The default block, 29000-29999, lies away from Hono's defaults, from the 1xxxx-4xxxx
+# ports the developers' own gateways use, and below the ephemeral range (32768+), which 10,000
+# client connections would otherwise collide with.
+port() { echo $((PORT_BASE + $1)); }
+MGMT=$(port 80) HTTP=$(port 81) HTTPS=$(port 443) NORTH=$(port 672) AMQP=$(port 673) AMQPS=$(port 671)
+FERRY_MQTT=$(port 183) FERRY_MQTTS=$(port 883) COAP=$(port 683) COAPS=$(port 684)
+NGINX=$(port 90) MOSQ=$(port 283) MOSQ_TLS=$(port 284) MOSQ_X509=$(port 285)
 
-PIDS=()
+FERRY_PID= MOSQ_PID= NGINX_WORKER=
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -f "$WORK/nginx/nginx.pid" ]; then kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true; fi
+  stop_ferry
+  stop_mosquitto
+  stop_nginx
   rm -rf "$WORK/ferry"
 }
 trap cleanup EXIT
 
 skip() { [[ ",$SKIP," == *",$1,"* ]]; }
 say() { printf '\n== %s\n' "$*" >&2; }
-listening() { # pid port: does process pid listen on 127.0.0.1:port?
-  ss -ltnpH "sport = :$2" 2>/dev/null | grep -q "pid=$1,"
-}
 wait_port() { # port
   for _ in $(seq 1 100); do
     ss -ltnH "sport = :$1" | grep -q LISTEN && return 0
@@ -93,15 +97,32 @@ PERF_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
 export PERF_PASSWORD
 export PERF_LOG=${PERF_LOG:-error}
 
+# Ferry, nginx and Mosquitto are restarted before every idle-connection measurement.
+start_ferry() {
+  FERRY_LOG=warn "$FERRY" run --data-dir "$WORK/ferry" \
+    --set "management.bind=\"127.0.0.1:$MGMT\"" --set "northbound.bind=\"127.0.0.1:$NORTH\"" \
+    --set "http.bind=\"127.0.0.1:$HTTP\"" --set "http.tls_bind=\"127.0.0.1:$HTTPS\"" \
+    --set "mqtt.bind=\"127.0.0.1:$FERRY_MQTT\"" --set "mqtt.tls_bind=\"127.0.0.1:$FERRY_MQTTS\"" \
+    --set "amqp.bind=\"127.0.0.1:$AMQP\"" --set "amqp.tls_bind=\"127.0.0.1:$AMQPS\"" \
+    --set "coap.bind=\"127.0.0.1:$COAP\"" --set "coap.dtls_bind=\"127.0.0.1:$COAPS\"" \
+    >>"$WORK/ferry.log" 2>&1 &
+  FERRY_PID=$!
+  for p in "$MGMT" "$HTTP" "$FERRY_MQTT" "$FERRY_MQTTS"; do wait_port "$p"; done
+}
+stop_ferry() {
+  if [ -n "$FERRY_PID" ]; then
+    kill "$FERRY_PID" 2>/dev/null || true
+    wait "$FERRY_PID" 2>/dev/null || true
+    FERRY_PID=
+  fi
+}
+restart_ferry() {
+  stop_ferry
+  start_ferry
+}
+
 say "starting Ferry"
-FERRY_LOG=warn "$FERRY" --data-dir "$WORK/ferry" \
-  --set "management.bind=\"127.0.0.1:$MGMT\"" --set "northbound.bind=\"127.0.0.1:$NORTH\"" \
-  --set "http.bind=\"127.0.0.1:$HTTP\"" --set "http.tls_bind=\"127.0.0.1:$HTTPS\"" \
-  >"$WORK/ferry.log" 2>&1 &
-FERRY_PID=$!
-PIDS+=("$FERRY_PID")
-wait_port "$MGMT"
-wait_port "$HTTP"
+start_ferry
 
 say "starting nginx (one worker, return 202)"
 mkdir -p "$WORK/nginx"
@@ -125,9 +146,25 @@ http {
     }
 }
 EOF
-nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
-wait_port "$NGINX"
-NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | head -n 1)
+start_nginx() {
+  nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
+  wait_port "$NGINX"
+  NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | head -n 1)
+}
+stop_nginx() { # the master runs detached: signal it and wait until it is gone
+  local master
+  master=$(cat "$WORK/nginx/nginx.pid" 2>/dev/null || true)
+  if [ -n "$master" ]; then
+    kill "$master" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
+  fi
+  NGINX_WORKER=
+}
+restart_nginx() {
+  stop_nginx
+  start_nginx
+}
+start_nginx
 
 say "starting Mosquitto (password file with the same $DEVICES device users)"
 mkdir -p "$WORK/mosquitto"
@@ -182,12 +219,23 @@ persistence false
 log_dest stderr
 log_type error
 EOF
-mosquitto -c "$WORK/mosquitto/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
-MOSQ_PID=$!
-PIDS+=("$MOSQ_PID")
-wait_port "$MOSQ"
-wait_port "$MOSQ_TLS"
-wait_port "$MOSQ_X509"
+start_mosquitto() {
+  mosquitto -c "$WORK/mosquitto/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
+  MOSQ_PID=$!
+  for p in "$MOSQ" "$MOSQ_TLS" "$MOSQ_X509"; do wait_port "$p"; done
+}
+stop_mosquitto() {
+  if [ -n "$MOSQ_PID" ]; then
+    kill "$MOSQ_PID" 2>/dev/null || true
+    wait "$MOSQ_PID" 2>/dev/null || true
+    MOSQ_PID=
+  fi
+}
+restart_mosquitto() {
+  stop_mosquitto
+  start_mosquitto
+}
+start_mosquitto
 
 FERRY_ARGS=(--management "http://127.0.0.1:$MGMT" --northbound "127.0.0.1:$NORTH"
   --http "http://127.0.0.1:$HTTP")
@@ -203,28 +251,42 @@ run() { # name args...: one ferry-perf run, JSON into $OUT/name.json, table to s
   "$PERF" "$@" --json "$OUT/$name.json" --plot "$OUT/$name.svg" >&2
 }
 
-FERRY_HAS_MQTT=
-if listening "$FERRY_PID" "$FERRY_MQTT"; then FERRY_HAS_MQTT=1; fi
+FERRY_MQTT_ARGS=("${FERRY_ARGS[@]}" --mqtt "mqtt://127.0.0.1:$FERRY_MQTT" --no-setup --transport mqtt)
+FERRY_X509_ARGS=("${FERRY_ARGS[@]}" "${X509_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS"
+  --ca "$WORK/ferry/tls/server-cert.pem" --no-setup --transport mqtt)
+MOSQ_X509_ARGS=("${X509_ARGS[@]}" --target "mqtts://localhost:$MOSQ_X509" --ca "$WORK/tls/ca.pem" --transport mqtt)
+CONN=(connections --count "$CONNECTIONS")
 
-# Idle connections first: memory deltas are clean before any load has grown the heaps.
+# Idle connections, each on a server started just before (see the header).
 if ! skip connections; then
-  run ferry-http-connections "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport http "${COMMON[@]}" connections --count "$CONNECTIONS"
-  run nginx-http-connections --target "http://127.0.0.1:$NGINX" --pid "$NGINX_WORKER" --transport http "${COMMON[@]}" connections --count "$CONNECTIONS"
+  restart_ferry
+  run ferry-http-connections "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport http "${COMMON[@]}" "${CONN[@]}"
+  restart_nginx
+  run nginx-http-connections --target "http://127.0.0.1:$NGINX" --pid "$NGINX_WORKER" --transport http "${COMMON[@]}" "${CONN[@]}"
   COMPARISONS+=("conn|HTTP idle connections|ferry-http-connections|nginx-http-connections|nginx")
-  if [ -n "$FERRY_HAS_MQTT" ]; then
-    run ferry-mqtt-connections "${FERRY_ARGS[@]}" --mqtt "mqtt://127.0.0.1:$FERRY_MQTT" --no-setup --pid "$FERRY_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
-  fi
-  run mosquitto-mqtt-connections --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
+  restart_ferry
+  run ferry-mqtt-connections "${FERRY_MQTT_ARGS[@]}" --pid "$FERRY_PID" "${COMMON[@]}" "${CONN[@]}"
+  restart_mosquitto
+  run mosquitto-mqtt-connections --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" "${CONN[@]}"
   COMPARISONS+=("conn|MQTT idle connections|ferry-mqtt-connections|mosquitto-mqtt-connections|Mosquitto")
+  if ! skip mqtt5; then
+    restart_ferry
+    run ferry-mqtt5-connections "${FERRY_MQTT_ARGS[@]}" --mqtt-version 5 --pid "$FERRY_PID" "${COMMON[@]}" "${CONN[@]}"
+    restart_mosquitto
+    run mosquitto-mqtt5-connections --target "mqtt://127.0.0.1:$MOSQ" --mqtt-version 5 --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" "${CONN[@]}"
+    COMPARISONS+=("conn|MQTT 5 idle connections|ferry-mqtt5-connections|mosquitto-mqtt5-connections|Mosquitto")
+  fi
   if ! skip x509; then
-    if [ -n "$FERRY_HAS_MQTT" ] && listening "$FERRY_PID" "$FERRY_MQTTS"; then
-      run ferry-mqtts-x509-connections "${FERRY_ARGS[@]}" "${X509_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS" \
-        --ca "$WORK/ferry/tls/server-cert.pem" --no-setup --pid "$FERRY_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
-    fi
-    run mosquitto-mqtts-x509-connections "${X509_ARGS[@]}" --target "mqtts://localhost:$MOSQ_X509" --ca "$WORK/tls/ca.pem" \
-      --pid "$MOSQ_PID" --transport mqtt "${COMMON[@]}" connections --count "$CONNECTIONS"
+    restart_ferry
+    run ferry-mqtts-x509-connections "${FERRY_X509_ARGS[@]}" --pid "$FERRY_PID" "${COMMON[@]}" "${CONN[@]}"
+    restart_mosquitto
+    run mosquitto-mqtts-x509-connections "${MOSQ_X509_ARGS[@]}" --pid "$MOSQ_PID" "${COMMON[@]}" "${CONN[@]}"
     COMPARISONS+=("conn|MQTT idle TLS connections with client certificates|ferry-mqtts-x509-connections|mosquitto-mqtts-x509-connections|Mosquitto")
   fi
+  # The load runs start from fresh processes too.
+  restart_ferry
+  restart_mosquitto
+  restart_nginx
 fi
 
 if ! skip http; then
@@ -235,38 +297,29 @@ fi
 
 if ! skip mqtt; then
   for qos in 0 1; do
-    if [ -n "$FERRY_HAS_MQTT" ]; then
-      run "ferry-mqtt-qos$qos" "${FERRY_ARGS[@]}" --mqtt "mqtt://127.0.0.1:$FERRY_MQTT" --no-setup --pid "$FERRY_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
-    fi
+    run "ferry-mqtt-qos$qos" "${FERRY_MQTT_ARGS[@]}" --pid "$FERRY_PID" --qos "$qos" "${COMMON[@]}" telemetry
     run "mosquitto-mqtt-qos$qos" --target "mqtt://127.0.0.1:$MOSQ" --pid "$MOSQ_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
     COMPARISONS+=("load|MQTT telemetry QoS $qos|ferry-mqtt-qos$qos|mosquitto-mqtt-qos$qos|Mosquitto")
   done
-  # QoS 1 over TLS with passwords.
-  if [ -n "$FERRY_HAS_MQTT" ] && listening "$FERRY_PID" "$FERRY_MQTTS"; then
-    run ferry-mqtts-qos1 "${FERRY_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS" --ca "$WORK/ferry/tls/server-cert.pem" \
-      --no-setup --pid "$FERRY_PID" --transport mqtt --qos 1 "${COMMON[@]}" telemetry
+  if ! skip mqtt5; then
+    run ferry-mqtt5-qos1 "${FERRY_MQTT_ARGS[@]}" --mqtt-version 5 --pid "$FERRY_PID" --qos 1 "${COMMON[@]}" telemetry
+    run mosquitto-mqtt5-qos1 --target "mqtt://127.0.0.1:$MOSQ" --mqtt-version 5 --pid "$MOSQ_PID" --transport mqtt --qos 1 "${COMMON[@]}" telemetry
+    COMPARISONS+=("load|MQTT 5 telemetry QoS 1|ferry-mqtt5-qos1|mosquitto-mqtt5-qos1|Mosquitto")
   fi
+  # QoS 1 over TLS with passwords.
+  run ferry-mqtts-qos1 "${FERRY_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS" --ca "$WORK/ferry/tls/server-cert.pem" \
+    --no-setup --pid "$FERRY_PID" --transport mqtt --qos 1 "${COMMON[@]}" telemetry
   run mosquitto-mqtts-qos1 --target "mqtts://localhost:$MOSQ_TLS" --ca "$WORK/tls/ca.pem" --pid "$MOSQ_PID" \
     --transport mqtt --qos 1 "${COMMON[@]}" telemetry
   COMPARISONS+=("load|MQTT telemetry QoS 1 over TLS|ferry-mqtts-qos1|mosquitto-mqtts-qos1|Mosquitto")
   # QoS 0 and 1 over TLS with client certificates from the same test CA (issue 5's MQTT rows).
   if ! skip x509; then
     for qos in 0 1; do
-      if [ -n "$FERRY_HAS_MQTT" ] && listening "$FERRY_PID" "$FERRY_MQTTS"; then
-        run "ferry-mqtts-x509-qos$qos" "${FERRY_ARGS[@]}" "${X509_ARGS[@]}" --mqtt "mqtts://localhost:$FERRY_MQTTS" \
-          --ca "$WORK/ferry/tls/server-cert.pem" --no-setup --pid "$FERRY_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
-      fi
-      run "mosquitto-mqtts-x509-qos$qos" "${X509_ARGS[@]}" --target "mqtts://localhost:$MOSQ_X509" --ca "$WORK/tls/ca.pem" \
-        --pid "$MOSQ_PID" --transport mqtt --qos "$qos" "${COMMON[@]}" telemetry
+      run "ferry-mqtts-x509-qos$qos" "${FERRY_X509_ARGS[@]}" --pid "$FERRY_PID" --qos "$qos" "${COMMON[@]}" telemetry
+      run "mosquitto-mqtts-x509-qos$qos" "${MOSQ_X509_ARGS[@]}" --pid "$MOSQ_PID" --qos "$qos" "${COMMON[@]}" telemetry
       COMPARISONS+=("load|MQTT telemetry QoS $qos over TLS with client certificates|ferry-mqtts-x509-qos$qos|mosquitto-mqtts-x509-qos$qos|Mosquitto")
     done
   fi
-fi
-
-if [ -z "$FERRY_HAS_MQTT" ] && ! skip mqtt; then
-  echo >&2
-  echo "NOTE: Ferry does not listen on 127.0.0.1:$FERRY_MQTT (its MQTT adapter is not built in yet);" >&2
-  echo "      the MQTT rows show Mosquitto alone." >&2
 fi
 
 say "summary"
@@ -300,6 +353,7 @@ rows_load = [
     ("server CPU (cores)", lambda r: get(r, "gateway", "cpu", "cores"), "{:.2f}"),
     ("server RSS peak MiB", lambda r: get(r, "gateway", "rss_kib_peak") / 1024 if get(r, "gateway", "rss_kib_peak") else None, "{:.1f}"),
     ("load generator CPU (cores)", lambda r: get(r, "loadgen", "cores"), "{:.2f}"),
+    ("load generator CPU µs per message", lambda r: get(r, "loadgen", "us_per_message"), "{:.1f}"),
 ]
 rows_conn = [
     ("connections open", lambda r: get(r, "connections", "opened"), "{:,}"),

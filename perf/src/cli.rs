@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use ferry_perf::config::{
-    Address, AuthKind, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind,
+    Address, AuthKind, FerryTarget, MqttVersion, RunConfig, ScenarioKind, Target, TransportKind,
 };
 use ferry_perf::issuance::IssuanceConfig;
 use ferry_perf::rate::Rate;
@@ -54,6 +54,9 @@ pub struct Cli {
     /// [default: mqtt://127.0.0.1:1883, with `--auth x509` mqtts://127.0.0.1:8883].
     #[arg(long, global = true)]
     pub mqtt: Option<String>,
+    /// MQTT protocol version of the devices (and of the subscriber against a broker).
+    #[arg(long, global = true, value_enum, default_value_t = MqttVersionArg::V311)]
+    pub mqtt_version: MqttVersionArg,
     /// How devices authenticate: `password`, or `x509` (client certificates from the harness's
     /// CA, over TLS; the default of `handshakes` and `provision-storm`).
     #[arg(long, global = true, value_enum)]
@@ -128,12 +131,24 @@ pub struct Cli {
 pub enum TransportArg {
     /// HTTP/1.1 keep-alive with basic auth.
     Http,
-    /// MQTT 3.1.1 with username and password.
+    /// MQTT (3.1.1, or 5 with `--mqtt-version 5`) with username and password or a client
+    /// certificate.
     Mqtt,
     /// AMQP 1.0 with SASL PLAIN (Ferry only).
     Amqp,
     /// CoAP over DTLS with a pre-shared key (CON at `--qos 1`, NON at `--qos 0`).
     Coap,
+}
+
+/// MQTT protocol versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MqttVersionArg {
+    /// MQTT 3.1.1.
+    #[value(name = "3.1.1")]
+    V311,
+    /// MQTT 5.
+    #[value(name = "5")]
+    V5,
 }
 
 /// Device authentication.
@@ -264,6 +279,10 @@ impl Cli {
         config.tenant = self.tenant.clone();
         config.password = password;
         config.auth = auth;
+        config.mqtt_version = match self.mqtt_version {
+            MqttVersionArg::V311 => MqttVersion::V311,
+            MqttVersionArg::V5 => MqttVersion::V5,
+        };
         config.pki_dir = self.pki_dir.clone();
         if let ScenarioCommand::ProvisionStorm {
             concurrency: Some(n),
@@ -417,6 +436,17 @@ mod tests {
         assert!(parse(&["provision-storm", "--concurrency", "0"]).is_err());
         assert!(parse(&["--auth", "kerberos", "telemetry"]).is_err());
         assert!(parse(&["issuance"]).is_err(), "not a load scenario");
+        assert!(parse(&["--mqtt-version", "4", "telemetry"]).is_err());
+    }
+
+    #[test]
+    fn mqtt_version_defaults_to_3_1_1_and_takes_5() -> anyhow::Result<()> {
+        assert_eq!(parse(&["telemetry"])?.mqtt_version, MqttVersion::V311);
+        let c = parse(&["--transport", "mqtt", "--mqtt-version", "5", "telemetry"])?;
+        assert_eq!(c.mqtt_version, MqttVersion::V5);
+        let c = parse(&["--mqtt-version", "3.1.1", "--ca", "ca.pem", "handshakes"])?;
+        assert_eq!(c.mqtt_version, MqttVersion::V311);
+        Ok(())
     }
 
     #[test]

@@ -40,7 +40,8 @@ impl ScenarioKind {
 pub enum TransportKind {
     /// HTTP/1.1 with keep-alive and basic auth, one connection per device.
     Http,
-    /// MQTT 3.1.1 with username and password, one connection per device.
+    /// MQTT 3.1.1 or 5 with username and password (or a client certificate), one connection per
+    /// device.
     Mqtt,
     /// AMQP 1.0 with SASL PLAIN, one connection and sender link per device.
     Amqp,
@@ -56,6 +57,26 @@ impl TransportKind {
             TransportKind::Mqtt => "mqtt",
             TransportKind::Amqp => "amqp",
             TransportKind::Coap => "coap",
+        }
+    }
+}
+
+/// The MQTT protocol version of devices and of the subscriber.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1.
+    #[default]
+    V311,
+    /// MQTT 5.
+    V5,
+}
+
+impl MqttVersion {
+    /// The name used in reports (`3.1.1`, `5`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqttVersion::V311 => "3.1.1",
+            MqttVersion::V5 => "5",
         }
     }
 }
@@ -204,6 +225,8 @@ pub struct RunConfig {
     pub scenario: ScenarioKind,
     /// Which protocol the devices speak.
     pub transport: TransportKind,
+    /// The MQTT version, with [`TransportKind::Mqtt`].
+    pub mqtt_version: MqttVersion,
     /// Where to send.
     pub target: Target,
     /// The tenant of the devices.
@@ -247,6 +270,7 @@ impl RunConfig {
         Self {
             scenario,
             transport,
+            mqtt_version: MqttVersion::V311,
             target,
             tenant: "perf".to_owned(),
             password: String::new(),

@@ -17,7 +17,6 @@ use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Connection, Delivery, Session};
 use ferry_registry_client::TenantId;
 use futures_util::FutureExt;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +24,8 @@ use crate::PerfError;
 use crate::config::{AuthKind, RunConfig, ScenarioKind, Target};
 use crate::payload::now_us;
 use crate::scenario::Endpoint;
-use crate::scenario::mqtt::{error_kind, options, tls_config, wait_connack};
+use crate::scenario::mqtt::client::{self as mqtt_client, ClientOptions, Polled};
+use crate::scenario::mqtt::tls_config;
 use crate::setup;
 use crate::stats::Recorder;
 
@@ -63,57 +63,52 @@ pub async fn start(
                 ),
                 (true, AuthKind::X509) => (Some(subscriber_identity(config)?), None),
             };
-            let o = options(
+            let client_id = format!("ferry-perf-consumer-{}", recorder.run());
+            let (client, mut events) = mqtt_client::new(&ClientOptions {
+                version: config.mqtt_version,
                 address,
-                tls.as_ref(),
-                &format!("ferry-perf-consumer-{}", recorder.run()),
+                tls: tls.as_ref(),
+                client_id: &client_id,
                 credentials,
-                config.payload_size + 1024,
-            );
-            let (client, mut events) = AsyncClient::new(o, 16);
-            wait_connack(&mut events, Duration::from_secs(10))
+                max_packet: config.payload_size + 1024,
+                inflight: 100,
+                channel: 16,
+                connect_timeout: Duration::from_secs(10),
+            });
+            events
+                .connected(Duration::from_secs(10))
                 .await
                 .map_err(|e| PerfError::Consumer(format!("subscriber: {e}")))?;
-            let qos = if config.qos == 1 || endpoint == Endpoint::Event {
-                QoS::AtLeastOnce
-            } else {
-                QoS::AtMostOnce
-            };
-            client
-                .subscribe(endpoint.as_str(), qos)
+            let qos = u8::from(config.qos == 1 || endpoint == Endpoint::Event);
+            if !client.subscribe(endpoint.as_str(), qos).await {
+                return Err(PerfError::Consumer("subscribe: client closed".to_owned()));
+            }
+            events
+                .until(Duration::from_secs(10), |p| matches!(p, Polled::Subscribed))
                 .await
-                .map_err(|e| PerfError::Consumer(format!("subscribe: {e}")))?;
-            let subscribed = async {
-                loop {
-                    match events.poll().await {
-                        Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
-                        Ok(_) => {}
-                        Err(e) => return Err(error_kind(&e)),
-                    }
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(10), subscribed)
-                .await
-                .map_err(|_| PerfError::Consumer("no SUBACK within 10 s".to_owned()))?
                 .map_err(|e| PerfError::Consumer(format!("subscribe: {e}")))?;
             Ok(Some(tokio::spawn(async move {
+                // One wait for the stop for the whole run. Not `biased`: a broker with a backlog
+                // keeps the event loop ready, and the stop must still win.
+                let stopped = stop.cancelled_owned();
+                tokio::pin!(stopped);
                 loop {
                     let event = tokio::select! {
                         e = events.poll() => e,
-                        () = stop.cancelled() => break,
+                        () = &mut stopped => break,
                     };
                     match event {
-                        Ok(Event::Incoming(Packet::Publish(p))) => {
-                            recorder.arrived(&p.payload, now_us());
+                        Ok(Polled::Message(payload)) => {
+                            recorder.arrived(&payload, now_us());
                         }
                         Ok(_) => {}
-                        Err(e) => {
-                            recorder.error(format!("subscriber {}", error_kind(&e)));
+                        Err(kind) => {
+                            recorder.error(format!("subscriber {kind}"));
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                     }
                 }
-                let _ = client.try_disconnect();
+                client.disconnect();
             })))
         }
     }

@@ -37,6 +37,32 @@ pub struct CpuUse {
     pub cpu_seconds: f64,
     /// CPU seconds per wall-clock second (1.0 = one core busy).
     pub cores: f64,
+    /// CPU microseconds per message sent (`None` when nothing was sent): comparable between
+    /// runs at different rates and on a busy machine, where cores are not.
+    #[serde(default)]
+    pub us_per_message: Option<f64>,
+}
+
+impl CpuUse {
+    /// `cpu_seconds` used over `wall_seconds` for `messages` messages.
+    pub fn new(cpu_seconds: f64, wall_seconds: f64, messages: u64) -> Self {
+        Self {
+            cpu_seconds,
+            cores: cpu_seconds / wall_seconds.max(1e-6),
+            us_per_message: (messages > 0).then(|| cpu_seconds * 1e6 / messages as f64),
+        }
+    }
+
+    /// `1.23 s = 0.61 cores, 12.3 µs per message`.
+    fn describe(&self) -> String {
+        let per_message = self
+            .us_per_message
+            .map_or_else(String::new, |us| format!(", {us:.1} µs per message"));
+        format!(
+            "{:.2} s = {:.2} cores{per_message}",
+            self.cpu_seconds, self.cores
+        )
+    }
 }
 
 /// What the gateway process (given by `--pid`) used.
@@ -116,8 +142,11 @@ pub struct Sample {
 pub struct RunResult {
     /// `telemetry`, `events` or `connections`.
     pub scenario: String,
-    /// `http` or `mqtt`.
+    /// `http`, `mqtt`, `amqp` or `coap`.
     pub transport: String,
+    /// With MQTT: the protocol version (`3.1.1`, `5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_version: Option<String>,
     /// What was loaded.
     pub target: String,
     /// Simulated devices.
@@ -206,8 +235,18 @@ pub fn table(r: &RunResult) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} over {} against {}: {} devices, rate {}, {} B payload, QoS {}, {:.1} s",
-        r.scenario, r.transport, r.target, r.devices, r.rate, r.payload_size, r.qos, r.duration_s
+        "{} over {}{} against {}: {} devices, rate {}, {} B payload, QoS {}, {:.1} s",
+        r.scenario,
+        r.transport,
+        r.mqtt_version
+            .as_ref()
+            .map_or_else(String::new, |v| format!(" {v}")),
+        r.target,
+        r.devices,
+        r.rate,
+        r.payload_size,
+        r.qos,
+        r.duration_s
     );
     let _ = writeln!(out, "  {:<13} {:>12} {:>14}", "", "messages", "per second");
     let _ = writeln!(
@@ -272,19 +311,11 @@ pub fn table(r: &RunResult) -> String {
         storm_rows(&mut out, s);
     }
     if let Some(cpu) = &r.loadgen {
-        let _ = writeln!(
-            out,
-            "  load generator CPU {:.2} s = {:.2} cores",
-            cpu.cpu_seconds, cpu.cores
-        );
+        let _ = writeln!(out, "  load generator CPU {}", cpu.describe());
     }
     if let Some(g) = &r.gateway {
         if let Some(cpu) = &g.cpu {
-            let _ = writeln!(
-                out,
-                "  gateway CPU        {:.2} s = {:.2} cores",
-                cpu.cpu_seconds, cpu.cores
-            );
+            let _ = writeln!(out, "  gateway CPU        {}", cpu.describe());
         }
         if let Some(peak) = g.rss_kib_peak {
             let _ = writeln!(
@@ -332,6 +363,7 @@ pub(crate) mod tests {
         RunResult {
             scenario: "telemetry".to_owned(),
             transport: "http".to_owned(),
+            mqtt_version: None,
             target: "ferry".to_owned(),
             devices: 2,
             rate: "max".to_owned(),
@@ -358,10 +390,7 @@ pub(crate) mod tests {
                 max_ms: 5.0,
             }),
             ack: Percentiles::default(),
-            loadgen: Some(CpuUse {
-                cpu_seconds: 0.1,
-                cores: 0.05,
-            }),
+            loadgen: Some(CpuUse::new(0.1, 2.0, 100)),
             gateway: None,
             connections: None,
             storm: None,
@@ -416,6 +445,18 @@ pub(crate) mod tests {
         assert!(t.contains("http 503"), "{t}");
         assert!(t.contains("p99.9"), "{t}");
         assert!(!t.contains("new devices"), "{t}");
+        assert!(
+            t.contains("load generator CPU 0.10 s = 0.05 cores, 1000.0 µs per message"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn cpu_per_message_is_cpu_time_over_messages() {
+        let c = CpuUse::new(1.5, 10.0, 100_000);
+        assert!((c.cores - 0.15).abs() < 1e-9);
+        assert_eq!(c.us_per_message, Some(15.0));
+        assert_eq!(CpuUse::new(1.0, 1.0, 0).us_per_message, None);
     }
 
     #[test]

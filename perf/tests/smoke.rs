@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ferry::{Config, Gateway};
 use ferry_perf::config::{
-    Address, AuthKind, FerryTarget, RunConfig, ScenarioKind, Target, TransportKind,
+    Address, AuthKind, FerryTarget, MqttVersion, RunConfig, ScenarioKind, Target, TransportKind,
 };
 use ferry_perf::rate::Rate;
 use ferry_perf::report::RunResult;
@@ -36,7 +36,10 @@ fn run_config(
         northbound: a.northbound.to_string(),
         northbound_credentials: None,
         http: Address::http(&format!("http://{http}"))?,
-        mqtt: Address::mqtt("mqtt://127.0.0.1:1")?,
+        mqtt: Address::mqtt(&format!(
+            "mqtt://{}",
+            a.mqtt.ok_or("no plain MQTT listener")?
+        ))?,
         coap: Address::coap(&format!("coaps://{}", a.coaps.ok_or("no CoAP DTLS port")?))?,
         amqp: Address::amqp(&format!(
             "amqp://{}",
@@ -135,6 +138,31 @@ async fn http_connections_are_opened_and_held() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_3_1_1_and_5_telemetry_events_and_connections_against_ferry() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    for version in [MqttVersion::V311, MqttVersion::V5] {
+        let mut config = run_config(&gateway, ScenarioKind::Telemetry, "smoke-mqtt")?;
+        config.transport = TransportKind::Mqtt;
+        config.mqtt_version = version;
+        config.rate = Rate::PerSecond(300.0);
+        config.qos = 1;
+        let telemetry = ferry_perf::run(&config).await?;
+        assert_sane(&telemetry);
+        assert_eq!(telemetry.mqtt_version.as_deref(), Some(version.as_str()));
+        assert!(telemetry.errors.is_empty(), "{:?}", telemetry.errors);
+        assert_eq!(telemetry.received, Some(telemetry.acked), "{telemetry:?}");
+        config.scenario = ScenarioKind::Events;
+        let events = ferry_perf::run(&config).await?;
+        assert_sane(&events);
+        assert_eq!(events.received, Some(events.acked), "{events:?}");
+        holds_ten_connections(config).await?;
+    }
+    gateway.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coap_telemetry_over_dtls_psk_arrives_and_sessions_are_held() -> TestResult {
     let dir = tempfile::tempdir()?;
     let gateway = start_ferry(dir.path()).await?;
@@ -166,7 +194,7 @@ async fn coap_telemetry_over_dtls_psk_arrives_and_sessions_are_held() -> TestRes
 }
 
 /// A Mosquitto on a free loopback port (local-only mode: anonymous, any credentials), if the
-/// `mosquitto` binary is installed; the MQTT transport has no Ferry adapter to run against yet.
+/// `mosquitto` binary is installed.
 struct Mosquitto {
     child: std::process::Child,
     port: u16,
@@ -221,9 +249,15 @@ async fn mqtt_telemetry_and_connections_against_mosquitto_if_installed() -> Test
     };
     let address = Address::mqtt(&format!("mqtt://127.0.0.1:{}", broker.port))?;
     broker.wait_listening().await;
-    for qos in [0, 1] {
+    for (qos, version) in [
+        (0, MqttVersion::V311),
+        (1, MqttVersion::V311),
+        (0, MqttVersion::V5),
+        (1, MqttVersion::V5),
+    ] {
         let target = Target::MqttBroker(address.clone());
         let mut config = RunConfig::new(ScenarioKind::Telemetry, TransportKind::Mqtt, target);
+        config.mqtt_version = version;
         config.password = "any".to_owned();
         config.devices = 3;
         config.duration = Duration::from_secs(1);
@@ -233,6 +267,7 @@ async fn mqtt_telemetry_and_connections_against_mosquitto_if_installed() -> Test
         let r = ferry_perf::run(&config).await?;
         assert_sane(&r);
         assert_eq!(r.qos, qos);
+        assert_eq!(r.mqtt_version.as_deref(), Some(version.as_str()));
     }
     let target = Target::MqttBroker(address);
     let mut config = RunConfig::new(ScenarioKind::Connections, TransportKind::Mqtt, target);
@@ -274,7 +309,12 @@ async fn x509_telemetry_and_handshakes_over_http_and_mqtt() -> TestResult {
     let dir = tempfile::tempdir()?;
     let pki = tempfile::tempdir()?;
     let gateway = start_ferry(dir.path()).await?;
-    for transport in [TransportKind::Http, TransportKind::Mqtt] {
+    let cases = [
+        (TransportKind::Http, MqttVersion::V311),
+        (TransportKind::Mqtt, MqttVersion::V311),
+        (TransportKind::Mqtt, MqttVersion::V5),
+    ];
+    for (transport, version) in cases {
         // Keep-alive devices authenticated by their certificates.
         let mut config = x509_config(
             &gateway,
@@ -284,6 +324,7 @@ async fn x509_telemetry_and_handshakes_over_http_and_mqtt() -> TestResult {
             transport,
             "smoke-x509",
         )?;
+        config.mqtt_version = version;
         config.qos = 1;
         let r = ferry_perf::run(&config).await?;
         assert_sane(&r);
@@ -309,11 +350,12 @@ async fn provision_storm_creates_each_new_device_exactly_once() -> TestResult {
     let pki = tempfile::tempdir()?;
     let gateway = start_ferry(dir.path()).await?;
     let cases = [
-        (TransportKind::Http, 30, usize::MAX),
-        (TransportKind::Mqtt, 20, usize::MAX),
-        (TransportKind::Http, 3, 1),
+        (TransportKind::Http, MqttVersion::V311, 30, usize::MAX),
+        (TransportKind::Mqtt, MqttVersion::V311, 20, usize::MAX),
+        (TransportKind::Mqtt, MqttVersion::V5, 10, usize::MAX),
+        (TransportKind::Http, MqttVersion::V311, 3, 1),
     ];
-    for (transport, devices, concurrency) in cases {
+    for (transport, version, devices, concurrency) in cases {
         let mut config = x509_config(
             &gateway,
             dir.path(),
@@ -322,6 +364,7 @@ async fn provision_storm_creates_each_new_device_exactly_once() -> TestResult {
             transport,
             "smoke-storm",
         )?;
+        config.mqtt_version = version;
         config.devices = devices;
         config.concurrency = concurrency;
         let r = ferry_perf::run(&config).await?;

@@ -220,17 +220,18 @@ impl AmqpTransport {
             link.close().await;
             return;
         };
-        let mut schedule = load.schedule(start);
+        let mut pacer = load.pacer(start);
         let window = Arc::new(Semaphore::new(WINDOW));
         let (pending_tx, pending_rx) = mpsc::unbounded_channel();
         let mut outcomes = tokio::spawn(await_outcomes(pending_rx, recorder.clone()));
         let mut acks = histogram();
-        while load.pace(&mut schedule).await {
-            let permit = tokio::select! {
-                permit = Arc::clone(&window).acquire_owned() => permit,
-                () = load.stop.cancelled() => break,
+        while pacer.next().await {
+            let Some(Ok(permit)) = pacer
+                .unless_stopped(Arc::clone(&window).acquire_owned())
+                .await
+            else {
+                break;
             };
-            let Ok(permit) = permit else { break };
             let message = self.message(load.next_payload());
             let sent = Instant::now();
             if unsettled {

@@ -71,9 +71,9 @@ impl Handshakes {
         let Some(start) = load.wait_start().await else {
             return;
         };
-        let mut schedule = load.schedule(start);
+        let mut pacer = load.pacer(start);
         let mut latencies = histogram();
-        while load.pace(&mut schedule).await {
+        while pacer.next().await {
             let payload = load.next_payload();
             recorder.sent();
             let t0 = Instant::now();

@@ -11,6 +11,7 @@ pub mod coap;
 mod handshakes;
 pub mod http;
 pub mod mqtt;
+pub mod pacer;
 mod requests;
 mod runner;
 mod sampler;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::payload::{PayloadBuilder, Stamp, WARMUP_SEQ, now_us};
 use crate::rate::Schedule;
 use crate::stats::Recorder;
+use pacer::Pacer;
 
 pub use runner::run;
 
@@ -122,30 +124,12 @@ impl Load {
         }
     }
 
-    /// The schedule of this device from `start` (`None` at rate `max`).
-    pub fn schedule(&self, start: Instant) -> Option<Schedule> {
-        self.rate
-            .map(|rate| Schedule::new(start, rate, self.phase, MAX_LAG))
-    }
-
-    /// Waits for the next slot; false once the run is over.
-    pub async fn pace(&self, schedule: &mut Option<Schedule>) -> bool {
-        if self.stop.is_cancelled() {
-            return false;
-        }
-        let Some(schedule) = schedule else {
-            return true;
-        };
-        let now = Instant::now();
-        let slot = schedule.next_slot(now);
-        self.recorder.skipped(slot.skipped);
-        if slot.at <= now {
-            return true;
-        }
-        tokio::select! {
-            () = tokio::time::sleep_until(slot.at.into()) => true,
-            () = self.stop.cancelled() => false,
-        }
+    /// The clock of this device from `start` (no waiting at rate `max`) until the run stops.
+    pub fn pacer(&self, start: Instant) -> Pacer {
+        let schedule = self
+            .rate
+            .map(|rate| Schedule::new(start, rate, self.phase, MAX_LAG));
+        Pacer::new(schedule, self.recorder.clone(), self.stop.clone())
     }
 
     /// The next message's payload (a fresh sequence number, stamped now).

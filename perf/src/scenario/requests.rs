@@ -71,9 +71,9 @@ pub(crate) async fn drive<D: RequestResponse>(device: &D, mut load: Load) {
     }
     let _ = load.ready.send(ok).await;
     if let Some(start) = load.wait_start().await {
-        let mut schedule = load.schedule(start);
+        let mut pacer = load.pacer(start);
         let mut acks = histogram();
-        while load.pace(&mut schedule).await {
+        while pacer.next().await {
             let c = match conn.as_mut() {
                 Some(c) => c,
                 None => match device.connect().await {

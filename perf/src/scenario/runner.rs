@@ -414,13 +414,10 @@ fn result(
         .saturating_duration_since(start)
         .as_secs_f64()
         .max(1e-6);
-    let wall = end.saturating_duration_since(start).as_secs_f64().max(1e-6);
+    let wall = end.saturating_duration_since(start).as_secs_f64();
     let per_s = |n: u64| n as f64 / sending;
     let cpu = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => Some(CpuUse {
-            cpu_seconds: b - a,
-            cores: (b - a) / wall,
-        }),
+        (Some(a), Some(b)) => Some(CpuUse::new(b - a, wall, c.sent)),
         _ => None,
     };
     let gateway = config.pid.map(|pid| GatewayUse {
@@ -436,6 +433,8 @@ fn result(
     RunResult {
         scenario: config.scenario.as_str().to_owned(),
         transport: config.transport.as_str().to_owned(),
+        mqtt_version: (config.transport == TransportKind::Mqtt)
+            .then(|| config.mqtt_version.as_str().to_owned()),
         target: config.target.describe(),
         devices: config.devices,
         rate: config.rate.to_string(),

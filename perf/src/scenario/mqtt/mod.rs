@@ -1,12 +1,15 @@
-//! MQTT devices: MQTT 3.1.1 with username and password (rumqttc), QoS 0 or 1, one connection per
-//! device, optionally over TLS (`mqtts://`, ring provider, the CA from `--ca`), where a device may
-//! authenticate with its client certificate instead (CONNECT without username and password).
+//! MQTT devices: MQTT 3.1.1 or 5 ([`client`], rumqttc's two APIs) with username and password,
+//! QoS 0 or 1, one connection per device, optionally over TLS (`mqtts://`, ring provider, the CA
+//! from `--ca`), where a device may authenticate with its client certificate instead (CONNECT
+//! without username and password).
 //!
 //! The publisher task paces and hands publishes to rumqttc; the event-loop task matches
-//! `Outgoing::Publish(pkid)` to the send times (same order) and `PubAck(pkid)` to the packet, so
+//! written publishes (same order) to the send times and PUBACKs to the packet, so
 //! acknowledgement latency is exact at QoS 1. At QoS 0 a message counts as acknowledged once it was
 //! written to the socket. The topic is Hono's `telemetry` / `event`; against a plain broker the
 //! consumer subscribes to the same topic.
+
+pub mod client;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -14,27 +17,22 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration,
-};
-
+use self::client::{Client, ClientOptions, Events, Polled};
 use super::{ACK_TIMEOUT, BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
-use crate::config::{Address, AuthKind, RunConfig, Target, TransportKind};
+use crate::config::{Address, AuthKind, MqttVersion, RunConfig, Target, TransportKind};
 use crate::stats::{Recorder, histogram};
 
 /// Publishes a device may have unacknowledged (rumqttc's window).
 const INFLIGHT: u16 = 100;
 /// Requests queued between the publisher and the event loop.
 const CHANNEL: usize = 64;
-/// Keep-alive interval of device connections.
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// The MQTT device protocol (Hono's MQTT adapter, or any broker).
 #[derive(Debug)]
 pub struct MqttTransport {
     address: Address,
+    version: MqttVersion,
     tls: Option<Arc<rustls::ClientConfig>>,
     topic: &'static str,
     max_packet: usize,
@@ -44,58 +42,6 @@ pub struct MqttTransport {
 /// a client certificate.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, PerfError> {
     crate::tls::client_config(&crate::tls::roots(ca_file)?, None)
-}
-
-/// Connection options for one client; `credentials` (username, password) are left out when the
-/// client authenticates with its TLS client certificate.
-pub fn options(
-    address: &Address,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-    client_id: &str,
-    credentials: Option<(&str, &str)>,
-    max_packet: usize,
-) -> MqttOptions {
-    let mut o = MqttOptions::new(client_id, address.host.clone(), address.port);
-    if let Some((username, password)) = credentials {
-        o.set_credentials(username, password);
-    }
-    o.set_keep_alive(KEEP_ALIVE)
-        .set_clean_session(true)
-        .set_inflight(INFLIGHT)
-        .set_max_packet_size(max_packet, max_packet);
-    if let Some(tls) = tls {
-        o.set_transport(rumqttc::Transport::tls_with_config(
-            TlsConfiguration::Rustls(tls.clone()),
-        ));
-    }
-    o
-}
-
-/// The error kind of a failed connection, for the report.
-pub fn error_kind(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => format!("mqtt connack {code:?}"),
-        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => "timeout".to_owned(),
-        ConnectionError::Io(_) => "mqtt io".to_owned(),
-        ConnectionError::Tls(_) => "mqtt tls".to_owned(),
-        _ => "mqtt disconnect".to_owned(),
-    }
-}
-
-/// Polls until the broker's CONNACK (or an error) within `timeout`.
-pub async fn wait_connack(events: &mut EventLoop, timeout: Duration) -> Result<(), String> {
-    let connect = async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(error_kind(&e)),
-            }
-        }
-    };
-    tokio::time::timeout(timeout, connect)
-        .await
-        .map_err(|_| "timeout".to_owned())?
 }
 
 /// Send times of publishes handed to rumqttc, matched to packet ids by the event loop.
@@ -131,13 +77,14 @@ impl MqttTransport {
         };
         Ok(Self {
             address,
+            version: config.mqtt_version,
             tls,
             topic: endpoint.as_str(),
             max_packet: config.payload_size + 1024,
         })
     }
 
-    fn client(&self, device: &Device) -> (AsyncClient, EventLoop) {
+    fn client(&self, device: &Device) -> (Client, Events) {
         // A device with a certificate presents it (over `mqtts://`) and sends no credentials.
         let (tls, credentials) = match (&device.tls, &self.tls) {
             (Some(own), Some(_)) => (Some(own), None),
@@ -146,19 +93,18 @@ impl MqttTransport {
                 Some((device.username.as_str(), device.password.as_str())),
             ),
         };
-        let o = options(
-            &self.address,
+        client::new(&ClientOptions {
+            version: self.version,
+            address: &self.address,
             tls,
-            &device.client_id,
+            client_id: &device.client_id,
             credentials,
-            self.max_packet,
-        );
-        let (client, mut events) = AsyncClient::new(o, CHANNEL);
-        // Connecting (TCP, TLS, CONNACK) may take as long as an acknowledgement (rumqttc: 5 s).
-        events
-            .network_options
-            .set_connection_timeout(ACK_TIMEOUT.as_secs());
-        (client, events)
+            max_packet: self.max_packet,
+            inflight: INFLIGHT,
+            channel: CHANNEL,
+            // Connecting (TCP, TLS, CONNACK) may take as long as an acknowledgement (rumqttc: 5 s).
+            connect_timeout: ACK_TIMEOUT,
+        })
     }
 
     /// One new connection (a full TLS handshake for `mqtts://`), CONNECT, one PUBLISH at QoS 1
@@ -166,23 +112,18 @@ impl MqttTransport {
     pub async fn send_once(&self, device: &Device, payload: bytes::Bytes) -> Result<(), String> {
         let (client, mut events) = self.client(device);
         let exchange = async {
-            wait_connack(&mut events, ACK_TIMEOUT).await?;
-            client
-                .publish_bytes(self.topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .map_err(|_| "mqtt client closed".to_owned())?;
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(error_kind(&e)),
-                }
+            events.connected(ACK_TIMEOUT).await?;
+            if !client.publish(self.topic, 1, payload).await {
+                return Err("mqtt client closed".to_owned());
             }
+            events
+                .until(ACK_TIMEOUT, |p| matches!(p, Polled::Acknowledged(_)))
+                .await
         };
         let outcome = tokio::time::timeout(ACK_TIMEOUT, exchange)
             .await
             .unwrap_or_else(|_| Err("timeout".to_owned()));
-        let _ = client.try_disconnect();
+        client.disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(100), events.poll()).await;
         outcome
     }
@@ -190,16 +131,12 @@ impl MqttTransport {
     async fn drive_device(self: Arc<Self>, device: Device, mut load: Load) {
         let recorder = load.recorder.clone();
         let (client, mut events) = self.client(&device);
-        let connected = wait_connack(&mut events, Duration::from_secs(30)).await;
+        let connected = events.connected(Duration::from_secs(30)).await;
         if let Err(kind) = &connected {
             recorder.error(kind.clone());
         }
         let _ = load.ready.send(connected.is_ok()).await;
-        let qos = if load.effective_qos() == 1 {
-            QoS::AtLeastOnce
-        } else {
-            QoS::AtMostOnce
-        };
+        let qos = load.effective_qos();
         let inflight = Arc::new(InFlight::default());
         let done = tokio_util::sync::CancellationToken::new();
         let closing = tokio_util::sync::CancellationToken::new();
@@ -214,22 +151,23 @@ impl MqttTransport {
             },
         ));
         if let Some(start) = load.wait_start().await {
-            let mut schedule = load.schedule(start);
-            while load.pace(&mut schedule).await {
+            let mut pacer = load.pacer(start);
+            while pacer.next().await {
                 let payload = load.next_payload();
                 if let Ok(mut q) = inflight.queued.lock() {
                     q.push_back(Instant::now());
                 }
                 inflight.outstanding.fetch_add(1, Ordering::Relaxed);
-                tokio::select! {
-                    sent = client.publish_bytes(self.topic, qos, false, payload) => {
-                        if sent.is_err() {
-                            recorder.error("mqtt client closed");
-                            break;
-                        }
-                        recorder.sent();
+                match pacer
+                    .unless_stopped(client.publish(self.topic, qos, payload))
+                    .await
+                {
+                    Some(true) => recorder.sent(),
+                    Some(false) => {
+                        recorder.error("mqtt client closed");
+                        break;
                     }
-                    () = load.stop.cancelled() => {
+                    None => {
                         if let Ok(mut q) = inflight.queued.lock() {
                             q.pop_back();
                         }
@@ -245,7 +183,7 @@ impl MqttTransport {
             }
         }
         closing.cancel();
-        let _ = client.try_disconnect();
+        client.disconnect();
         tokio::time::sleep(Duration::from_millis(50)).await;
         done.cancel();
         let _ = event_loop.await;
@@ -253,7 +191,7 @@ impl MqttTransport {
 
     async fn hold_connection(self: Arc<Self>, device: Device, hold: Hold) {
         let (client, mut events) = self.client(&device);
-        let connected = wait_connack(&mut events, Duration::from_secs(60)).await;
+        let connected = events.connected(Duration::from_secs(60)).await;
         if let Err(kind) = &connected {
             hold.recorder.error(kind.clone());
         }
@@ -264,15 +202,15 @@ impl MqttTransport {
         loop {
             tokio::select! {
                 polled = events.poll() => {
-                    if let Err(e) = polled {
-                        hold.recorder.error(error_kind(&e));
+                    if let Err(kind) = polled {
+                        hold.recorder.error(kind);
                         return;
                     }
                 }
                 () = hold.stop.cancelled() => break,
             }
         }
-        let _ = client.try_disconnect();
+        client.disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
     }
 }
@@ -287,46 +225,56 @@ struct Closing {
 
 /// Drives one client's event loop: matches publishes to acknowledgements and records them.
 async fn run_events(
-    mut events: EventLoop,
-    qos: QoS,
+    mut events: Events,
+    qos: u8,
     inflight: Arc<InFlight>,
     recorder: Arc<Recorder>,
     Closing { closing, done }: Closing,
 ) {
     let mut by_pkid: HashMap<u16, Instant> = HashMap::new();
     let mut acks = histogram();
+    // One wait for the end, polled only when the event loop has nothing to report.
+    let done = done.cancelled_owned();
+    tokio::pin!(done);
     loop {
         let event = tokio::select! {
+            biased;
             e = events.poll() => e,
-            () = done.cancelled() => break,
+            () = &mut done => break,
         };
         match event {
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+            Ok(Polled::Written(pkid)) => {
                 let t0 = inflight.queued.lock().ok().and_then(|mut q| q.pop_front());
-                if qos == QoS::AtMostOnce {
+                if qos == 0 {
                     recorder.acked();
                     inflight.outstanding.fetch_sub(1, Ordering::Relaxed);
                 } else if let Some(t0) = t0 {
                     by_pkid.insert(pkid, t0);
                 }
             }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(t0) = by_pkid.remove(&ack.pkid) {
+            Ok(Polled::Acknowledged(pkid)) => {
+                if let Some(t0) = by_pkid.remove(&pkid) {
                     recorder.acked();
                     acks.saturating_record(t0.elapsed().as_micros().max(1) as u64);
                     inflight.outstanding.fetch_sub(1, Ordering::Relaxed);
                 }
             }
+            Ok(Polled::Refused(pkid, kind)) => {
+                if by_pkid.remove(&pkid).is_some() {
+                    recorder.error(kind);
+                    inflight.outstanding.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
             Ok(_) => {}
-            Err(e) => {
+            Err(kind) => {
                 if closing.is_cancelled() {
                     break;
                 }
-                recorder.error(error_kind(&e));
+                recorder.error(kind);
                 // rumqttc reconnects on the next poll; do not spin against a dead broker.
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    () = done.cancelled() => break,
+                    () = &mut done => break,
                 }
             }
         }
