@@ -267,7 +267,7 @@ impl Port {
             .insert(peer, Peer::Handshaking(Box::new(handshaking)));
         let settings = Arc::clone(&self.handshakes);
         let outcomes = self.outcomes.clone();
-        let span = tracing::info_span!("coaps", %peer, tenant = tracing::field::Empty, device = tracing::field::Empty);
+        let span = tracing::info_span!("coaps", %peer);
         self.tracker.spawn(
             async move {
                 let result = tokio::select! {
