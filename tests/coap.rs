@@ -666,6 +666,69 @@ async fn a_device_restarting_on_the_same_address_can_handshake_again() -> TestRe
     Ok(())
 }
 
+/// A UDP relay between one client and the DTLS port that drops the server's first datagram
+/// starting with a ChangeCipherSpec (its final flight). Returns the relay's address and the
+/// count of such datagrams the server sent.
+async fn lossy_relay(
+    server: SocketAddr,
+) -> Result<(SocketAddr, Arc<std::sync::atomic::AtomicUsize>), Error> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let front = UdpSocket::bind("127.0.0.1:0").await?;
+    let back = UdpSocket::bind("127.0.0.1:0").await?;
+    back.connect(server).await?;
+    let addr = front.local_addr()?;
+    let finals = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&finals);
+    tokio::spawn(async move {
+        let (mut up, mut down) = (vec![0u8; 4096], vec![0u8; 4096]);
+        let mut client = None;
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut up) => {
+                    client = Some(from);
+                    let _ = back.send(&up[..n]).await;
+                }
+                Ok(n) = back.recv(&mut down) => {
+                    if down[0] == 20 && counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                        continue; // the final flight is lost
+                    }
+                    if let Some(client) = client {
+                        let _ = front.send_to(&down[..n], client).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok((addr, finals))
+}
+
+#[tokio::test]
+async fn a_lost_final_flight_is_resent_when_the_client_retransmits_its_finished() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let coaps = ferry.addrs.coaps.ok_or("no DTLS port")?;
+    ferry.tenant("c9", json!({})).await?;
+    ferry.device("c9", "dev1", json!({})).await?;
+    ferry.psk("c9", "dev1", "sensor1", b"secret-key-9").await?;
+    let (relay, finals) = lossy_relay(coaps).await?;
+    // The client retransmits its last flight after webrtc-dtls's 1 s flight interval; by then
+    // the server has handed the session over from webrtc-dtls to the port.
+    let conn = dtls_client(relay, "sensor1@c9", b"secret-key-9").await?;
+    assert!(
+        finals.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the final flight was not sent again"
+    );
+    let req = non(RequestType::Put, "/t//dev1", b"after a lost flight");
+    let bytes = req.packet(11).to_bytes().map_err(|e| format!("{e:?}"))?;
+    conn.write(&bytes, None).await?;
+    let response = dtls_read(&conn).await?;
+    // Nobody consumes c9's telemetry: the request went through the session as far as the
+    // northbound.
+    assert_eq!(code(&response)?, ResponseType::ServiceUnavailable);
+    ferry.stop().await;
+    Ok(())
+}
+
 /// A DTLS client session over webrtc-dtls that authenticates with a client certificate (ECDSA
 /// suites only, like a device without PSK).
 async fn dtls_cert_client(server: SocketAddr, cert: &TestCert) -> Result<DTLSConn, Error> {

@@ -455,6 +455,15 @@ impl Exchanges {
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.outgoing.is_empty()
     }
+
+    /// Whether the layer holds nothing at all: no remembered message id, nothing in flight,
+    /// nothing to send. A DTLS session frees its message layer then.
+    pub fn is_empty(&self) -> bool {
+        self.is_idle()
+            && self.seen.is_empty()
+            && self.expiry.is_empty()
+            && self.transmits.is_empty()
+    }
 }
 
 #[cfg(test)]

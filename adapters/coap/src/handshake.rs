@@ -22,7 +22,7 @@ use webrtc_dtls::config::{ClientAuthType, Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 
 use crate::cert::DtlsCertificate;
-use crate::dtls::PskSlot;
+use crate::handshaking::PskSlot;
 use crate::record;
 
 /// The PSK cipher suites the port offers, best first.
@@ -32,12 +32,13 @@ pub(crate) const PSK_SUITES: [CipherSuiteId; 3] = [
     CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256,
 ];
 
-/// The certificate (ECDHE_ECDSA) cipher suites the port offers, best first.
-pub(crate) const CERTIFICATE_SUITES: [CipherSuiteId; 4] = [
+/// The certificate (ECDHE_ECDSA) cipher suites the port offers, best first. Only AEAD suites:
+/// established sessions run on the port's own record layer (`protection.rs`), which implements
+/// exactly these and [`PSK_SUITES`].
+pub(crate) const CERTIFICATE_SUITES: [CipherSuiteId; 3] = [
     CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256,
     CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Ccm_8,
     CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Ccm,
-    CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_256_Cbc_Sha,
 ];
 
 /// How a peer authenticates, chosen from its first ClientHello.
@@ -150,11 +151,12 @@ mod tests {
             Some(Method::Certificate)
         );
         assert_eq!(
-            Method::of(&client_hello(&[0x1301, 0xc00a])),
+            Method::of(&client_hello(&[0x1301, 0xc0ae])),
             Some(Method::Certificate)
         );
-        // Only suites the port cannot serve (RSA, TLS 1.3), or no ClientHello at all.
+        // Only suites the port cannot serve (RSA, CBC, TLS 1.3), or no ClientHello at all.
         assert_eq!(Method::of(&client_hello(&[0xc02f, 0x1301])), None);
+        assert_eq!(Method::of(&client_hello(&[0xc00a, 0xc014])), None);
         assert_eq!(Method::of(&[22, 0xfe, 0xfd]), None);
     }
 }

@@ -17,21 +17,23 @@
 //! Structure, bottom up:
 //! - [`exchange`]: the CoAP message layer without I/O (deduplication, empty ACK and separate
 //!   response after `timeout_to_ack`, retransmission of CON responses);
-//! - `request.rs`: URI and option parsing; `session.rs`: one message layer driven over a
-//!   transport, each request processed in its own task through the device pipeline;
+//! - `request.rs`: URI and option parsing; `session.rs`: the plain port's message layer driven
+//!   over its socket, and the processing of one request through the device pipeline;
 //! - `listener.rs`: [`CoapAdapter`] binds the ports; the plain UDP port is one session;
-//! - `dtls.rs`: the DTLS port (webrtc-dtls): its own peer table, a task per peer with the
-//!   handshake under a timeout, PSK identities resolved before the synchronous key callback
-//!   (`record.rs` reads the DTLS records for that), and an idle timeout;
+//! - `dtls.rs`: the DTLS port: its own peer table, a task per handshake (`handshaking.rs`:
+//!   webrtc-dtls under a timeout, PSK identities resolved before the synchronous key callback,
+//!   `record.rs` reading the handshake records for that), and established sessions served by
+//!   the read loop as plain data (`established.rs`), with their own record layer
+//!   (`protection.rs`, keys from `keys.rs`) instead of webrtc-dtls's;
 //! - `handshake.rs`: PSK or certificate configuration per peer, chosen from its first ClientHello,
 //!   and the device a finished handshake authenticated (X.509 chains through adapter-core);
 //! - [`cert`]: the ECDSA server certificate DTLS needs for certificate suites.
 //!
 //! Per-peer memory: the peer table entry is [`PEER_ENTRY_BYTES`] bytes (plus the hash map's
-//! overhead); a peer task holds its queue (up to 16 datagrams), a receive buffer of
-//! `max_payload_size` + 1 KiB, the message layer (empty maps until requests arrive) and
-//! webrtc-dtls's `DTLSConn` with its two tasks and an 8 KiB receive buffer of its own. The
-//! `per_peer_sizes` test prints the numbers.
+//! overhead); an established session adds its boxed state (keys, sequence numbers, replay
+//! window, the authenticated device) and a timer entry, and its message layer only while it
+//! remembers a message. A handshake in progress holds a task with webrtc-dtls's `DTLSConn`
+//! until the handover. The `per_peer_sizes` test prints the numbers.
 //!
 //! ```no_run
 //! # async fn start(ctx: ferry_adapter_core::AdapterContext) -> Result<(), ferry_adapter_coap::CoapError> {
@@ -45,9 +47,13 @@ pub mod cert;
 pub mod config;
 mod dtls;
 pub mod error;
+mod established;
 pub mod exchange;
 mod handshake;
+mod handshaking;
+mod keys;
 mod listener;
+mod protection;
 mod record;
 mod request;
 mod session;
@@ -61,7 +67,7 @@ pub use listener::CoapAdapter;
 pub const ADAPTER_TYPE: &str = "hono-coap";
 
 /// Size in bytes of one entry of the DTLS port's peer table (without the map's own overhead).
-pub const PEER_ENTRY_BYTES: usize = std::mem::size_of::<dtls::PeerHandle>();
+pub const PEER_ENTRY_BYTES: usize = std::mem::size_of::<dtls::Peer>();
 
 #[cfg(test)]
 mod sizes;

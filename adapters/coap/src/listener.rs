@@ -2,7 +2,8 @@
 //!
 //! The plain UDP port (only when authentication is not required) is one [`Session`] over the
 //! socket: one message layer for all peers, requests processed in their own tasks. The DTLS port
-//! is served by [`crate::dtls`]: one task per peer, each with its own handshake and session.
+//! is served by [`crate::dtls`]: a task per handshake, established sessions served by its read
+//! loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -149,10 +150,8 @@ impl CoapAdapter {
                 Session {
                     transport: socket,
                     shared: Arc::clone(&self.shared),
-                    sender: None,
                     exchanges: Exchanges::new(exchange.clone(), rand_u16()),
                     max_in_flight: self.config.max_peers,
-                    idle_timeout: None,
                     buffer_size,
                     stop: self.shared.ctx.shutdown.clone(),
                 }

@@ -1,16 +1,15 @@
-//! One CoAP endpoint at work: the message layer ([`Exchanges`]) driven over a [`Transport`]
-//! (the plain UDP socket, or one peer's DTLS connection), each new request processed in its own
-//! task, and its response handed back to the message layer.
+//! The plain UDP port at work: the message layer ([`Exchanges`]) driven over a [`Transport`],
+//! each new request processed in its own task ([`answer`], which the DTLS port uses as well),
+//! and its response handed back to the message layer.
 //!
 //! The loop owns all state, so nothing here needs a lock: it waits for a datagram, a finished
-//! request, the message layer's next timeout, the idle deadline or shutdown, and after each step
-//! sends what the message layer queued. On shutdown it stops reading, lets the requests in
-//! flight finish and sends their responses.
+//! request, the message layer's next timeout or shutdown, and after each step sends what the
+//! message layer queued. On shutdown it stops reading, lets the requests in flight finish and
+//! sends their responses.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, Packet, ResponseType};
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Upload};
@@ -44,38 +43,32 @@ pub(crate) trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = io::Result<()>> + Send;
 }
 
-/// A message layer, its transport, and who is sending (`None` on the plain port).
+/// A message layer and its transport, serving unauthenticated devices.
 pub(crate) struct Session<T> {
     pub(crate) transport: T,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) sender: Option<Arc<AuthenticatedDevice>>,
     pub(crate) exchanges: Exchanges,
     /// Requests processed at once; further requests get 5.03.
     pub(crate) max_in_flight: usize,
-    /// End the session after this long without a datagram and with nothing in flight.
-    pub(crate) idle_timeout: Option<Duration>,
     /// Size of the receive buffer (larger datagrams are truncated and refused).
     pub(crate) buffer_size: usize,
-    /// Stop reading and finish (the shutdown token, or a child of it for one DTLS peer).
+    /// Stop reading and finish (the shutdown token).
     pub(crate) stop: CancellationToken,
 }
 
 impl<T: Transport> Session<T> {
-    /// Serves until shutdown, idleness or a transport failure; returns the transport.
-    pub(crate) async fn run(self) -> T {
+    /// Serves until shutdown or a transport failure.
+    pub(crate) async fn run(self) {
         let Session {
             transport,
             shared,
-            sender,
             mut exchanges,
             max_in_flight,
-            idle_timeout,
             buffer_size,
             stop,
         } = self;
         let mut buf = vec![0u8; buffer_size];
         let mut tasks: JoinSet<(RequestId, Packet)> = JoinSet::new();
-        let mut last_activity = Instant::now();
         let mut stopping = false;
         loop {
             while let Some(t) = exchanges.poll_transmit() {
@@ -87,9 +80,6 @@ impl<T: Transport> Session<T> {
                 break;
             }
             let timeout = exchanges.poll_timeout().map(Instant::from_std);
-            let idle_at = idle_timeout
-                .filter(|_| tasks.is_empty() && exchanges.is_idle())
-                .map(|idle| last_activity + idle);
             tokio::select! {
                 () = stop.cancelled(), if !stopping => stopping = true,
                 Some(done) = tasks.join_next() => match done {
@@ -98,10 +88,6 @@ impl<T: Transport> Session<T> {
                 },
                 () = sleep_until(timeout), if timeout.is_some() => {
                     exchanges.handle_timeout(Instant::now().into_std());
-                }
-                () = sleep_until(idle_at), if idle_at.is_some() => {
-                    tracing::debug!("idle session closed");
-                    break;
                 }
                 received = transport.recv(&mut buf), if !stopping => {
                     let (n, peer) = match received {
@@ -113,21 +99,19 @@ impl<T: Transport> Session<T> {
                             continue;
                         }
                     };
-                    last_activity = Instant::now();
+                    let now = Instant::now().into_std();
                     let datagram = buf.get(..n).unwrap_or_default();
-                    let Some(incoming) = exchanges.handle(last_activity.into_std(), peer, datagram) else {
+                    let Some(incoming) = exchanges.handle(now, peer, datagram) else {
                         continue;
                     };
                     if tasks.len() >= max_in_flight {
-                        let busy = refusal(&RequestError::Busy);
-                        exchanges.respond(last_activity.into_std(), incoming.id, busy);
+                        exchanges.respond(now, incoming.id, refusal(&RequestError::Busy));
                         continue;
                     }
-                    tasks.spawn(answer(Arc::clone(&shared), sender.clone(), incoming));
+                    tasks.spawn(answer(Arc::clone(&shared), None, incoming));
                 }
             }
         }
-        transport
     }
 }
 
@@ -139,7 +123,7 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Processes one request and builds its response.
-async fn answer(
+pub(crate) async fn answer(
     shared: Arc<Shared>,
     sender: Option<Arc<AuthenticatedDevice>>,
     mut incoming: Incoming,
@@ -176,7 +160,7 @@ struct Who {
 }
 
 /// The error response: its code, a diagnostic payload, and Size1 for 4.13.
-fn refusal(error: &RequestError) -> Packet {
+pub(crate) fn refusal(error: &RequestError) -> Packet {
     let mut p = Packet::new();
     p.header.code = MessageClass::Response(error.code());
     p.payload = error.client_message().into_owned().into_bytes();

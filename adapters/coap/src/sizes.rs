@@ -2,26 +2,40 @@
 
 use std::mem::size_of;
 
-use crate::dtls::{PeerConn, PeerHandle, PskSlot};
+use crate::dtls::{Handshaking, Peer};
+use crate::established::Established;
 use crate::exchange::Exchanges;
+use crate::handshaking::{PeerConn, PskSlot};
 
 #[test]
 fn per_peer_sizes() {
     let sizes = [
-        ("peer table entry (PeerHandle)", size_of::<PeerHandle>()),
-        ("peer transport (PeerConn)", size_of::<PeerConn>()),
-        ("PSK slot", size_of::<PskSlot>()),
-        ("message layer (Exchanges), empty", size_of::<Exchanges>()),
+        ("peer table entry (Peer)", size_of::<Peer>()),
+        ("established session (boxed)", size_of::<Established>()),
         (
-            "webrtc-dtls DTLSConn",
+            "timer entry (Instant, SocketAddr)",
+            size_of::<(std::time::Instant, std::net::SocketAddr)>(),
+        ),
+        (
+            "message layer (Exchanges), boxed while used",
+            size_of::<Exchanges>(),
+        ),
+        ("handshake: table entry (boxed)", size_of::<Handshaking>()),
+        (
+            "handshake: peer transport (PeerConn)",
+            size_of::<PeerConn>(),
+        ),
+        ("handshake: PSK slot", size_of::<PskSlot>()),
+        (
+            "handshake: webrtc-dtls DTLSConn",
             size_of::<webrtc_dtls::conn::DTLSConn>(),
         ),
-        ("webrtc-dtls receive buffer (heap)", 8192),
     ];
     for (what, bytes) in sizes {
-        println!("{what:<40} {bytes:>6} bytes");
+        println!("{what:<45} {bytes:>6} bytes");
     }
-    // The read loop's entry stays a few words; the message layer allocates nothing until used.
-    assert!(size_of::<PeerHandle>() <= 48);
+    // The read loop's entry stays a few words; an idle session's own state a few hundred bytes.
+    assert!(size_of::<Peer>() <= 16);
+    assert!(size_of::<Established>() <= 256);
     assert!(size_of::<Exchanges>() <= 512);
 }
