@@ -242,3 +242,151 @@ fn session(sessions: &mut [Option<Session>], channel: u16) -> Result<&mut Sessio
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
+    use fe2o3_amqp::types::messaging::{Accepted, Target, TargetArchetype};
+    use fe2o3_amqp::types::performatives::{Attach, Begin, Transfer};
+
+    use super::*;
+    use crate::link::CREDIT_WINDOW;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// The frames the engine wrote, decoded.
+    fn written(engine: &mut Engine) -> Result<Vec<FrameBody>, FramingError> {
+        let mut out = std::mem::take(engine.output());
+        let mut frames = Vec::new();
+        while let Some(frame) = frame::next_frame(&mut out, u32::MAX)? {
+            frames.push(frame.body);
+        }
+        Ok(frames)
+    }
+
+    fn transfer(delivery_id: u32) -> FrameBody {
+        FrameBody::Transfer {
+            performative: Transfer {
+                handle: Handle(0),
+                delivery_id: Some(delivery_id),
+                delivery_tag: None,
+                message_format: None,
+                settled: None,
+                more: false,
+                rcv_settle_mode: None,
+                state: None,
+                resume: false,
+                aborted: false,
+                batchable: false,
+            },
+            payload: Bytes::from_static(b"message"),
+        }
+    }
+
+    /// An engine with one session on channel 1 and an upload link with handle 0.
+    fn attached() -> Result<Engine, Box<dyn std::error::Error>> {
+        let mut engine = Engine::new(1024, 1024);
+        let begin = Begin {
+            remote_channel: None,
+            next_outgoing_id: 10,
+            incoming_window: 100,
+            outgoing_window: 100,
+            handle_max: Handle(7),
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        engine.on_frame(Frame::new(1u16, FrameBody::Begin(begin)))?;
+        let attach = Attach {
+            name: "upload".to_owned(),
+            handle: Handle(0),
+            role: Role::Sender,
+            snd_settle_mode: SenderSettleMode::Mixed,
+            rcv_settle_mode: ReceiverSettleMode::First,
+            source: None,
+            target: Some(Box::new(TargetArchetype::Target(Target::builder().build()))),
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: Some(0),
+            max_message_size: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        engine.on_frame(Frame::new(1u16, FrameBody::Attach(attach)))?;
+        let frames = written(&mut engine)?;
+        assert!(matches!(
+            frames.as_slice(),
+            [FrameBody::Begin(_), FrameBody::Attach(_), FrameBody::Flow(flow)]
+                if flow.link_credit == Some(CREDIT_WINDOW) && flow.next_incoming_id == Some(10)
+        ));
+        Ok(engine)
+    }
+
+    #[test]
+    fn outcomes_of_consecutive_deliveries_go_out_in_one_disposition() -> TestResult {
+        let mut engine = attached()?;
+        let mut keys = Vec::new();
+        for id in 0..3 {
+            match engine.on_frame(Frame::new(1u16, transfer(id)))? {
+                Some(Event::Delivery(delivery)) => keys.push(delivery.key),
+                other => return Err(format!("{other:?}").into()),
+            }
+        }
+        for key in keys.iter().rev() {
+            engine.settle(key, Some(Accepted {}.into()));
+        }
+        engine.flush();
+        let frames = written(&mut engine)?;
+        let [FrameBody::Disposition(disposition)] = frames.as_slice() else {
+            return Err(format!("{frames:?}").into());
+        };
+        assert_eq!((disposition.first, disposition.last), (0, Some(2)));
+        assert!(disposition.settled);
+        Ok(())
+    }
+
+    #[test]
+    fn protocol_violations_are_errors_to_close_with() -> TestResult {
+        let mut engine = attached()?;
+        // A transfer on a channel without a session.
+        assert!(engine.on_frame(Frame::new(2u16, transfer(0))).is_err());
+        // A second open.
+        let mut engine = attached()?;
+        let open = fe2o3_amqp::types::performatives::Open {
+            container_id: "again".to_owned(),
+            hostname: None,
+            max_frame_size: Default::default(),
+            channel_max: Default::default(),
+            idle_time_out: None,
+            outgoing_locales: None,
+            incoming_locales: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        assert!(
+            engine
+                .on_frame(Frame::new(0u16, FrameBody::Open(open)))
+                .is_err()
+        );
+        // More transfers than credit: the link is detached, the connection stays.
+        let mut engine = attached()?;
+        for id in 0..CREDIT_WINDOW {
+            engine.on_frame(Frame::new(1u16, transfer(id)))?;
+        }
+        assert!(
+            engine
+                .on_frame(Frame::new(1u16, transfer(CREDIT_WINDOW)))?
+                .is_none()
+        );
+        let frames = written(&mut engine)?;
+        assert!(matches!(
+            frames.as_slice(),
+            [FrameBody::Detach(detach)] if detach.error.as_ref().is_some_and(|e| e.condition
+                == fe2o3_amqp::types::definitions::LinkError::TransferLimitExceeded.into())
+        ));
+        Ok(())
+    }
+}

@@ -118,6 +118,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Served<S> {
         let mut last_sent = Instant::now();
         let timer = tokio::time::sleep_until(self.next_deadline(last_received, last_sent));
         tokio::pin!(timer);
+        // Devices may send their first frames together with the `open`.
+        if let Some(end) = self.take_frames(state, in_flight) {
+            return end;
+        }
         loop {
             if !self.engine.output().is_empty() {
                 if self.write().await.is_err() {
