@@ -5,10 +5,12 @@
 //! answers to the device's frames.
 //!
 //! Timers: a device that sends nothing (not even empty frames) for the adapter's idle timeout
-//! is closed with `amqp:resource-limit-exceeded`; the adapter sends an empty frame when it wrote
-//! nothing for half the device's idle timeout. While nothing is in flight the receive and send
-//! buffers are released. On shutdown the connection stops reading, settles the deliveries in
-//! flight (within [`DRAIN_TIMEOUT`]) and closes; a terminal error closes it at once.
+//! while none of its deliveries is in flight is closed with `amqp:resource-limit-exceeded`; the
+//! adapter sends an empty frame when it wrote nothing for half the device's idle timeout. While
+//! nothing is in flight the receive and send buffers are released. At most [`MAX_IN_FLIGHT`]
+//! deliveries are forwarded at once; beyond that the connection stops reading. On shutdown the
+//! connection stops reading, settles the deliveries in flight (within [`DRAIN_TIMEOUT`]) and
+//! closes; a terminal error closes it at once.
 
 use std::future::Future;
 use std::io;
@@ -27,12 +29,17 @@ use tokio::time::Instant;
 use crate::connection::{ConnectionState, Shared};
 use crate::engine::{Engine, Event};
 use crate::io::Io;
+use crate::link::CREDIT_WINDOW;
 use crate::upload::{self, Forwarded, InFlight};
 
 /// How long closing waits for the device's `close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection waits for its deliveries in flight to settle on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most deliveries of one connection being forwarded at once, whatever its number of links:
+/// beyond it the connection stops reading until some settle. With the message size limit this
+/// bounds what one device can make the adapter hold.
+const MAX_IN_FLIGHT: usize = 2 * CREDIT_WINDOW as usize;
 
 /// An open connection: its stream, its engine, and the device's wish for heartbeats.
 pub(crate) struct Served<S> {
@@ -138,7 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Served<S> {
                 () = state.terminal.cancelled() => Step::Terminal,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => Step::Forwarded(done),
                 () = shutdown.cancelled() => Step::Shutdown,
-                read = self.io.read() => Step::Read(read),
+                read = self.io.read(), if in_flight.len() < MAX_IN_FLIGHT => Step::Read(read),
                 () = &mut timer => Step::Timer,
                 () = async {
                     if let Some(connected) = connected.as_mut() {
@@ -175,7 +182,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Served<S> {
                 }
                 Step::Timer => {
                     let now = Instant::now();
-                    if now >= last_received + idle_timeout {
+                    if !in_flight.is_empty() {
+                        // A device waiting for outcomes is not idle.
+                        last_received = now;
+                    } else if now >= last_received + idle_timeout {
                         return End::Close(Some(ErrorBody::new(
                             AmqpError::ResourceLimitExceeded,
                             "idle timeout: nothing received".to_owned(),
