@@ -1,9 +1,7 @@
 //! One accepted connection, through its phases: TLS (on the TLS port, under a timeout), SASL with
-//! asynchronous authentication ([`crate::sasl`]), the AMQP open through fe2o3's acceptor, then
-//! sessions and links until the device leaves, a terminal error or shutdown.
-//!
-//! Sessions run in their own tasks ([`crate::session`]). On shutdown, links stop taking
-//! deliveries, settle the ones in flight, and the connection closes.
+//! asynchronous authentication and the AMQP `open` ([`crate::handshake`]), then the connection
+//! engine ([`crate::serve`]) until the device leaves, a terminal error or shutdown. All of it
+//! runs in the connection's one task.
 //!
 //! With connection events enabled, an authenticated device's connection sends `connected` once
 //! it is admitted (while the connection already serves) and `disconnected` after it closed,
@@ -13,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fe2o3_amqp::acceptor::{ListenerConnectionHandle, SessionAcceptor};
 use fe2o3_amqp::types::definitions::Error as ErrorBody;
 use ferry_adapter_core::forward::connection_event::Cause;
 use ferry_adapter_core::tls::TlsPeer;
@@ -23,23 +20,16 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admission::TenantConnections;
-use crate::handshake::{self, Opened};
+use crate::engine::Engine;
+use crate::handshake::{self, MAX_FRAME_SIZE, Opened};
+use crate::serve::Served;
 use crate::watch::ConnectionWatch;
 
-/// Capability offered in `open`: devices send on one link with a null target.
-pub(crate) const ANONYMOUS_RELAY: &str = "ANONYMOUS-RELAY";
-/// Highest link handle of a session (so at most 8 links): a device needs an upload link and,
-/// later, a command link. With the link credit and the message size this bounds the memory one
-/// connection can make the adapter hold.
-const MAX_LINKS: u32 = 7;
-/// How long closing a link, session or connection waits for the peer.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a connection waits for its links to settle what they have in flight on shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes a message may carry on top of its payload (properties, annotations, encoding).
+const MESSAGE_OVERHEAD: usize = 16 * 1024;
 /// How long sending a connection event may take.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -61,7 +51,7 @@ pub(crate) struct Shared {
     pub(crate) watch: Arc<ConnectionWatch>,
 }
 
-/// What the tasks of one connection share.
+/// What a connection shares with the registry watch.
 #[derive(Debug)]
 pub(crate) struct ConnectionState {
     /// The authenticated device, `None` for an anonymous one.
@@ -80,7 +70,7 @@ impl ConnectionState {
         self.terminal.cancel();
     }
 
-    fn take_error(&self) -> Option<ErrorBody> {
+    pub(crate) fn take_error(&self) -> Option<ErrorBody> {
         self.terminal_error.lock().ok().and_then(|mut e| e.take())
     }
 }
@@ -159,34 +149,46 @@ impl Connection {
     }
 }
 
-/// The connection after TLS: the handshake phases (boxed, see [`crate::handshake`]), then
-/// sessions until the device leaves, a terminal error or shutdown.
-fn serve_amqp<S>(
-    stream: S,
-    peer: Option<TlsPeer>,
-    shared: Arc<Shared>,
-) -> impl Future<Output = ()> + Send
+/// The connection after TLS: the handshake phases (boxed, see [`crate::handshake`]), then the
+/// connection engine until the device leaves, a terminal error or shutdown.
+async fn serve_amqp<S>(stream: S, peer: Option<TlsPeer>, shared: Arc<Shared>)
 where
-    S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    // Built outside the async block, so the stream is not kept in its state: the open connection
-    // lives in fe2o3's engine task.
-    let opening = Box::pin(handshake::open(stream, peer, Arc::clone(&shared)));
-    async move {
-        if let Some(opened) = opening.await {
-            serve_open(opened, shared).await;
-        }
+    let opened = Box::pin(handshake::open(stream, peer, Arc::clone(&shared))).await;
+    if let Some(opened) = opened {
+        serve_open(opened, shared).await;
     }
 }
 
-/// Serves an admitted connection to its end.
-async fn serve_open(opened: Opened, shared: Arc<Shared>) {
+/// Serves a connection whose `open` was exchanged: closes a refused one, serves an admitted one
+/// with its connection events around it.
+async fn serve_open<S>(opened: Opened<S>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
     let Opened {
-        mut connection,
+        io,
         device,
-        _slot,
+        admission,
         remote_id,
+        heartbeat,
     } = opened;
+    let engine = Engine::new(MAX_FRAME_SIZE, max_message_size(&shared));
+    let mut served = Served {
+        io,
+        engine,
+        heartbeat,
+        shared: Arc::clone(&shared),
+    };
+    let _slot = match admission {
+        Ok(slot) => slot,
+        Err(refused) => {
+            tracing::info!(reason = %refused, "connection refused");
+            served.close(Some(refused.to_amqp())).await;
+            return;
+        }
+    };
     tracing::info!("device connected");
     let state = Arc::new(ConnectionState {
         device,
@@ -197,25 +199,17 @@ async fn serve_open(opened: Opened, shared: Arc<Shared>) {
         let handle = crate::watch::Terminate(Arc::downgrade(&state));
         shared.watch.watch(&d.tenant_id, &d.device_id, handle)
     });
-    // The connected event goes out while the connection already serves; joining both keeps it
-    // ahead of the disconnected event. Boxed, so its state is freed once it is sent.
+    // The connected event goes out while the connection already serves, and ahead of the
+    // disconnected event. Boxed, so its state is freed once it is sent.
     let connected = Box::pin(announce(&shared, &state, Cause::Connected, &remote_id));
-    tokio::join!(connected, run_connection(&mut connection, &state, &shared));
-    let error = state.take_error();
-    if let Some(error) = &error {
-        tracing::info!(%error, "closing the connection after a terminal error");
-    }
-    let closing = Box::pin(async {
-        match error {
-            Some(error) => connection.close_with_error(error).await,
-            None => connection.close().await,
-        }
-    });
-    if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
-        tracing::debug!(%error, "connection closed with error");
-    }
+    served.run(&state, connected).await;
     tracing::info!("device disconnected");
     Box::pin(announce(&shared, &state, Cause::Disconnected, &remote_id)).await;
+}
+
+/// The largest message accepted: the payload limit plus room for the message's other sections.
+fn max_message_size(shared: &Shared) -> u64 {
+    (shared.max_payload_size + MESSAGE_OVERHEAD) as u64
 }
 
 /// Sends the connection event `cause` of an authenticated device, if the adapter is configured
@@ -234,44 +228,5 @@ async fn announce(shared: &Shared, state: &ConnectionState, cause: Cause, remote
             tracing::warn!(cause = cause.as_str(), %error, "connection event not sent")
         }
         Err(_) => tracing::warn!(cause = cause.as_str(), "connection event timed out"),
-    }
-}
-
-async fn run_connection(
-    connection: &mut ListenerConnectionHandle,
-    state: &Arc<ConnectionState>,
-    shared: &Arc<Shared>,
-) {
-    let session_acceptor = SessionAcceptor::builder().handle_max(MAX_LINKS).build();
-    let sessions = TaskTracker::new();
-    let shutdown = shared.ctx.shutdown.clone();
-    loop {
-        let incoming = tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = state.terminal.cancelled() => break,
-            incoming = connection.next_incoming_session() => incoming,
-        };
-        let Some(incoming) = incoming else { break };
-        // Boxed: the accept future is large and the loop waits in `next_incoming_session`.
-        let accepted = Box::pin(session_acceptor.accept_incoming_session(incoming, connection));
-        match accepted.await {
-            Ok(session) => {
-                sessions.spawn(
-                    crate::session::run(session, Arc::clone(state), Arc::clone(shared))
-                        .in_current_span(),
-                );
-            }
-            Err(error) => {
-                tracing::info!(%error, "session refused");
-                break;
-            }
-        }
-    }
-    sessions.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("links did not settle their deliveries in time");
     }
 }

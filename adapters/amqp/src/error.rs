@@ -108,6 +108,9 @@ pub(crate) enum DeliveryError {
     /// An event sent pre-settled: events are at least once (Hono ignores them).
     #[error("events must be sent unsettled")]
     PresettledEvent,
+    /// The transfer is not an AMQP message (rejected with `amqp:decode-error`).
+    #[error("the message cannot be decoded: {0}")]
+    Decode(String),
 }
 
 impl DeliveryError {
@@ -115,9 +118,19 @@ impl DeliveryError {
     pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             DeliveryError::Forward(e) => e.kind(),
-            DeliveryError::Address(_) | DeliveryError::Body(_) | DeliveryError::PresettledEvent => {
-                ErrorKind::BadRequest
-            }
+            DeliveryError::Address(_)
+            | DeliveryError::Body(_)
+            | DeliveryError::PresettledEvent
+            | DeliveryError::Decode(_) => ErrorKind::BadRequest,
+        }
+    }
+
+    /// What the device is told: [`refusal_for`] the kind, except that an undecodable message
+    /// is rejected with `amqp:decode-error`.
+    pub(crate) fn refusal(&self) -> Refusal {
+        match self {
+            DeliveryError::Decode(_) => Refusal::Rejected(Condition::DecodeError.into()),
+            other => refusal_for(other.kind()),
         }
     }
 

@@ -1,4 +1,4 @@
-//! Ferry's AMQP 1.0 protocol adapter: Hono's AMQP adapter API on fe2o3-amqp.
+//! Ferry's AMQP 1.0 protocol adapter: Hono's AMQP adapter API on its own connection engine.
 //!
 //! Devices connect on port 5672 (plain) or 5671 (TLS from the first byte, `amqps://`),
 //! authenticate with SASL PLAIN (`auth-id@tenant`) or, when the adapter does not require
@@ -16,16 +16,19 @@
 //! unsettled. Oversized messages close the link; terminal errors (tenant or adapter disabled,
 //! the device itself unknown or disabled) close the connection.
 //!
-//! Structure: [`AmqpAdapter`] binds the ports (`listener.rs`); each accepted connection runs as a
-//! task (`connection.rs`: TLS under a timeout; then `handshake.rs`: the SASL exchange of
-//! `sasl.rs` with asynchronous authentication, the connect-time tenant checks of `admission.rs`,
-//! fe2o3's connection acceptor, reading the device's container id in passing with `peek.rs`;
-//! then optional connection events on `event/TENANT`, and `session.rs` takes the link
-//! attaches); each upload link is
-//! a task (`link.rs`) that parses messages with `address.rs` and forwards them through the
-//! [`ferry_adapter_core::AdapterContext`]. All refusals become AMQP outcomes in `error.rs`.
+//! Structure: [`AmqpAdapter`] binds the ports (`listener.rs`); each accepted connection is one
+//! task (`connection.rs`) and nothing more: TLS under a timeout; then `handshake.rs`: the SASL
+//! exchange of `sasl.rs` with asynchronous authentication, the connect-time tenant checks of
+//! `admission.rs`, the protocol header and `open`; then `serve.rs` drives the connection engine
+//! (`engine.rs` with `session.rs`, `link.rs`, `transfer.rs`, `disposition.rs`, framing in
+//! `frame.rs`, buffers in `io.rs`), a plain state machine without tasks or channels per session
+//! or link. Complete deliveries are forwarded concurrently inside the connection's task
+//! (`upload.rs`, with `address.rs`) through the [`ferry_adapter_core::AdapterContext`] and settled
+//! with batched `disposition` frames; link credit refills as deliveries settle. fe2o3-amqp provides
+//! the frame and message types and their codec. All refusals become AMQP outcomes in `error.rs`.
 //! `watch.rs` closes open connections whose tenant or device the registry disables or deletes
-//! (register [`AmqpAdapter::change_listener`] with the registry).
+//! (register [`AmqpAdapter::change_listener`] with the registry). Optional connection events
+//! go to `event/TENANT`.
 //!
 //! ```no_run
 //! # async fn start(ctx: ferry_adapter_core::AdapterContext) -> Result<(), ferry_adapter_amqp::AmqpError> {
@@ -39,13 +42,19 @@ mod address;
 mod admission;
 pub mod config;
 mod connection;
+mod disposition;
+mod engine;
 pub mod error;
+mod frame;
 mod handshake;
+mod io;
 mod link;
 mod listener;
-mod peek;
 mod sasl;
+mod serve;
 mod session;
+mod transfer;
+mod upload;
 mod watch;
 
 pub use config::AmqpConfig;

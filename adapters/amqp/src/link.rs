@@ -1,277 +1,263 @@
-//! The task that owns one upload link (the device's anonymous-relay sender, our receiver).
+//! The state of one attached link of a device: link credit and the delivery being assembled.
 //!
-//! Each delivery is parsed (`to`, body) and forwarded through adapter-core; up to
-//! [`MAX_IN_FLIGHT`] forwards run concurrently, so one slow northbound round trip does not hold
-//! up the link. Settlement follows hono-api.md §5: an unsettled delivery is settled with the
-//! outcome of its forward (`accepted`, `rejected` with Hono's condition, or `released`); a
-//! pre-settled one (a link in sender settle mode `settled`) is telemetry at most once, and a
-//! pre-settled event is dropped. An oversized message closes the link; a terminal error
-//! rejects the delivery, closes the link and ends the connection. On shutdown the link stops
-//! taking deliveries and settles those in flight before it closes.
+//! An upload link (the device's anonymous-relay sender, our receiver) holds at most
+//! [`CREDIT_WINDOW`] deliveries: those being forwarded plus the credit the device holds. Credit
+//! refills as deliveries settle, not per message: once at least a quarter of the window can be
+//! given back, one `flow` tops the device's credit up to the window minus what is in flight. So a
+//! device keeps up to 128 messages in the pipeline, the adapter sends about one `flow` per 32
+//! settled messages, and a connection holds at most 128 messages per link.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+use bytes::Bytes;
+use fe2o3_amqp::types::definitions::{Error as ErrorBody, LinkError};
+use fe2o3_amqp::types::performatives::Transfer;
 
-use fe2o3_amqp::Receiver;
-use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::{CreditMode, RecvError};
-use fe2o3_amqp::types::definitions::Error as ErrorBody;
-use fe2o3_amqp::types::messaging::Body;
-use fe2o3_amqp::types::primitives::Value;
-use ferry_adapter_core::{Endpoint, Qos};
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt as _, StreamExt};
+use crate::transfer::Assembly;
 
-use crate::address::{self, Address};
-use crate::connection::{ConnectionState, Shared};
-use crate::error::{DeliveryError, Refusal, is_terminal, refusal_for};
+/// Most deliveries of one upload link in the adapter's hands: in flight plus the device's credit.
+pub(crate) const CREDIT_WINDOW: u32 = 128;
+/// Credit is topped up once this much of the window can be given back.
+const REFILL_STEP: u32 = CREDIT_WINDOW / 4;
 
-/// Most deliveries of one link being forwarded at once; also the link credit.
-pub(crate) const MAX_IN_FLIGHT: u32 = 32;
-/// How long closing the link waits for the device's detach.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A delivery whose forward finished.
-struct Forwarded {
-    info: DeliveryInfo,
-    outcome: Result<(), DeliveryError>,
-    /// The message was for the sending device itself (not as a gateway for another device).
-    for_itself: bool,
+/// A complete delivery taken off a link.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// The delivery id.
+    pub(crate) delivery_id: u32,
+    /// The device settled it (at most once): no outcome goes back.
+    pub(crate) settled: bool,
+    /// The encoded message.
+    pub(crate) message: Bytes,
 }
 
-type InFlight = Pin<Box<dyn Future<Output = Forwarded> + Send>>;
-
-/// What happened next on the link.
-enum Event {
-    Forwarded(Forwarded),
-    Received(Box<Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, RecvError>>),
-    Shutdown,
-    Terminal,
+/// What a link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// An upload link: transfers are forwarded.
+    Upload,
+    /// A link the adapter detached (refused, or closed with an error): it waits for the device's detach.
+    Detached,
 }
 
-/// How a link ends.
-enum End {
-    /// The device detached or the connection went away: nothing to close.
-    Gone,
-    /// Close the link (shutdown, or with an error).
-    Close(Option<ErrorBody>),
-    /// Close the link with the error, then end the connection with it.
-    Terminal(ErrorBody),
-}
-
-/// An attached upload link, ready to [`run`](UploadLink::run).
-pub(crate) struct UploadLink {
-    receiver: Receiver,
+/// One link of a session.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// Unique within the connection: settlements of a link that is gone are told apart.
+    pub(crate) id: u64,
+    pub(crate) kind: Kind,
+    /// The device's sender settle mode is `settled`.
     presettled: bool,
-    state: Arc<ConnectionState>,
-    shared: Arc<Shared>,
+    pub(crate) delivery_count: u32,
+    /// The credit the device holds.
+    pub(crate) credit: u32,
+    /// Deliveries received and not yet settled by the adapter.
+    in_flight: u32,
+    assembling: Option<Assembly>,
+    max_message_size: u64,
 }
 
-impl UploadLink {
-    /// Wraps an attached receiver; `presettled` when the device's sender settle mode is `settled`.
+impl Link {
+    /// A link the device attached; `initial_delivery_count` from its attach.
     pub(crate) fn new(
-        receiver: Receiver,
+        id: u64,
+        kind: Kind,
         presettled: bool,
-        state: Arc<ConnectionState>,
-        shared: Arc<Shared>,
+        initial_delivery_count: u32,
+        max_message_size: u64,
     ) -> Self {
         Self {
-            receiver,
+            id,
+            kind,
             presettled,
-            state,
-            shared,
+            delivery_count: initial_delivery_count,
+            credit: 0,
+            in_flight: 0,
+            assembling: None,
+            max_message_size,
         }
     }
 
-    /// Takes deliveries until the link or connection ends.
-    pub(crate) async fn run(mut self) {
-        self.receiver
-            .set_credit_mode(CreditMode::Auto(MAX_IN_FLIGHT));
-        if self.receiver.set_credit(MAX_IN_FLIGHT).await.is_err() {
-            return;
+    /// Takes one transfer frame; a complete delivery is returned. An error detaches the link.
+    pub(crate) fn on_transfer(
+        &mut self,
+        transfer: &Transfer,
+        payload: Bytes,
+    ) -> Result<Option<Received>, ErrorBody> {
+        if self.kind == Kind::Detached {
+            return Ok(None);
         }
-        let end = self.serve().await;
-        let name = self.receiver.name().to_owned();
-        let (error, terminal) = match end {
-            End::Gone => return,
-            End::Close(error) => (error, None),
-            End::Terminal(error) => (Some(error.clone()), Some(error)),
-        };
-        // Boxed, like every rare step: the link's task keeps only the state of waiting for
-        // deliveries while it is idle.
-        let closing = Box::pin(async {
-            match error {
-                Some(error) => self.receiver.close_with_error(error).await,
-                None => self.receiver.close().await,
-            }
-        });
-        if !matches!(
-            tokio::time::timeout(CLOSE_TIMEOUT, closing).await,
-            Ok(Ok(()))
-        ) {
-            tracing::debug!(link = %name, "device did not answer the link close");
-        }
-        if let Some(error) = terminal {
-            self.state.terminate(error);
-        }
-    }
-
-    async fn serve(&mut self) -> End {
-        let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
-        let shutdown = self.shared.ctx.shutdown.clone();
-        let terminal = self.state.terminal.clone();
-        let mut draining = false;
-        loop {
-            if draining && in_flight.is_empty() {
-                return End::Close(None);
-            }
-            let busy = !in_flight.is_empty();
-            let can_receive = !draining && in_flight.len() < MAX_IN_FLIGHT as usize;
-            let event = tokio::select! {
-                biased;
-                () = terminal.cancelled() => Event::Terminal,
-                Some(done) = in_flight.next(), if busy => Event::Forwarded(done),
-                () = shutdown.cancelled(), if !draining => Event::Shutdown,
-                received = self.receiver.recv::<Body<Value>>(), if can_receive => Event::Received(Box::new(received)),
-            };
-            match event {
-                Event::Terminal => return End::Gone,
-                Event::Shutdown => draining = true,
-                Event::Forwarded(done) => {
-                    if let Some(end) = self.settle_ready(done, &mut in_flight).await {
-                        return end;
-                    }
+        let settled = transfer.settled.unwrap_or(false) || self.presettled;
+        let assembling = match self.assembling.take() {
+            Some(mut assembling) => {
+                if transfer.aborted {
+                    return Ok(None);
                 }
-                Event::Received(received) => match *received {
-                    Ok(delivery) => in_flight.push(self.forward(delivery)),
-                    Err(RecvError::MessageDecode(e)) => {
-                        let error = ErrorBody::new(
-                            fe2o3_amqp::types::definitions::AmqpError::DecodeError,
-                            "the message cannot be decoded".to_owned(),
-                            None,
-                        );
-                        tracing::info!(error = %e.source, "undecodable message");
-                        if Box::pin(self.receiver.reject(e.info, error)).await.is_err() {
-                            return End::Gone;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "upload link ended");
-                        return End::Gone;
-                    }
-                },
+                if let Err(e) = assembling.append(settled, &payload, self.max_message_size) {
+                    return Err(size_exceeded(e));
+                }
+                assembling
             }
-        }
-    }
-
-    /// Starts forwarding one delivery.
-    fn forward(&self, delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>) -> InFlight {
-        let (info, message) = delivery.into_parts();
-        let sender = self.state.device.clone();
-        let forwarder = self.shared.ctx.forwarder.clone();
-        let max = self.shared.max_payload_size;
-        let presettled = self.presettled;
-        Box::pin(async move {
-            let to = message
-                .properties
-                .as_ref()
-                .and_then(|p| p.to.clone())
-                .unwrap_or_default();
-            let prepared = Address::parse(&to).and_then(|address| {
-                let (tenant, device) = address.resolve(sender.as_ref())?;
-                let qos = match (address.endpoint, presettled) {
-                    (Endpoint::Event, true) => return Err(DeliveryError::PresettledEvent),
-                    (Endpoint::Telemetry, true) => Qos::AtMostOnce,
-                    (_, false) => Qos::AtLeastOnce,
+            None => {
+                let Some(delivery_id) = transfer.delivery_id else {
+                    return Err(ErrorBody::new(
+                        fe2o3_amqp::types::definitions::AmqpError::InvalidField,
+                        "the first transfer of a delivery has no delivery-id".to_owned(),
+                        None,
+                    ));
                 };
-                let upload = address::upload(&message, &address, &to, qos, max)?;
-                Ok((tenant, device, upload))
-            });
-            let (outcome, for_itself) = match prepared {
-                Err(e) => (Err(e), true),
-                Ok((tenant, device, upload)) => {
-                    let for_itself = sender.as_ref().is_none_or(|s| s.device_id == device);
-                    let outcome = forwarder
-                        .forward(sender.as_ref(), &tenant, &device, upload)
-                        .await
-                        .map_err(DeliveryError::from);
-                    (outcome, for_itself)
+                if self.credit == 0 {
+                    return Err(ErrorBody::new(
+                        LinkError::TransferLimitExceeded,
+                        "transfer without link credit".to_owned(),
+                        None,
+                    ));
                 }
-            };
-            Forwarded {
-                info,
-                outcome,
-                for_itself,
+                self.credit -= 1;
+                self.delivery_count = self.delivery_count.wrapping_add(1);
+                if transfer.aborted {
+                    return Ok(None);
+                }
+                Assembly::start(delivery_id, settled, payload, self.max_message_size)
+                    .map_err(size_exceeded)?
             }
-        })
+        };
+        if transfer.more {
+            self.assembling = Some(assembling);
+            return Ok(None);
+        }
+        self.in_flight += 1;
+        Ok(Some(Received {
+            delivery_id: assembling.delivery_id,
+            settled: assembling.settled,
+            message: assembling.finish(),
+        }))
     }
 
-    /// Settles `first` and every other forward that is already done: the accepted ones together
-    /// (fe2o3 sends one `disposition` per range of delivery ids instead of one per delivery),
-    /// then the refused ones one by one. Returns how the link ends, if it does.
-    async fn settle_ready(
-        &self,
-        first: Forwarded,
-        in_flight: &mut FuturesUnordered<InFlight>,
-    ) -> Option<End> {
-        let mut accepted = Vec::new();
-        let mut refused = Vec::new();
-        let mut next = Some(first);
-        while let Some(Forwarded {
-            info,
-            outcome,
-            for_itself,
-        }) = next
-        {
-            match outcome {
-                Ok(()) => accepted.push(info),
-                Err(error) => refused.push((info, error, for_itself)),
-            }
-            next = in_flight.next().now_or_never().flatten();
+    /// A delivery of this link was settled by the adapter.
+    pub(crate) fn settled(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Whether deliveries are being forwarded.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.in_flight > 0
+    }
+
+    /// The credit to grant now, if a top-up is due (`force`: whatever it is, e.g. for an echo).
+    pub(crate) fn refill(&mut self, force: bool) -> Option<u32> {
+        if self.kind != Kind::Upload {
+            return None;
         }
-        // For pre-settled deliveries this sends nothing but keeps the link credit flowing.
-        if !accepted.is_empty() && self.receiver.accept_all(accepted).await.is_err() {
-            return Some(End::Gone);
-        }
-        for (info, error, for_itself) in refused {
-            if let Some(end) = self.refuse(info, error, for_itself).await {
-                return Some(end);
-            }
+        let target = CREDIT_WINDOW.saturating_sub(self.in_flight);
+        if force || target >= self.credit + REFILL_STEP {
+            self.credit = target;
+            return Some(target);
         }
         None
     }
+}
 
-    /// Settles a refused delivery; returns how the link ends, if it does.
-    async fn refuse(
-        &self,
-        info: DeliveryInfo,
-        error: DeliveryError,
-        for_itself: bool,
-    ) -> Option<End> {
-        let refusal = refusal_for(error.kind());
-        tracing::info!(%error, ?refusal, "delivery refused");
-        let body = match refusal {
-            Refusal::Rejected(condition) => {
-                let body = error.to_amqp(condition);
-                if self.receiver.reject(info, body.clone()).await.is_err() {
-                    return Some(End::Gone);
-                }
-                body
-            }
-            Refusal::Released => {
-                if self.receiver.release(info).await.is_err() {
-                    return Some(End::Gone);
-                }
-                return None;
-            }
-            Refusal::CloseLink(condition) => {
-                return Some(End::Close(Some(error.to_amqp(condition))));
-            }
-        };
-        match &error {
-            DeliveryError::Forward(e) if is_terminal(e, for_itself) => Some(End::Terminal(body)),
-            _ => None,
+fn size_exceeded(e: crate::transfer::TooLarge) -> ErrorBody {
+    ErrorBody::new(LinkError::MessageSizeExceeded, e.to_string(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(delivery_id: Option<u32>, more: bool) -> Transfer {
+        Transfer {
+            handle: fe2o3_amqp::types::definitions::Handle(0),
+            delivery_id,
+            delivery_tag: None,
+            message_format: None,
+            settled: None,
+            more,
+            rcv_settle_mode: None,
+            state: None,
+            resume: false,
+            aborted: false,
+            batchable: false,
         }
+    }
+
+    fn upload() -> Link {
+        Link::new(1, Kind::Upload, false, 0, 100)
+    }
+
+    #[test]
+    fn credit_refills_as_deliveries_settle_not_per_message() -> Result<(), ErrorBody> {
+        let mut link = upload();
+        assert_eq!(link.refill(false), Some(CREDIT_WINDOW));
+        for id in 0..CREDIT_WINDOW {
+            let received = link.on_transfer(&transfer(Some(id), false), Bytes::new())?;
+            assert!(received.is_some());
+        }
+        assert_eq!(link.credit, 0);
+        assert_eq!(link.delivery_count, CREDIT_WINDOW);
+        // A few settlements give nothing back yet...
+        for _ in 0..REFILL_STEP - 1 {
+            link.settled();
+            assert_eq!(link.refill(false), None);
+        }
+        // ...a quarter of the window does, in one flow.
+        link.settled();
+        assert_eq!(link.refill(false), Some(REFILL_STEP));
+        assert_eq!(link.refill(false), None);
+        assert_eq!(link.refill(true), Some(REFILL_STEP));
+        Ok(())
+    }
+
+    #[test]
+    fn a_transfer_without_credit_detaches_the_link() {
+        let mut link = upload();
+        let error = link
+            .on_transfer(&transfer(Some(0), false), Bytes::new())
+            .err();
+        assert_eq!(
+            error.map(|e| e.condition),
+            Some(LinkError::TransferLimitExceeded.into())
+        );
+    }
+
+    #[test]
+    fn multi_frame_deliveries_take_one_credit_and_honour_the_size() -> Result<(), ErrorBody> {
+        let mut link = upload();
+        link.refill(false);
+        let first = link.on_transfer(&transfer(Some(5), true), Bytes::from(vec![1u8; 60]))?;
+        assert!(first.is_none());
+        let done = link
+            .on_transfer(&transfer(None, false), Bytes::from(vec![2u8; 40]))?
+            .ok_or("incomplete")
+            .map_err(|e| ErrorBody::new(LinkError::DetachForced, e.to_owned(), None))?;
+        assert_eq!(done.delivery_id, 5);
+        assert_eq!(done.message.len(), 100);
+        assert_eq!(link.credit, CREDIT_WINDOW - 1);
+        assert!(link.is_busy());
+
+        link.on_transfer(&transfer(Some(6), true), Bytes::from(vec![1u8; 60]))?;
+        let error = link
+            .on_transfer(&transfer(None, false), Bytes::from(vec![2u8; 41]))
+            .err();
+        assert_eq!(
+            error.map(|e| e.condition),
+            Some(LinkError::MessageSizeExceeded.into())
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_first_transfer_needs_a_delivery_id_and_refused_links_ignore_transfers() {
+        let mut link = upload();
+        link.refill(false);
+        assert!(
+            link.on_transfer(&transfer(None, false), Bytes::new())
+                .is_err()
+        );
+        let mut refused = Link::new(2, Kind::Detached, false, 0, 100);
+        assert!(matches!(
+            refused.on_transfer(&transfer(Some(0), false), Bytes::new()),
+            Ok(None)
+        ));
+        assert_eq!(refused.refill(true), None);
     }
 }

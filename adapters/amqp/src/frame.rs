@@ -1,0 +1,258 @@
+//! AMQP 1.0 framing (part 2.3): cutting complete frames off the received bytes, and encoding the
+//! frames the adapter sends.
+//!
+//! The frame's size, data offset and type are checked here before fe2o3's `FrameDecoder` sees the
+//! frame: that decoder reads the frame header without length checks, so it only ever gets a body
+//! that has one. A frame is refused when its size is below 8, above the negotiated
+//! `max-frame-size`, its data offset is below 2 or beyond the frame, or its type is not AMQP; the
+//! connection then closes with `amqp:connection:framing-error`. An extended header is skipped.
+//!
+//! Sent frames are encoded with serde_amqp into one output buffer (fe2o3's encoder cannot be
+//! built outside its crate); the adapter never sends transfers.
+
+use bytes::{Buf, BufMut, BytesMut};
+use fe2o3_amqp::frames::amqp::{Frame, FrameDecoder};
+use serde::Serialize;
+use tokio_util::codec::Decoder;
+
+/// The size field in front of every frame.
+const SIZE_FIELD: usize = 4;
+/// The smallest frame: size, data offset, type and channel.
+const MIN_FRAME: u32 = 8;
+/// Frame type of AMQP frames (SASL frames are type 1 and only come before the AMQP layer).
+const TYPE_AMQP: u8 = 0;
+
+/// Why received bytes are not a frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum FramingError {
+    /// The size field is below the 8 bytes of a frame header.
+    #[error("frame size {0} is below the minimum of 8")]
+    TooShort(u32),
+    /// The frame is larger than the negotiated maximum.
+    #[error("frame size {size} exceeds the maximum of {max}")]
+    TooLarge {
+        /// The announced size.
+        size: u32,
+        /// The maximum.
+        max: u32,
+    },
+    /// The data offset is below 2 words or points beyond the frame.
+    #[error("data offset {0} is invalid")]
+    DataOffset(u8),
+    /// Not an AMQP frame.
+    #[error("frame type {0} is not AMQP")]
+    Type(u8),
+    /// The frame body is not a performative fe2o3 can decode.
+    #[error("undecodable frame body: {0}")]
+    Body(String),
+}
+
+/// Cuts the next complete frame off the front of `received` and decodes it; `Ok(None)` until a
+/// frame is complete. Frames larger than `max_frame_size` are refused before they are buffered.
+pub(crate) fn next_frame(
+    received: &mut BytesMut,
+    max_frame_size: u32,
+) -> Result<Option<Frame>, FramingError> {
+    let Some(header) = received.get(..MIN_FRAME as usize) else {
+        // Check the size as soon as it is there, so an oversized frame is not waited for.
+        if let Some(size) = received.get(..SIZE_FIELD) {
+            check_size(
+                u32::from_be_bytes([size[0], size[1], size[2], size[3]]),
+                max_frame_size,
+            )?;
+        }
+        return Ok(None);
+    };
+    let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    check_size(size, max_frame_size)?;
+    let (doff, frame_type) = (header[4], header[5]);
+    let body_offset = usize::from(doff) * 4;
+    if doff < 2 || body_offset > size as usize {
+        return Err(FramingError::DataOffset(doff));
+    }
+    if frame_type != TYPE_AMQP {
+        return Err(FramingError::Type(frame_type));
+    }
+    if received.len() < size as usize {
+        received.reserve(size as usize - received.len());
+        return Ok(None);
+    }
+    let mut frame = received.split_to(size as usize);
+    let channel = [frame[6], frame[7]];
+    // What fe2o3's decoder expects: a 4-byte header with data offset 2, then the body.
+    frame.advance(body_offset - 4);
+    frame[..4].copy_from_slice(&[2, TYPE_AMQP, channel[0], channel[1]]);
+    let mut decoder = FrameDecoder {};
+    match decoder.decode(&mut frame) {
+        Ok(Some(frame)) => Ok(Some(frame)),
+        Ok(None) => Err(FramingError::Body("incomplete".to_owned())),
+        Err(e) => Err(FramingError::Body(e.to_string())),
+    }
+}
+
+fn check_size(size: u32, max: u32) -> Result<(), FramingError> {
+    if size < MIN_FRAME {
+        return Err(FramingError::TooShort(size));
+    }
+    if size > max {
+        return Err(FramingError::TooLarge { size, max });
+    }
+    Ok(())
+}
+
+/// Appends one frame carrying `performative` (`None`: an empty frame, the heartbeat) to `out`.
+pub(crate) fn encode<P: Serialize>(
+    out: &mut BytesMut,
+    channel: u16,
+    performative: Option<&P>,
+) -> Result<(), serde_amqp::Error> {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_slice(&[2, TYPE_AMQP]);
+    out.put_u16(channel);
+    if let Some(performative) = performative {
+        let mut serializer = serde_amqp::ser::Serializer::from((&mut *out).writer());
+        if let Err(e) = performative.serialize(&mut serializer) {
+            out.truncate(start);
+            return Err(e);
+        }
+    }
+    let size = u32::try_from(out.len() - start).unwrap_or(u32::MAX);
+    out[start..start + SIZE_FIELD].copy_from_slice(&size.to_be_bytes());
+    Ok(())
+}
+
+/// [`encode`]s a frame; a performative that cannot be encoded (none of the adapter's can fail)
+/// is logged and left out.
+pub(crate) fn encode_or_log<P: Serialize>(out: &mut BytesMut, channel: u16, performative: &P) {
+    if let Err(error) = encode(out, channel, Some(performative)) {
+        tracing::warn!(%error, "a frame could not be encoded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fe2o3_amqp::frames::amqp::FrameBody;
+    use fe2o3_amqp::types::performatives::{Close, Flow};
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn flow() -> Flow {
+        Flow {
+            next_incoming_id: Some(1),
+            incoming_window: 10,
+            next_outgoing_id: 0,
+            outgoing_window: 0,
+            handle: None,
+            delivery_count: None,
+            link_credit: None,
+            available: None,
+            drain: false,
+            echo: true,
+            properties: None,
+        }
+    }
+
+    #[test]
+    fn encoded_frames_decode_again_in_any_chunks() -> TestResult {
+        let mut wire = BytesMut::new();
+        encode(&mut wire, 3, Some(&flow()))?;
+        encode::<Flow>(&mut wire, 0, None)?;
+        let expected = wire.len();
+        let mut received = BytesMut::new();
+        let mut frames = Vec::new();
+        for byte in wire.iter() {
+            received.put_u8(*byte);
+            while let Some(frame) = next_frame(&mut received, 512)? {
+                frames.push(frame);
+            }
+        }
+        assert!(
+            received.is_empty(),
+            "{expected} bytes, {} left",
+            received.len()
+        );
+        let [first, second] = frames.as_slice() else {
+            return Err(format!("{frames:?}").into());
+        };
+        assert_eq!(first.channel, 3);
+        assert!(matches!(&first.body, FrameBody::Flow(f) if *f == flow()));
+        assert!(matches!(second.body, FrameBody::Empty));
+        Ok(())
+    }
+
+    #[test]
+    fn an_extended_header_is_skipped() -> TestResult {
+        let mut plain = BytesMut::new();
+        encode(&mut plain, 1, Some(&Close { error: None }))?;
+        // Same frame with data offset 3 and four bytes of extended header.
+        let mut extended = BytesMut::new();
+        extended.put_u32(plain.len() as u32 + 4);
+        extended.put_slice(&[3, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]);
+        extended.put_slice(&plain[8..]);
+        let frame = next_frame(&mut extended, 512)?.ok_or("incomplete")?;
+        assert_eq!(frame.channel, 1);
+        assert!(matches!(
+            frame.body,
+            FrameBody::Close(Close { error: None })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn short_oversized_and_garbage_frames_are_errors_not_panics() {
+        let cases: [(&[u8], FramingError); 6] = [
+            (&[0, 0, 0, 4], FramingError::TooShort(4)),
+            (&[0, 0, 0, 0, 2, 0, 0, 0], FramingError::TooShort(0)),
+            (
+                &[0xff, 0xff, 0xff, 0xff],
+                FramingError::TooLarge {
+                    size: u32::MAX,
+                    max: 512,
+                },
+            ),
+            (&[0, 0, 0, 8, 1, 0, 0, 0], FramingError::DataOffset(1)),
+            (&[0, 0, 0, 8, 3, 0, 0, 0], FramingError::DataOffset(3)),
+            (&[0, 0, 0, 8, 2, 1, 0, 0], FramingError::Type(1)),
+        ];
+        for (bytes, expected) in cases {
+            let mut received = BytesMut::from(bytes);
+            assert_eq!(
+                next_frame(&mut received, 512).err(),
+                Some(expected),
+                "{bytes:?}"
+            );
+        }
+        for garbage in [
+            &[0, 0, 0, 9, 2, 0, 0, 0, 0xff][..],
+            &[0, 0, 0, 12, 2, 0, 0, 0, 0x00, 0x53, 0x13, 0xd0][..],
+            &[
+                0, 0, 0, 16, 2, 0, 0, 0, 0x00, 0x53, 0x14, 0xc0, 0xff, 0xff, 0xff, 0xff,
+            ][..],
+            &[0, 0, 0, 10, 2, 0, 0, 0, 0x00, 0xa3][..],
+        ] {
+            let mut received = BytesMut::from(garbage);
+            assert!(
+                matches!(next_frame(&mut received, 512), Err(FramingError::Body(_))),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn incomplete_frames_wait_for_more_bytes() -> TestResult {
+        for partial in [
+            &[][..],
+            &[0, 0],
+            &[0, 0, 0, 8, 2],
+            &[0, 0, 0, 9, 2, 0, 0, 0],
+        ] {
+            let mut received = BytesMut::from(partial);
+            assert!(next_frame(&mut received, 512)?.is_none(), "{partial:?}");
+            assert_eq!(received.len(), partial.len());
+        }
+        Ok(())
+    }
+}
