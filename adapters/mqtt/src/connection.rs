@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::packet::Transport;
 use crate::session::{self, AwaitingConnect, Shared};
@@ -33,9 +34,12 @@ pub(crate) struct Connection {
 impl Connection {
     /// The future serving the connection to its end, in its own tracing span.
     ///
-    /// Not an `async fn`: the connection's parts go straight into the serving future, so the
-    /// task does not also keep a moved-out copy of them for its whole life.
-    pub(crate) fn run(self) -> impl Future<Output = ()> + Send + 'static {
+    /// Not an `async fn`: the task holds the boxed session and the span only, and every phase
+    /// is boxed and only the running one is held, so an idle connection's task holds a few
+    /// pointers, not the largest state of the TLS handshake, authentication and serving futures
+    /// together (a generator keeps room for its arguments and for every local in scope at an
+    /// `.await`, moved out or not).
+    pub(crate) fn run(self) -> Instrumented<Session> {
         // A DEBUG span: at the default INFO level it costs nothing (an INFO span allocates its
         // formatted fields for the connection's lifetime, about 0.6 KB per idle connection),
         // so the INFO lines of a connection carry its peer and identity themselves.
@@ -54,34 +58,27 @@ impl Connection {
             shared,
             permit,
         } = self;
-        serve(stream, peer, tls, shared, permit).instrument(span)
+        let _ = stream.set_nodelay(true);
+        let session = match tls {
+            None => session(stream, peer, None, shared, permit),
+            Some(acceptor) => {
+                let handshake = Box::pin(handshake(acceptor, stream, peer, shared, permit));
+                Box::pin(async move {
+                    // `{ handshake }` moves the box out of the captured variable, so it is
+                    // freed once the handshake is done, not when the connection ends.
+                    if let Some(session) = { handshake }.await {
+                        session.await;
+                    }
+                })
+            }
+        };
+        session.instrument(span)
     }
 }
 
 /// A connection's protocol phases, boxed: built outside any `async fn`, so no task keeps a
 /// moved-out copy of the stream or of the unboxed future in its own state.
-type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Serves the connection. Every phase is boxed and only the running one is held: an idle
-/// connection's task then holds a few pointers, not the largest state of the TLS handshake,
-/// authentication and serving futures together.
-async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    permit: Option<OwnedSemaphorePermit>,
-) {
-    let _ = stream.set_nodelay(true);
-    let session = match tls {
-        None => session(stream, peer, None, shared, permit),
-        Some(acceptor) => match Box::pin(handshake(acceptor, stream, peer, shared, permit)).await {
-            Some(session) => session,
-            None => return,
-        },
-    };
-    session.await;
-}
+pub(crate) type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The TLS handshake under its timeout; the session to run after it, if it succeeded.
 async fn handshake(

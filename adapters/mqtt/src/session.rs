@@ -97,7 +97,9 @@ pub(crate) fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 ) -> impl Future<Output = ()> + Send {
     let connect = Box::pin(awaiting.connect());
     async move {
-        let serve = match connect.await {
+        // `{ connect }` moves the box out of the captured variable: it is freed once the
+        // CONNECT is answered, not when the connection ends.
+        let serve = match { connect }.await {
             Ok(connected) => Ok(Box::pin(connected.serve())),
             Err(closing) => Err(Box::new(closing)),
         };

@@ -87,7 +87,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
             if self.transport.has_pending_writes() {
                 let flushed = tokio::select! {
                     () = &mut ended => return self.end_reason(),
-                    flushed = tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush()) => flushed,
+                    // Boxed: the write timeout's timer would otherwise enlarge the idle state.
+                    flushed = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush())) => flushed,
                 };
                 match flushed {
                     Ok(Ok(())) => {}

@@ -10,12 +10,12 @@ use super::{Outcome, Pending};
 
 /// Forwards in flight; their outcomes come out in the order they were pushed.
 #[derive(Default)]
-pub(crate) struct InFlight(Option<FuturesOrdered<Pending>>);
+pub(crate) struct InFlight(Option<Box<FuturesOrdered<Pending>>>);
 
 impl InFlight {
     /// Number of forwards in flight.
     pub(crate) fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, FuturesOrdered::len)
+        self.0.as_ref().map_or(0, |queue| queue.len())
     }
 
     /// Whether none is in flight.
@@ -26,7 +26,7 @@ impl InFlight {
     /// Adds a forward at the end.
     pub(crate) fn push_back(&mut self, forward: Pending) {
         self.0
-            .get_or_insert_with(FuturesOrdered::new)
+            .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
             .push_back(forward);
     }
 
