@@ -76,11 +76,6 @@ impl<IO> RecordStream<IO> {
         }
     }
 
-    /// The underlying stream.
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-
     /// Opens the complete record at `start`, if there is one; `None` when more bytes are needed.
     fn open_next(&mut self) -> Result<Option<Opened>, RecordError> {
         let buffered = &mut self.rbuf[self.start..self.end];
