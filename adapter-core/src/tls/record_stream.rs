@@ -145,6 +145,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for RecordStream<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Hands out the plaintext of every complete record already read (as rustls does), so
+        // the reader gets a burst of small records in one call; reads the socket only when
+        // nothing was handed out yet.
+        let mut copied = false;
         loop {
             if this.plain.0 < this.plain.1 {
                 let n = buf.remaining().min(this.plain.1 - this.plain.0);
@@ -154,7 +158,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for RecordStream<IO> {
                     this.consume(this.opened);
                     this.opened = 0;
                 }
-                return Poll::Ready(Ok(()));
+                copied = true;
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             if this.read_closed {
                 return Poll::Ready(Ok(()));
@@ -162,6 +170,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for RecordStream<IO> {
             match this.open_next()? {
                 Some(Opened::CloseNotify) => this.read_closed = true,
                 Some(Opened::Data(_) | Opened::Nothing) => {}
+                None if copied => return Poll::Ready(Ok(())),
                 None => {
                     this.make_room()?;
                     let mut read = ReadBuf::new(&mut this.rbuf[this.end..]);
