@@ -7,8 +7,22 @@
 //! validated afterwards by [`crate::Authenticator::authenticate_x509`], before any protocol byte
 //! is handled. No root hints are sent (the list would grow with every tenant), so clients offer
 //! whatever certificate they have; password clients simply send none and share the port.
+//!
+//! After the handshake a connection may leave rustls: [`accept`] hands a TLS 1.3 connection to
+//! our own record layer ([`RecordStream`], `record_protection.rs`) on the traffic keys rustls
+//! extracts, so that an idle connection holds two keys instead of a whole rustls connection.
 
 use std::sync::Arc;
+
+mod accept;
+mod record_protection;
+mod record_stream;
+mod whole_records;
+
+pub use accept::{Established, accept};
+pub use record_protection::RecordError;
+pub use record_stream::RecordStream;
+pub use whole_records::WholeRecords;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};

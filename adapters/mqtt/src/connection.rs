@@ -1,17 +1,21 @@
 //! One accepted TCP connection: the TLS handshake (under a timeout, never in the accept loop),
-//! then the MQTT session's phases (`session.rs`), in one tracing span per connection. The
+//! then the MQTT session's phases (`session.rs`), in one tracing span per connection (DEBUG). The
 //! handshake accepts any client certificate; the chain is taken here and validated per tenant
-//! when the CONNECT is handled.
+//! when the CONNECT is handled. A TLS 1.3 connection then runs on adapter-core's own record
+//! layer ([`ferry_adapter_core::tls::accept`]), which holds two traffic keys instead of a rustls
+//! connection while the device is idle.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use ferry_adapter_core::tls::TlsPeer;
+use ferry_adapter_core::tls::{self, Established, TlsPeer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::packet::Transport;
 use crate::session::{self, AwaitingConnect, Shared};
@@ -28,9 +32,18 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Serves the connection to its end, in its own tracing span.
-    pub(crate) async fn run(self) {
-        let span = tracing::info_span!(
+    /// The future serving the connection to its end, in its own tracing span.
+    ///
+    /// Not an `async fn`: the task holds the boxed session and the span only, and every phase
+    /// is boxed and only the running one is held, so an idle connection's task holds a few
+    /// pointers, not the largest state of the TLS handshake, authentication and serving futures
+    /// together (a generator keeps room for its arguments and for every local in scope at an
+    /// `.await`, moved out or not).
+    pub(crate) fn run(self) -> Instrumented<Session> {
+        // A DEBUG span: at the default INFO level it costs nothing (an INFO span allocates its
+        // formatted fields for the connection's lifetime, about 0.6 KB per idle connection),
+        // so the INFO lines of a connection carry its peer and identity themselves.
+        let span = tracing::debug_span!(
             "mqtt",
             peer = %self.peer,
             tls = self.tls.is_some(),
@@ -38,10 +51,6 @@ impl Connection {
             tenant = tracing::field::Empty,
             device = tracing::field::Empty,
         );
-        self.serve().instrument(span).await;
-    }
-
-    async fn serve(self) {
         let Connection {
             stream,
             peer,
@@ -50,55 +59,84 @@ impl Connection {
             permit,
         } = self;
         let _ = stream.set_nodelay(true);
-        let shutdown = shared.ctx.shutdown.clone();
-        // The phases are boxed so that the task holds only the one that runs: an idle
-        // connection then costs the serving phase's state, not the sum of the TLS handshake,
-        // authentication and serving futures' largest states.
-        match tls {
-            None => Box::pin(session(stream, peer, None, shared, permit)).await,
+        let session = match tls {
+            None => session(stream, peer, None, shared, permit),
             Some(acceptor) => {
-                let handshake = Box::pin(tokio::time::timeout(
-                    shared.tls_handshake_timeout,
-                    acceptor.accept(stream),
-                ));
-                let outcome = tokio::select! {
-                    outcome = handshake => outcome,
-                    () = shutdown.cancelled() => return,
-                };
-                match outcome {
-                    Ok(Ok(stream)) => {
-                        let tls_peer = TlsPeer::from_connection(stream.get_ref().1);
-                        tracing::debug!(
-                            client_certificate = tls_peer.has_certificate(),
-                            sni = tls_peer.sni.as_deref().unwrap_or("-"),
-                            "TLS established"
-                        );
-                        Box::pin(session(stream, peer, Some(tls_peer), shared, permit)).await;
+                let handshake = Box::pin(handshake(acceptor, stream, peer, shared, permit));
+                Box::pin(async move {
+                    // `{ handshake }` moves the box out of the captured variable, so it is
+                    // freed once the handshake is done, not when the connection ends.
+                    if let Some(session) = { handshake }.await {
+                        session.await;
                     }
-                    Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!("TLS handshake timed out"),
-                }
+                })
             }
+        };
+        session.instrument(span)
+    }
+}
+
+/// A connection's protocol phases, boxed: built outside any `async fn`, so no task keeps a
+/// moved-out copy of the stream or of the unboxed future in its own state.
+pub(crate) type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The TLS handshake under its timeout; the session to run after it, if it succeeded.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Option<Session> {
+    let shutdown = shared.ctx.shutdown.clone();
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(
+            shared.tls_handshake_timeout,
+            tls::accept(&acceptor, stream),
+        ) => outcome,
+        () = shutdown.cancelled() => return None,
+    };
+    match outcome {
+        Ok(Ok((stream, tls_peer))) => {
+            tracing::debug!(
+                client_certificate = tls_peer.has_certificate(),
+                sni = tls_peer.sni.as_deref().unwrap_or("-"),
+                own_records = matches!(stream, Established::Records(_)),
+                "TLS established"
+            );
+            let tls_peer = Some(tls_peer);
+            Some(match stream {
+                Established::Records(stream) => session(stream, peer, tls_peer, shared, permit),
+                Established::Rustls(stream) => session(stream, peer, tls_peer, shared, permit),
+            })
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            None
         }
     }
 }
 
-async fn session<S>(
+fn session<S>(
     stream: S,
     peer: SocketAddr,
     tls_peer: Option<TlsPeer>,
     shared: Arc<Shared>,
     permit: Option<OwnedSemaphorePermit>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+) -> Session
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let transport = Transport::new(stream, shared.max_packet_size);
-    session::run(AwaitingConnect {
+    Box::pin(session::run(AwaitingConnect {
         transport,
         shared,
         peer,
         permit,
         tls_peer,
-    })
-    .await;
+    }))
 }

@@ -54,11 +54,14 @@ impl MqttAdapter {
         ctx: AdapterContext,
     ) -> Result<Self, MqttError> {
         config.validate()?;
-        let ports = Ports::bind(
-            config.insecure_port_enabled.then_some(config.bind),
-            tls.map(|tls| (config.tls_bind, tls)),
-        )
-        .await?;
+        // rustls hands a TLS 1.3 connection's traffic keys over to the lean record layer only
+        // with secret extraction enabled (`ferry_adapter_core::tls::accept`).
+        let tls = tls.map(|tls| {
+            let mut tls = Arc::unwrap_or_clone(tls);
+            tls.enable_secret_extraction = true;
+            (config.tls_bind, Arc::new(tls))
+        });
+        let ports = Ports::bind(config.insecure_port_enabled.then_some(config.bind), tls).await?;
         let max_payload_size = config
             .max_payload_size
             .min(ctx.forwarder.max_payload_size());
@@ -152,8 +155,9 @@ async fn accept_loop(
             shared: Arc::clone(&shared),
             permit,
         };
+        let run = connection.run();
         tracker.spawn(async move {
-            connection.run().await;
+            run.await;
             drop(refusal);
         });
     }

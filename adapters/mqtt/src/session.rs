@@ -22,11 +22,9 @@ use std::time::Duration;
 use ferry_adapter_core::forward::connection_event::Cause;
 use ferry_adapter_core::tls::TlsPeer;
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice};
-use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{PublishError, Refusal};
 use crate::limits::{TenantConnections, TenantGuard};
@@ -36,9 +34,11 @@ use crate::watch::ConnectionWatch;
 
 mod closing;
 mod connected;
+mod in_flight;
 
 pub(crate) use closing::{CloseReason, Closing};
 pub(crate) use connected::Connected;
+use in_flight::InFlight;
 
 /// What every connection of the adapter shares.
 #[derive(Debug)]
@@ -88,13 +88,27 @@ type Pending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 /// Runs a connection's phases to the end.
 ///
 /// Each phase's future is boxed, so a connection holds the state of the phase it is in only
-/// (the authentication futures of `AwaitingConnect` are gone while it serves).
-pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(awaiting: AwaitingConnect<S>) {
-    let closing = match Box::pin(awaiting.connect()).await {
-        Ok(connected) => Box::pin(connected.serve()).await,
-        Err(closing) => closing,
-    };
-    Box::pin(closing.finish()).await;
+/// (the authentication futures of `AwaitingConnect` are gone while it serves). Not an
+/// `async fn`, and no phase value is kept in a variable across an `.await`: a generator keeps
+/// room for its arguments and for every local in scope at an await point, even after they were
+/// moved into a box.
+pub(crate) fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    awaiting: AwaitingConnect<S>,
+) -> impl Future<Output = ()> + Send {
+    let connect = Box::pin(awaiting.connect());
+    async move {
+        // `{ connect }` moves the box out of the captured variable: it is freed once the
+        // CONNECT is answered, not when the connection ends.
+        let serve = match { connect }.await {
+            Ok(connected) => Ok(Box::pin(connected.serve())),
+            Err(closing) => Err(Box::new(closing)),
+        };
+        let finish = match serve {
+            Ok(serve) => Box::pin(serve.await.finish()),
+            Err(closing) => Box::pin((*closing).finish()),
+        };
+        finish.await;
+    }
 }
 
 /// Phase 1: waiting for the CONNECT.
@@ -144,11 +158,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
         if let Identity::Device(d) = &identity {
             span.record("tenant", d.tenant_id.as_str());
             span.record("device", d.device_id.as_str());
-            tracing::info!("device connected");
+            tracing::info!(
+                peer = %self.peer,
+                client_id = %connect.client_id,
+                tenant = %d.tenant_id,
+                device = %d.device_id,
+                "device connected"
+            );
         } else {
-            tracing::info!("unauthenticated device connected");
+            tracing::info!(peer = %self.peer, client_id = %connect.client_id, "unauthenticated device connected");
         }
-        let mut in_flight = FuturesOrdered::new();
+        let mut in_flight = InFlight::default();
         if let Some(device) = identity.device().filter(|_| self.shared.connection_events) {
             in_flight.push_back(connection_event(
                 &self.shared.ctx,
@@ -157,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
                 &connect.client_id,
             ));
         }
-        let revoked = CancellationToken::new();
+        let revoked = self.shared.ctx.shutdown.child_token();
         let watched = identity.device().map(|d| {
             self.shared.watch.watch(
                 &d.tenant_id,
@@ -168,6 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
         Ok(Connected {
             transport: self.transport,
             shared: self.shared,
+            peer: self.peer,
             identity,
             client_id: connect.client_id,
             keep_alive: (connect.keep_alive > 0)
@@ -185,6 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
         Closing {
             transport: self.transport,
             shared: self.shared,
+            peer: self.peer,
             reason,
             connected: None,
         }

@@ -1,16 +1,15 @@
 //! Phase 3, `Closing`: why a connection ends, draining forwards in flight after an orderly
 //! end, the MQTT 5 DISCONNECT reason, and the `disconnected` event.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_adapter_core::forward::connection_event::Cause;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
 use rmqtt_codec::v5::DisconnectReasonCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Outcome, Pending, Shared, connection_event};
+use super::{InFlight, Outcome, Shared, connection_event};
 use crate::error::{PublishError, Refusal};
 use crate::packet::{Outbound, Transport, TransportError};
 use crate::publish::Identity;
@@ -109,9 +108,11 @@ impl CloseReason {
 pub(crate) struct Closing<S> {
     pub(super) transport: Transport<S>,
     pub(super) shared: Arc<Shared>,
+    /// The client's address, for the log lines.
+    pub(super) peer: SocketAddr,
     pub(super) reason: CloseReason,
     /// Set once the CONNACK accepted the connection.
-    pub(super) connected: Option<(Identity, String, FuturesOrdered<Pending>)>,
+    pub(super) connected: Option<(Identity, String, InFlight)>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
@@ -120,14 +121,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
         let Closing {
             mut transport,
             shared,
+            peer,
             reason,
             connected,
         } = self;
+        let device = connected
+            .as_ref()
+            .and_then(|(identity, ..)| identity.device());
+        let tenant = device.map_or("-", |d| d.tenant_id.as_str());
+        let device_id = device.map_or("-", |d| d.device_id.as_str());
         match &reason {
             CloseReason::PeerClosed | CloseReason::ClientDisconnect => {
-                tracing::debug!(%reason, "connection closed")
+                tracing::debug!(%peer, tenant, device = device_id, %reason, "connection closed")
             }
-            _ => tracing::info!(%reason, "connection closed"),
+            _ => tracing::info!(%peer, tenant, device = device_id, %reason, "connection closed"),
         }
         let announce = shared.announce();
         let Some((identity, client_id, mut in_flight)) = connected else {
@@ -141,13 +148,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
                         (Ok(()), Some(id)) => {
                             let _ = transport.queue(Outbound::PubAck(id), announce);
                         }
-                        (Err(e), _) => tracing::info!(reason = %e, "upload refused while closing"),
+                        (Err(e), _) => {
+                            tracing::info!(%peer, reason = %e, "upload refused while closing")
+                        }
                         (Ok(()), None) => {}
                     }
                 }
             };
             if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
-                tracing::warn!("forwards in flight did not finish before the deadline");
+                tracing::warn!(%peer, "forwards in flight did not finish before the deadline");
             }
         }
         drop(in_flight);
@@ -161,9 +170,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
             match tokio::time::timeout(CLOSE_DEADLINE, event).await {
                 Ok(Outcome { result: Ok(()), .. }) => {}
                 Ok(Outcome { result: Err(e), .. }) => {
-                    tracing::warn!(reason = %e, "disconnected event not sent")
+                    tracing::warn!(%peer, reason = %e, "disconnected event not sent")
                 }
-                Err(_) => tracing::warn!("disconnected event timed out"),
+                Err(_) => tracing::warn!(%peer, "disconnected event timed out"),
             }
         }
     }

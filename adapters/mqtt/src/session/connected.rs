@@ -1,18 +1,18 @@
 //! Phase 2, `Connected`: reading packets, forwarding uploads with a bounded number in flight,
 //! PUBACKs in arrival order, error subscriptions and `on-error`, keep-alive.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use rmqtt_codec::error::DecodeError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{CloseReason, Closing, Outcome, Pending, Shared};
+use super::{CloseReason, Closing, InFlight, Outcome, Shared};
 use crate::error::PublishError;
 use crate::limits::TenantGuard;
 use crate::packet::{Inbound, Outbound, PublishIn, Transport, TransportError};
@@ -28,14 +28,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Connected<S> {
     pub(super) transport: Transport<S>,
     pub(super) shared: Arc<Shared>,
+    /// The client's address (log lines carry it: the connection's span is DEBUG only).
+    pub(super) peer: SocketAddr,
     pub(super) identity: Identity,
     pub(super) client_id: String,
     pub(super) keep_alive: Option<Duration>,
     pub(super) error_subscriptions: Vec<ErrorSubscription>,
-    pub(super) in_flight: FuturesOrdered<Pending>,
+    pub(super) in_flight: InFlight,
     pub(super) _permit: Option<OwnedSemaphorePermit>,
     pub(super) _tenant: Option<TenantGuard>,
-    /// Cancelled when a registry change revoked the connection (`watch.rs`).
+    /// Cancelled when a registry change revoked the connection (`watch.rs`); a child of the
+    /// shutdown token.
     pub(super) revoked: CancellationToken,
     pub(super) _watched: Option<Watched>,
 }
@@ -47,16 +50,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
         Closing {
             transport: self.transport,
             shared: self.shared,
+            peer: self.peer,
             reason,
             connected: Some((self.identity, self.client_id, self.in_flight)),
         }
     }
 
     async fn serve_loop(&mut self) -> CloseReason {
-        // Waiting on cancellation is set up once, not on every turn of the loop.
-        let shutdown = self.shared.ctx.shutdown.clone().cancelled_owned();
-        let revoked = self.revoked.clone().cancelled_owned();
-        tokio::pin!(shutdown, revoked);
+        // Waiting on cancellation is set up once, not on every turn of the loop; `revoked` is
+        // a child of the shutdown token, so one waiter covers both.
+        let ended = self.revoked.clone().cancelled_owned();
+        tokio::pin!(ended);
         let max = self.shared.max_in_flight;
         let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(86_400));
         let idle = tokio::time::sleep(keep_alive);
@@ -82,8 +86,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
             }
             if self.transport.has_pending_writes() {
                 let flushed = tokio::select! {
-                    () = &mut shutdown => return CloseReason::Shutdown,
-                    flushed = tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush()) => flushed,
+                    () = &mut ended => return self.end_reason(),
+                    // Boxed: the write timeout's timer would otherwise enlarge the idle state.
+                    flushed = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush())) => flushed,
                 };
                 match flushed {
                     Ok(Ok(())) => {}
@@ -93,11 +98,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
             }
             if self.in_flight.is_empty() {
                 self.transport.release_read_buffer();
+                self.in_flight.release();
             }
             tokio::select! {
                 biased;
-                () = &mut shutdown => return CloseReason::Shutdown,
-                () = &mut revoked => return CloseReason::Revoked,
+                () = &mut ended => return self.end_reason(),
                 Some(outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     // Not reading while the in-flight window is full is our doing, not the
                     // client's: it must not count as idle time.
@@ -119,6 +124,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
                 },
                 () = &mut idle, if self.keep_alive.is_some() => return CloseReason::KeepAliveTimeout,
             }
+        }
+    }
+
+    /// Why the cancellation token fired: shutdown, or a registry change (`watch.rs`).
+    fn end_reason(&self) -> CloseReason {
+        if self.shared.ctx.shutdown.is_cancelled() {
+            CloseReason::Shutdown
+        } else {
+            CloseReason::Revoked
         }
     }
 
@@ -213,7 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
             Err(error) => error,
         };
         let Some(context) = outcome.context else {
-            tracing::warn!(reason = %error, "connection event not sent");
+            tracing::warn!(peer = %self.peer, reason = %error, "connection event not sent");
             return Ok(());
         };
         let own = self.identity.device().map(|d| &d.device_id);
@@ -230,6 +244,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
             error.is_terminal(),
         );
         tracing::info!(
+            peer = %self.peer,
+            tenant = self.identity.device().map_or("-", |d| d.tenant_id.as_str()),
             device = context.device.as_ref().map_or("-", |d| d.as_str()),
             status,
             reason = %error,
