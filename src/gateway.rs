@@ -177,6 +177,8 @@ impl Gateway {
         )
         .await
         .context("cannot start the MQTT adapter")?;
+        // `AmqpAdapter::bind`, like `MqttAdapter::bind`, clears ALPN on its own copy and enables
+        // secret extraction (TLS 1.3 connections move to adapter-core's record layer).
         let amqp = AmqpAdapter::bind(
             &config.amqp,
             Some(tls),

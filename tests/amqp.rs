@@ -626,12 +626,22 @@ async fn tls_stream(
     dir: &std::path::Path,
     cert: Option<&TestCert>,
 ) -> Result<TlsStream, Error> {
+    tls_stream_with(ferry, dir, cert, rustls::DEFAULT_VERSIONS).await
+}
+
+/// [`tls_stream`] offering only the TLS `versions` given.
+async fn tls_stream_with(
+    ferry: &TestGateway,
+    dir: &std::path::Path,
+    cert: Option<&TestCert>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<TlsStream, Error> {
     let mut roots = rustls::RootCertStore::empty();
     for server_cert in CertificateDer::pem_file_iter(dir.join("tls/server-cert.pem"))? {
         roots.add(server_cert?)?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(ferry::tls::provider())
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(versions)?
         .with_root_certificates(roots);
     let tls = match cert {
         Some(cert) => builder.with_client_auth_cert(
@@ -718,7 +728,12 @@ async fn open_external(
     dir: &std::path::Path,
     cert: &TestCert,
 ) -> Result<ConnectionHandle<()>, Error> {
-    let mut stream = tls_stream(ferry, dir, Some(cert)).await?;
+    let stream = tls_stream(ferry, dir, Some(cert)).await?;
+    external_on(stream).await
+}
+
+/// Runs SASL EXTERNAL on `stream` and opens the AMQP connection over it.
+async fn external_on(mut stream: TlsStream) -> Result<ConnectionHandle<()>, Error> {
     let (offered, code) = sasl_external(&mut stream).await?;
     assert_eq!(offered, ["EXTERNAL", "PLAIN"], "EXTERNAL comes first");
     if code != SaslCode::Ok {
@@ -774,14 +789,21 @@ async fn external_authenticates_a_registered_device_by_its_certificate() -> Test
         .await?;
     let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/x1").await?;
 
-    let connection = open_external(&ferry, dir.path(), &cert).await?;
-    let mut device = Device::attach(connection, SenderSettleMode::Mixed).await?;
-    let (outcome, msg) = send_consumed(&mut device, &mut consumer, "t", b"by certificate").await?;
-    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
-    assert_eq!(msg.payload, b"by certificate");
-    assert_eq!(msg.prop("device_id").as_deref(), Some("d1"));
-    assert_eq!(msg.prop("tenant_id").as_deref(), Some("x1"));
-    device.close().await;
+    // TLS 1.3 (served on adapter-core's record layer after the handshake) and TLS 1.2 (served by
+    // rustls): the chain read from either session authenticates the device.
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let stream = tls_stream_with(&ferry, dir.path(), Some(&cert), &[version]).await?;
+        assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
+        let connection = external_on(stream).await?;
+        let mut device = Device::attach(connection, SenderSettleMode::Mixed).await?;
+        let (outcome, msg) =
+            send_consumed(&mut device, &mut consumer, "t", b"by certificate").await?;
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        assert_eq!(msg.payload, b"by certificate");
+        assert_eq!(msg.prop("device_id").as_deref(), Some("d1"));
+        assert_eq!(msg.prop("tenant_id").as_deref(), Some("x1"));
+        device.close().await;
+    }
 
     // Without a client certificate EXTERNAL is not offered, and choosing it anyway fails.
     let mut stream = tls_stream(&ferry, dir.path(), None).await?;

@@ -1,19 +1,22 @@
 //! One accepted connection, through its phases: TLS (on the TLS port, under a timeout), SASL with
 //! asynchronous authentication and the AMQP `open` ([`crate::handshake`]), then the connection
 //! engine ([`crate::serve`]) until the device leaves, a terminal error or shutdown. All of it
-//! runs in the connection's one task.
+//! runs in the connection's one task. A TLS 1.3 connection runs on adapter-core's own record
+//! layer ([`ferry_adapter_core::tls::accept`]), which holds two traffic keys instead of a rustls
+//! connection while the device is idle; the client's chain and SNI are read before the handover.
 //!
 //! With connection events enabled, an authenticated device's connection sends `connected` once
 //! it is admitted (while the connection already serves) and `disconnected` after it closed,
 //! whatever ended it; `disconnected` always follows `connected`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fe2o3_amqp::types::definitions::Error as ErrorBody;
 use ferry_adapter_core::forward::connection_event::Cause;
-use ferry_adapter_core::tls::TlsPeer;
+use ferry_adapter_core::tls::{self, Established, TlsPeer};
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -119,16 +122,28 @@ impl Connection {
                 // Boxed, so the TLS handshake's state is freed once it is done.
                 let handshake = Box::pin(tokio::time::timeout(
                     shared.tls_handshake_timeout,
-                    acceptor.accept(stream),
+                    tls::accept(&acceptor, stream),
                 ));
                 let outcome = tokio::select! {
                     outcome = handshake => outcome,
                     () = shutdown.cancelled() => return,
                 };
-                let serving = match outcome {
-                    Ok(Ok(stream)) => {
-                        let peer = TlsPeer::from_connection(stream.get_ref().1);
-                        Some(Box::pin(serve_amqp(stream, Some(peer), shared)))
+                let serving: Option<Serving> = match outcome {
+                    Ok(Ok((stream, peer))) => {
+                        tracing::debug!(
+                            client_certificate = peer.has_certificate(),
+                            sni = peer.sni.as_deref().unwrap_or("-"),
+                            own_records = matches!(stream, Established::Records(_)),
+                            "TLS established"
+                        );
+                        Some(match stream {
+                            Established::Records(stream) => {
+                                Box::pin(serve_amqp(stream, Some(peer), shared))
+                            }
+                            Established::Rustls(stream) => {
+                                Box::pin(serve_amqp(stream, Some(peer), shared))
+                            }
+                        })
                     }
                     Ok(Err(e)) => {
                         tracing::info!(error = %e, "TLS handshake failed");
@@ -148,6 +163,9 @@ impl Connection {
         tracing::debug!("closed");
     }
 }
+
+/// A connection served after its TLS handshake, on either record layer.
+type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The connection after TLS: the handshake phases (boxed, see [`crate::handshake`]), then the
 /// connection engine until the device leaves, a terminal error or shutdown.

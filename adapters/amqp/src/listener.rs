@@ -38,7 +38,9 @@ impl std::fmt::Debug for AmqpAdapter {
 impl AmqpAdapter {
     /// Validates `config` and binds the insecure port (if enabled) and, given a TLS server
     /// configuration, the TLS port. ALPN protocols of `tls` are cleared for this port: AMQP
-    /// clients do not negotiate one.
+    /// clients do not negotiate one. Secret extraction is enabled on it, so that a TLS 1.3
+    /// connection's traffic keys can be handed to the lean record layer
+    /// (`ferry_adapter_core::tls::accept`).
     pub async fn bind(
         config: &AmqpConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
@@ -48,6 +50,7 @@ impl AmqpAdapter {
         let tls = tls.map(|tls| {
             let mut tls = Arc::unwrap_or_clone(tls);
             tls.alpn_protocols.clear();
+            tls.enable_secret_extraction = true;
             (config.tls_bind, Arc::new(tls))
         });
         let ports = Ports::bind(config.insecure_port_enabled.then_some(config.bind), tls).await?;
