@@ -190,10 +190,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
             shared: self.shared,
             peer: self.peer,
             identity,
-            client_id: connect.client_id,
-            keep_alive: (connect.keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
-            error_subscriptions: Vec::new(),
+            client_id: connect.client_id.into_boxed_str(),
+            keep_alive: connect.keep_alive,
+            error_subscriptions: Box::default(),
             in_flight,
             _permit: Some(permit),
             _tenant: tenant,

@@ -112,7 +112,7 @@ pub(crate) struct Closing<S> {
     pub(super) peer: SocketAddr,
     pub(super) reason: CloseReason,
     /// Set once the CONNACK accepted the connection.
-    pub(super) connected: Option<(Identity, String, InFlight)>,
+    pub(super) connected: Option<(Identity, Box<str>, InFlight)>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
