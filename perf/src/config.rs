@@ -265,6 +265,23 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Refuses client certificates over a plain `address` of `transport` (whose TLS scheme is
+    /// `secure_scheme`).
+    pub fn require_tls_for_x509(
+        &self,
+        address: &Address,
+        transport: TransportKind,
+        secure_scheme: &str,
+    ) -> Result<(), crate::PerfError> {
+        if self.auth == AuthKind::X509 && !address.tls {
+            return Err(crate::PerfError::Config(format!(
+                "client certificates need TLS: give the {} address as {secure_scheme}://host:port",
+                transport.as_str(),
+            )));
+        }
+        Ok(())
+    }
+
     /// Defaults for a run against `target`: 10 devices, 5 s, as fast as possible, 256 bytes, QoS 0.
     pub fn new(scenario: ScenarioKind, transport: TransportKind, target: Target) -> Self {
         Self {
@@ -311,6 +328,31 @@ mod tests {
         assert_eq!(Address::amqp("amqp://127.0.0.1")?.port, 5672);
         let a = Address::coap("coaps://127.0.0.1")?;
         assert_eq!((a.port, a.tls), (5684, true));
+        Ok(())
+    }
+
+    #[test]
+    fn client_certificates_need_a_tls_address() -> Result<(), String> {
+        let plain = Address::mqtt("mqtt://127.0.0.1")?;
+        let mut config = RunConfig::new(
+            ScenarioKind::Telemetry,
+            TransportKind::Mqtt,
+            Target::MqttBroker(plain.clone()),
+        );
+        assert!(
+            config
+                .require_tls_for_x509(&plain, TransportKind::Mqtt, "mqtts")
+                .is_ok()
+        );
+        config.auth = AuthKind::X509;
+        let refused = config.require_tls_for_x509(&plain, TransportKind::Mqtt, "mqtts");
+        assert!(matches!(refused, Err(crate::PerfError::Config(m)) if m.contains("mqtts://")));
+        let secure = Address::mqtt("mqtts://127.0.0.1")?;
+        assert!(
+            config
+                .require_tls_for_x509(&secure, TransportKind::Mqtt, "mqtts")
+                .is_ok()
+        );
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::either::Either;
 use super::requests::{self, Answer, RequestResponse};
 use super::{ACK_TIMEOUT, BoxFuture, Device, Endpoint, Hold, Load, Transport, warmup_payload};
 use crate::PerfError;
-use crate::config::{Address, AuthKind, RunConfig, Target, TransportKind};
+use crate::config::{Address, RunConfig, Target, TransportKind};
 
 /// The HTTP device protocol (Hono's HTTP adapter API, or any server answering 2xx).
 #[derive(Debug)]
@@ -65,13 +65,7 @@ impl HttpTransport {
                 ));
             }
         };
-        if config.auth == AuthKind::X509 && !address.tls {
-            return Err(PerfError::Config(format!(
-                "client certificates need TLS: give the {} address as {}://host:port",
-                TransportKind::Http.as_str(),
-                "https"
-            )));
-        }
+        config.require_tls_for_x509(&address, TransportKind::Http, "https")?;
         let tls = if address.tls {
             let name = ServerName::try_from(address.host.clone())
                 .map_err(|e| PerfError::Config(format!("bad TLS server name: {e}")))?;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use self::client::{Client, ClientOptions, Events, Polled};
 use super::{ACK_TIMEOUT, BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
-use crate::config::{Address, AuthKind, MqttVersion, RunConfig, Target, TransportKind};
+use crate::config::{Address, MqttVersion, RunConfig, Target, TransportKind};
 use crate::stats::{Recorder, histogram};
 
 /// Publishes a device may have unacknowledged (rumqttc's window).
@@ -63,13 +63,7 @@ impl MqttTransport {
                 ));
             }
         };
-        if config.auth == AuthKind::X509 && !address.tls {
-            return Err(PerfError::Config(format!(
-                "client certificates need TLS: give the {} address as {}://host:port",
-                TransportKind::Mqtt.as_str(),
-                "mqtts"
-            )));
-        }
+        config.require_tls_for_x509(&address, TransportKind::Mqtt, "mqtts")?;
         let tls = if address.tls {
             Some(tls_config(config.ca_file.as_deref())?)
         } else {
