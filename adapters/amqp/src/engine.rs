@@ -12,8 +12,8 @@ use fe2o3_amqp::frames::amqp::{Frame, FrameBody};
 use fe2o3_amqp::types::definitions::{AmqpError, Error as ErrorBody};
 use fe2o3_amqp::types::messaging::DeliveryState;
 use fe2o3_amqp::types::performatives::{Close, End};
+use ferry_amqp_wire::frame::{self, FramingError, encode_or_log};
 
-use crate::frame::{self, FramingError, encode_or_log};
 use crate::link::Received;
 use crate::session::Session;
 

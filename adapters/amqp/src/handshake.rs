@@ -17,13 +17,13 @@ use fe2o3_amqp::types::performatives::{ChannelMax, Close, MaxFrameSize, Open};
 use fe2o3_amqp::types::primitives::{Array, Symbol};
 use ferry_adapter_core::AuthenticatedDevice;
 use ferry_adapter_core::tls::TlsPeer;
+use ferry_amqp_wire::frame::{self, FramingError, encode_or_log};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::admission::{self, Refused, Slot};
 use crate::connection::Shared;
 use crate::engine::MAX_CHANNEL;
 use crate::error::sasl_code_for;
-use crate::frame::{self, FramingError, encode_or_log};
 use crate::io::Io;
 use crate::sasl::{self, Credentials, Mechanisms};
 

@@ -45,7 +45,6 @@ mod connection;
 mod disposition;
 mod engine;
 pub mod error;
-mod frame;
 mod handshake;
 mod io;
 mod link;

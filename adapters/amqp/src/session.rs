@@ -14,9 +14,9 @@ use fe2o3_amqp::types::definitions::{
 };
 use fe2o3_amqp::types::messaging::{DeliveryState, TargetArchetype};
 use fe2o3_amqp::types::performatives::{Attach, Begin, Detach, Flow, Transfer};
+use ferry_amqp_wire::frame::encode_or_log;
 
 use crate::disposition::Settlements;
-use crate::frame::encode_or_log;
 use crate::link::{Kind, Link, Received};
 
 /// Transfer frames the device may send beyond the last `flow`.

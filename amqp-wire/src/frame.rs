@@ -1,5 +1,5 @@
-//! AMQP 1.0 framing (part 2.3): cutting complete frames off the received bytes, and encoding the
-//! frames the adapter sends.
+//! AMQP 1.0 framing (part 2.3): cutting complete frames off the received bytes, and encoding
+//! frames into an output buffer.
 //!
 //! The frame's size, data offset and type are checked here before fe2o3's `FrameDecoder` sees the
 //! frame: that decoder reads the frame header without length checks, so it only ever gets a body
@@ -8,7 +8,7 @@
 //! connection then closes with `amqp:connection:framing-error`. An extended header is skipped.
 //!
 //! Sent frames are encoded with serde_amqp into one output buffer (fe2o3's encoder cannot be
-//! built outside its crate); the adapter never sends transfers.
+//! built outside its crate).
 
 use bytes::{Buf, BufMut, BytesMut};
 use fe2o3_amqp::frames::amqp::{Frame, FrameDecoder};
@@ -24,7 +24,7 @@ const TYPE_AMQP: u8 = 0;
 
 /// Why received bytes are not a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(crate) enum FramingError {
+pub enum FramingError {
     /// The size field is below the 8 bytes of a frame header.
     #[error("frame size {0} is below the minimum of 8")]
     TooShort(u32),
@@ -49,7 +49,7 @@ pub(crate) enum FramingError {
 
 /// Cuts the next complete frame off the front of `received` and decodes it; `Ok(None)` until a
 /// frame is complete. Frames larger than `max_frame_size` are refused before they are buffered.
-pub(crate) fn next_frame(
+pub fn next_frame(
     received: &mut BytesMut,
     max_frame_size: u32,
 ) -> Result<Option<Frame>, FramingError> {
@@ -101,7 +101,7 @@ fn check_size(size: u32, max: u32) -> Result<(), FramingError> {
 }
 
 /// Appends one frame carrying `performative` (`None`: an empty frame, the heartbeat) to `out`.
-pub(crate) fn encode<P: Serialize>(
+pub fn encode<P: Serialize>(
     out: &mut BytesMut,
     channel: u16,
     performative: Option<&P>,
@@ -122,9 +122,9 @@ pub(crate) fn encode<P: Serialize>(
     Ok(())
 }
 
-/// [`encode`]s a frame; a performative that cannot be encoded (none of the adapter's can fail)
-/// is logged and left out.
-pub(crate) fn encode_or_log<P: Serialize>(out: &mut BytesMut, channel: u16, performative: &P) {
+/// [`encode`]s a frame; a performative that cannot be encoded (none of Ferry's can fail) is
+/// logged and left out.
+pub fn encode_or_log<P: Serialize>(out: &mut BytesMut, channel: u16, performative: &P) {
     if let Err(error) = encode(out, channel, Some(performative)) {
         tracing::warn!(%error, "a frame could not be encoded");
     }

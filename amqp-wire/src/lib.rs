@@ -1,0 +1,10 @@
+//! AMQP 1.0 on the wire, shared by Ferry's own AMQP engines: the device adapter, the embedded
+//! northbound and the perf harness's clients.
+//!
+//! fe2o3-amqp supplies the types (performatives, messages) and their serde encoding; this crate
+//! adds what its connection engine keeps private: cutting checked frames off received bytes and
+//! writing frames into one output buffer, so an engine can run a whole connection in one task.
+
+pub mod frame;
+
+pub use frame::{FramingError, encode, encode_or_log, next_frame};
