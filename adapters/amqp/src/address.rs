@@ -9,9 +9,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use fe2o3_amqp::types::messaging::{Body, Message};
-use fe2o3_amqp::types::primitives::Value;
 use ferry_adapter_core::{AuthenticatedDevice, Endpoint, ForwardError, Qos, Upload};
+use ferry_amqp_wire::message::{Body, MessageView};
 use ferry_registry_client::{DeviceId, TenantId};
 
 use crate::error::DeliveryError;
@@ -80,37 +79,32 @@ impl Address {
     }
 }
 
-/// Extracts the payload: one Data section, an AmqpValue string or binary, or nothing.
-fn payload(body: &Body<Value>) -> Result<Bytes, DeliveryError> {
+/// The payload: one Data section, an AmqpValue string or binary, or nothing; shares the bytes
+/// of `message`, the encoded message the body was read from.
+fn payload(body: Body<'_>, message: &Bytes) -> Result<Bytes, DeliveryError> {
     match body {
         Body::Empty => Ok(Bytes::new()),
-        Body::Data(batch) => {
-            let mut sections = batch.iter();
-            match (sections.next(), sections.next()) {
-                (Some(data), None) => Ok(Bytes::copy_from_slice(data.0.as_ref())),
-                _ => Err(DeliveryError::Body("expected exactly one Data section")),
-            }
-        }
-        Body::Value(value) => match &value.0 {
-            Value::String(s) => Ok(Bytes::copy_from_slice(s.as_bytes())),
-            Value::Binary(b) => Ok(Bytes::copy_from_slice(b.as_ref())),
-            _ => Err(DeliveryError::Body(
-                "an AmqpValue body must hold a string or binary",
-            )),
-        },
-        Body::Sequence(_) => Err(DeliveryError::Body("AmqpSequence bodies are not supported")),
+        Body::Data(data) | Body::Binary(data) => Ok(message.slice_ref(data)),
+        Body::String(text) => Ok(message.slice_ref(text.as_bytes())),
+        Body::DataSections => Err(DeliveryError::Body("expected exactly one Data section")),
+        Body::OtherValue => Err(DeliveryError::Body(
+            "an AmqpValue body must hold a string or binary",
+        )),
+        Body::Sequence => Err(DeliveryError::Body("AmqpSequence bodies are not supported")),
     }
 }
 
-/// Builds the pipeline's upload from a received message; refuses payloads over `max` bytes.
+/// Builds the pipeline's upload from `view`, read from the encoded `message` sent to `address`
+/// (`to`); refuses payloads over `max` bytes.
 pub(crate) fn upload(
-    message: &Message<Body<Value>>,
+    view: &MessageView<'_>,
+    message: &Bytes,
     address: &Address,
     to: &str,
     qos: Qos,
     max: usize,
 ) -> Result<Upload, DeliveryError> {
-    let payload = payload(&message.body)?;
+    let payload = payload(view.body, message)?;
     if payload.len() > max {
         return Err(ForwardError::PayloadTooLarge {
             size: payload.len(),
@@ -118,23 +112,14 @@ pub(crate) fn upload(
         }
         .into());
     }
-    let content_type = message
-        .properties
-        .as_ref()
-        .and_then(|p| p.content_type.as_ref())
-        .map(|c| c.0.clone());
     let ttl = match address.endpoint {
-        Endpoint::Event => message
-            .header
-            .as_ref()
-            .and_then(|h| h.ttl)
-            .map(|ms| Duration::from_millis(u64::from(ms))),
+        Endpoint::Event => view.ttl.map(|ms| Duration::from_millis(u64::from(ms))),
         Endpoint::Telemetry => None,
     };
     Ok(Upload {
         endpoint: address.endpoint,
         qos,
-        content_type,
+        content_type: view.content_type.map(str::to_owned),
         ttl,
         ttd: None,
         orig_address: to.to_owned(),
@@ -145,8 +130,9 @@ pub(crate) fn upload(
 
 #[cfg(test)]
 mod tests {
-    use fe2o3_amqp::types::messaging::{AmqpValue, Data, Properties};
-    use fe2o3_amqp::types::primitives::Binary;
+    use fe2o3_amqp::types::messaging::message::__private::Serializable;
+    use fe2o3_amqp::types::messaging::{AmqpValue, Body, Data, Message, Properties};
+    use fe2o3_amqp::types::primitives::{Binary, Value};
 
     use super::*;
 
@@ -191,43 +177,48 @@ mod tests {
         Ok(())
     }
 
-    fn message(body: Body<Value>, content_type: Option<&str>) -> Message<Body<Value>> {
+    /// A message encoded by fe2o3, as a device client sends it.
+    fn message(body: Body<Value>, content_type: Option<&str>) -> Result<Bytes, serde_amqp::Error> {
         let mut message = Message::from(body);
         message.properties = content_type.map(|c| Properties {
             content_type: Some(c.into()),
             ..Properties::default()
         });
-        message
+        serde_amqp::to_vec(&Serializable(message)).map(Bytes::from)
     }
 
     #[test]
     fn bodies_and_limits() -> TestResult {
         let address = Address::parse("t")?;
-        let up = |m: &Message<Body<Value>>| upload(m, &address, "t", Qos::AtLeastOnce, 4);
+        let up = |m: &Bytes| {
+            let view = ferry_amqp_wire::message::scan(m)
+                .map_err(|e| DeliveryError::Decode(e.to_string()))?;
+            upload(&view, m, &address, "t", Qos::AtLeastOnce, 4)
+        };
         let data = message(
             Body::Data(vec![Data(Binary::from(b"abcd".to_vec()))].into()),
             Some("a/b"),
-        );
+        )?;
         let u = up(&data)?;
         assert_eq!(u.payload.as_ref(), b"abcd");
         assert_eq!(u.content_type.as_deref(), Some("a/b"));
         assert_eq!(u.orig_address, "t");
-        let text = message(Body::Value(AmqpValue(Value::String("hi".into()))), None);
+        let text = message(Body::Value(AmqpValue(Value::String("hi".into()))), None)?;
         assert_eq!(up(&text)?.payload.as_ref(), b"hi");
         let binary = message(
             Body::Value(AmqpValue(Value::Binary(Binary::from(vec![1u8])))),
             None,
-        );
+        )?;
         assert_eq!(up(&binary)?.payload.as_ref(), [1u8]);
-        assert!(up(&message(Body::Empty, None))?.payload.is_empty());
-        let int = message(Body::Value(AmqpValue(Value::Int(1))), None);
-        assert!(matches!(up(&int), Err(DeliveryError::Body(_))));
+        assert!(up(&message(Body::Empty, None)?)?.payload.is_empty());
+        let int = message(Body::Value(AmqpValue(Value::Int(1))), None)?;
+        assert!(matches!(up(&int), Err(DeliveryError::Body(b)) if b.contains("string or binary")));
         let two = message(
             Body::Data(vec![Data(Binary::from(vec![1u8])), Data(Binary::from(vec![2u8]))].into()),
             None,
-        );
-        assert!(matches!(up(&two), Err(DeliveryError::Body(_))));
-        let big = message(Body::Value(AmqpValue(Value::String("12345".into()))), None);
+        )?;
+        assert!(matches!(up(&two), Err(DeliveryError::Body(b)) if b.contains("exactly one")));
+        let big = message(Body::Value(AmqpValue(Value::String("12345".into()))), None)?;
         assert!(matches!(
             up(&big),
             Err(DeliveryError::Forward(ForwardError::PayloadTooLarge {

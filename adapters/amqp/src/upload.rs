@@ -1,6 +1,7 @@
 //! Forwarding one delivery, and what its outcome means for the device (hono-api.md §5).
 //!
-//! The message is decoded, its `to` parsed and resolved against the sender, and the upload
+//! The message is read (only the fields the upload needs: `ferry_amqp_wire::message`; the payload
+//! shares the received bytes), its `to` parsed and resolved against the sender, and the upload
 //! forwarded through adapter-core. An unsettled delivery is then settled with the outcome
 //! (`accepted`, `rejected` with Hono's condition, or `released`); a pre-settled one is telemetry
 //! at most once, and a pre-settled event is dropped. An oversized message closes its link; a
@@ -10,10 +11,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use fe2o3_amqp::types::definitions::Error as ErrorBody;
-use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
-use fe2o3_amqp::types::messaging::{Accepted, Body, DeliveryState, Rejected, Released};
-use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, Rejected, Released};
 use ferry_adapter_core::{AuthenticatedDevice, Endpoint, Forwarder, Qos};
+use ferry_amqp_wire::message;
 
 use crate::address::{self, Address};
 use crate::engine::{Delivery, DeliveryKey, Engine};
@@ -43,25 +43,18 @@ pub(crate) fn forward(
     Box::pin(async move {
         let Delivery { key, received } = delivery;
         let settled = received.settled;
-        let decoded = <Body<Value>>::decode_message_from_reader(
-            serde_amqp::read::SliceReader::new(&received.message),
-        );
-        let prepared = match decoded {
+        let prepared = match message::scan(&received.message) {
             Err(e) => Err(DeliveryError::Decode(e.to_string())),
-            Ok(message) => {
-                let to = message
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.to.clone())
-                    .unwrap_or_default();
-                Address::parse(&to).and_then(|address| {
+            Ok(view) => {
+                let to = view.to.unwrap_or_default();
+                Address::parse(to).and_then(|address| {
                     let (tenant, device) = address.resolve(sender.as_ref())?;
                     let qos = match (address.endpoint, settled) {
                         (Endpoint::Event, true) => return Err(DeliveryError::PresettledEvent),
                         (Endpoint::Telemetry, true) => Qos::AtMostOnce,
                         (_, false) => Qos::AtLeastOnce,
                     };
-                    let upload = address::upload(&message, &address, &to, qos, max)?;
+                    let upload = address::upload(&view, &received.message, &address, to, qos, max)?;
                     Ok((tenant, device, upload))
                 })
             }
