@@ -6,14 +6,21 @@
 //! that has one. A frame is refused when its size is below 8, above the negotiated
 //! `max-frame-size`, its data offset is below 2 or beyond the frame, or its type is not AMQP; the
 //! connection then closes with `amqp:connection:framing-error`. An extended header is skipped.
+//! Plain `transfer` frames, nearly all a receiver gets, are read in place instead (their few
+//! fields, with the payload sharing the received bytes); anything unusual goes to fe2o3.
 //!
 //! Sent frames are encoded with serde_amqp into one output buffer (fe2o3's encoder cannot be
 //! built outside its crate).
 
 use bytes::{Buf, BufMut, BytesMut};
-use fe2o3_amqp::frames::amqp::{Frame, FrameDecoder};
+use fe2o3_amqp::frames::amqp::{Frame, FrameBody, FrameDecoder};
+use fe2o3_amqp::types::definitions::{DeliveryTag, Handle};
+use fe2o3_amqp::types::performatives::Transfer;
 use serde::Serialize;
 use tokio_util::codec::Decoder;
+
+use crate::codec::{Fields, Reader, binary, boolean, uint};
+use crate::message::MessageError;
 
 /// The size field in front of every frame.
 const SIZE_FIELD: usize = 4;
@@ -79,8 +86,16 @@ pub fn next_frame(
     }
     let mut frame = received.split_to(size as usize);
     let channel = [frame[6], frame[7]];
-    // What fe2o3's decoder expects: a 4-byte header with data offset 2, then the body.
     frame.advance(body_offset - 4);
+    if let Some((performative, len)) = frame.get(4..).and_then(read_transfer) {
+        frame.advance(4 + len);
+        let body = FrameBody::Transfer {
+            performative,
+            payload: frame.freeze(),
+        };
+        return Ok(Some(Frame::new(u16::from_be_bytes(channel), body)));
+    }
+    // What fe2o3's decoder expects: a 4-byte header with data offset 2, then the body.
     frame[..4].copy_from_slice(&[2, TYPE_AMQP, channel[0], channel[1]]);
     let mut decoder = FrameDecoder {};
     match decoder.decode(&mut frame) {
@@ -88,6 +103,58 @@ pub fn next_frame(
         Ok(None) => Err(FramingError::Body("incomplete".to_owned())),
         Err(e) => Err(FramingError::Body(e.to_string())),
     }
+}
+
+/// Reads a frame body that is a plain `transfer` (no delivery state, not resumed or aborted) and
+/// returns it with its encoded length; `None` leaves anything else to fe2o3's decoder. Transfers
+/// are nearly every frame a receiver gets, and reading their few fields in place is several times
+/// cheaper than serde.
+fn read_transfer(body: &[u8]) -> Option<(Transfer, usize)> {
+    let rest = body.strip_prefix(&[0x00, 0x53, 0x14])?;
+    let mut reader = Reader(rest);
+    let list = reader.value().ok()?;
+    let mut fields = Fields::of(list).ok()?;
+    // Each field: `None` when malformed (fe2o3 then reports it), `Some(None)` past the list's end.
+    let mut next = || fields.nth(0).ok();
+    let handle = uint(next()??).ok()??;
+    let delivery_id = optional(next()?, uint)?;
+    let delivery_tag = optional(next()?, binary)?.map(|tag: &[u8]| DeliveryTag::from(tag.to_vec()));
+    let message_format = optional(next()?, uint)?;
+    let settled = optional(next()?, boolean)?;
+    let more = optional(next()?, boolean)?;
+    // rcv-settle-mode, state, resume, aborted: only their defaults take this path.
+    for _ in 0..4 {
+        if !matches!(next()?, None | Some([0x40] | [0x42] | [0x56, 0])) {
+            return None;
+        }
+    }
+    let batchable = optional(next()?, boolean)?;
+    if next()?.is_some() {
+        return None;
+    }
+    let transfer = Transfer {
+        handle: Handle(handle),
+        delivery_id,
+        delivery_tag,
+        message_format,
+        settled,
+        more: more.unwrap_or(false),
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: batchable.unwrap_or(false),
+    };
+    Some((transfer, 3 + list.len()))
+}
+
+/// A list field (`None` past the list's end, read as null) read with `read`; `None` when it is
+/// not of `read`'s type.
+fn optional<'a, T>(
+    field: Option<&'a [u8]>,
+    read: fn(&'a [u8]) -> Result<Option<T>, MessageError>,
+) -> Option<Option<T>> {
+    field.map_or(Ok(None), read).ok()
 }
 
 fn check_size(size: u32, max: u32) -> Result<(), FramingError> {
@@ -132,7 +199,6 @@ pub fn encode_or_log<P: Serialize>(out: &mut BytesMut, channel: u16, performativ
 
 #[cfg(test)]
 mod tests {
-    use fe2o3_amqp::frames::amqp::FrameBody;
     use fe2o3_amqp::types::performatives::{Close, Flow};
 
     use super::*;
@@ -180,6 +246,108 @@ mod tests {
         assert_eq!(first.channel, 3);
         assert!(matches!(&first.body, FrameBody::Flow(f) if *f == flow()));
         assert!(matches!(second.body, FrameBody::Empty));
+        Ok(())
+    }
+
+    fn transfer(settled: Option<bool>) -> Transfer {
+        Transfer {
+            handle: Handle(3),
+            delivery_id: Some(70_000),
+            delivery_tag: Some(DeliveryTag::from(vec![1, 2, 3, 4])),
+            message_format: Some(0),
+            settled,
+            more: false,
+            rcv_settle_mode: None,
+            state: None,
+            resume: false,
+            aborted: false,
+            batchable: true,
+        }
+    }
+
+    /// One transfer frame on `channel` carrying `payload`.
+    fn transfer_frame(
+        performative: &Transfer,
+        payload: &[u8],
+    ) -> Result<BytesMut, serde_amqp::Error> {
+        let mut wire = BytesMut::new();
+        encode(&mut wire, 1, Some(performative))?;
+        wire.put_slice(payload);
+        let size = wire.len() as u32;
+        wire[..4].copy_from_slice(&size.to_be_bytes());
+        Ok(wire)
+    }
+
+    /// What fe2o3's own decoder makes of a frame.
+    fn fe2o3_decode(mut wire: BytesMut) -> Result<Option<Frame>, Box<dyn std::error::Error>> {
+        wire.advance(4);
+        Ok(FrameDecoder {}.decode(&mut wire)?)
+    }
+
+    #[test]
+    fn plain_transfers_are_read_in_place_as_fe2o3_reads_them() -> TestResult {
+        let payload = vec![9u8; 300];
+        for settled in [None, Some(true), Some(false)] {
+            let performative = transfer(settled);
+            let wire = transfer_frame(&performative, &payload)?;
+            let body_start = 8;
+            let (fast, len) = read_transfer(&wire[body_start..]).ok_or("not read in place")?;
+            assert_eq!(fast, performative);
+            assert_eq!(body_start + len, wire.len() - payload.len());
+            let expected = fe2o3_decode(wire.clone())?.ok_or("fe2o3 read nothing")?;
+            let frame = next_frame(&mut wire.clone(), 4096)?.ok_or("incomplete")?;
+            assert_eq!(frame.channel, 1);
+            match (frame.body, expected.body) {
+                (
+                    FrameBody::Transfer {
+                        performative: a,
+                        payload: p,
+                    },
+                    FrameBody::Transfer {
+                        performative: b,
+                        payload: q,
+                    },
+                ) => {
+                    assert_eq!((a, &p), (b, &q));
+                    assert_eq!(p.as_ref(), payload.as_slice());
+                }
+                other => return Err(format!("{other:?}").into()),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn other_transfers_go_to_fe2o3() -> TestResult {
+        let aborted = Transfer {
+            aborted: true,
+            ..transfer(Some(false))
+        };
+        let with_state = Transfer {
+            state: Some(fe2o3_amqp::types::messaging::Accepted {}.into()),
+            ..transfer(Some(false))
+        };
+        for performative in [aborted, with_state] {
+            let wire = transfer_frame(&performative, b"x")?;
+            assert!(read_transfer(&wire[8..]).is_none(), "{performative:?}");
+            let frame = next_frame(&mut wire.clone(), 4096)?.ok_or("incomplete")?;
+            assert!(
+                matches!(&frame.body, FrameBody::Transfer { performative: p, .. } if *p == performative)
+            );
+        }
+        // A transfer list cut short is not read in place (fe2o3 decides what it is).
+        let wire = transfer_frame(&transfer(None), b"")?;
+        let mut cut = BytesMut::from(&wire[..wire.len() - 3]);
+        let size = cut.len() as u32;
+        cut[..4].copy_from_slice(&size.to_be_bytes());
+        assert!(read_transfer(&cut[8..]).is_none());
+        let mut garbage = cut.clone();
+        garbage[14] = 0xff; // the handle's constructor
+        assert!(read_transfer(&garbage[8..]).is_none());
+        assert!(matches!(
+            next_frame(&mut garbage, 4096),
+            Err(FramingError::Body(_))
+        ));
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! writing frames into one output buffer, so an engine can run a whole connection in one task;
 //! and reading the few fields Ferry needs from a received message without decoding all of it.
 
+mod codec;
 pub mod frame;
 pub mod message;
 

@@ -8,7 +8,7 @@
 //! does not read are skipped by their encoded size, never decoded. Malformed input (a length
 //! beyond the end, an unknown constructor, a section out of place) is an error, never a panic.
 
-use std::str;
+use crate::codec::{Fields, Reader, binary, string, symbol, uint};
 
 /// Why bytes are not a message [`scan`] can read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub fn scan(message: &[u8]) -> Result<MessageView<'_>, MessageError> {
         if reader.byte()? != 0x00 {
             return Err(MessageError::Unexpected("value where a section belongs"));
         }
-        let section = reader.descriptor()?;
+        let section = section_code(&mut reader)?;
         let value = reader.value()?;
         match section {
             code::HEADER => view.ttl = header_ttl(value)?,
@@ -149,12 +149,26 @@ fn header_ttl(list: &[u8]) -> Result<Option<u32>, MessageError> {
     let Some(ttl) = Fields::of(list)?.nth(2)? else {
         return Ok(None);
     };
-    match ttl {
-        [0x40] => Ok(None),
-        [0x43] => Ok(Some(0)),
-        [0x52, ms] => Ok(Some(u32::from(*ms))),
-        [0x70, a, b, c, d] => Ok(Some(u32::from_be_bytes([*a, *b, *c, *d]))),
-        _ => Err(MessageError::Unexpected("header ttl not a uint")),
+    uint(ttl)
+}
+
+/// A section descriptor: a numeric code (`smallulong` or `ulong`) or its symbolic name.
+fn section_code(reader: &mut Reader<'_>) -> Result<u64, MessageError> {
+    let value = reader.value()?;
+    match value {
+        [0x53, code] => Ok(u64::from(*code)),
+        [0x80, code @ ..] => code
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| MessageError::Truncated),
+        _ => {
+            let name = symbol(value)?.ok_or(MessageError::Unexpected("null descriptor"))?;
+            SECTION_NAMES
+                .iter()
+                .position(|n| *n == name.as_bytes())
+                .map(|i| code::HEADER + i as u64)
+                .ok_or(MessageError::Unexpected("section descriptor"))
+        }
     }
 }
 
@@ -164,163 +178,6 @@ fn properties(list: &[u8]) -> Result<(Option<&str>, Option<&str>), MessageError>
     let to = fields.nth(2)?.map(string).transpose()?.flatten();
     let content_type = fields.nth(3)?.map(symbol).transpose()?.flatten();
     Ok((to, content_type))
-}
-
-/// An encoded value as a string (`None` for null).
-fn string(value: &[u8]) -> Result<Option<&str>, MessageError> {
-    variable(value, 0xa1, 0xb1, "not a string").and_then(|s| {
-        s.map(|s| str::from_utf8(s).map_err(|_| MessageError::Utf8))
-            .transpose()
-    })
-}
-
-/// An encoded value as a symbol (ASCII; `None` for null).
-fn symbol(value: &[u8]) -> Result<Option<&str>, MessageError> {
-    variable(value, 0xa3, 0xb3, "not a symbol").and_then(|s| {
-        s.map(|s| str::from_utf8(s).map_err(|_| MessageError::Utf8))
-            .transpose()
-    })
-}
-
-/// An encoded value as binary (`None` for null).
-fn binary(value: &[u8]) -> Result<Option<&[u8]>, MessageError> {
-    variable(value, 0xa0, 0xb0, "not binary")
-}
-
-/// The bytes of a variable-width value with the one-byte (`short`) or four-byte (`long`) length
-/// constructor; `None` for null.
-fn variable<'a>(
-    value: &'a [u8],
-    short: u8,
-    long: u8,
-    what: &'static str,
-) -> Result<Option<&'a [u8]>, MessageError> {
-    let mut reader = Reader(value);
-    let constructor = reader.byte()?;
-    let len = match constructor {
-        0x40 => return Ok(None),
-        c if c == short => usize::from(reader.byte()?),
-        c if c == long => reader.u32()? as usize,
-        _ => return Err(MessageError::Unexpected(what)),
-    };
-    reader.take(len).map(Some)
-}
-
-/// The encoded fields of a list, one value at a time.
-struct Fields<'a> {
-    reader: Reader<'a>,
-    left: u32,
-}
-
-impl<'a> Fields<'a> {
-    /// The fields of the encoded list `list` (constructor included).
-    fn of(list: &'a [u8]) -> Result<Self, MessageError> {
-        let mut reader = Reader(list);
-        let (count, body) = match reader.byte()? {
-            0x45 => (0, Reader(&[])),
-            0xc0 => {
-                let size = usize::from(reader.byte()?);
-                let mut body = Reader(reader.take(size)?);
-                (u32::from(body.byte()?), body)
-            }
-            0xd0 => {
-                let size = reader.u32()? as usize;
-                let mut body = Reader(reader.take(size)?);
-                (body.u32()?, body)
-            }
-            _ => return Err(MessageError::Unexpected("section is not a list")),
-        };
-        Ok(Self {
-            reader: body,
-            left: count,
-        })
-    }
-
-    /// Skips `n` fields and returns the next, or `None` when the list is shorter.
-    fn nth(&mut self, n: u32) -> Result<Option<&'a [u8]>, MessageError> {
-        for _ in 0..n {
-            if self.left == 0 {
-                return Ok(None);
-            }
-            self.left -= 1;
-            self.reader.value()?;
-        }
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        self.reader.value().map(Some)
-    }
-}
-
-/// A cursor over encoded bytes.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
-        if n > self.0.len() {
-            return Err(MessageError::Truncated);
-        }
-        let (taken, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(taken)
-    }
-
-    fn byte(&mut self) -> Result<u8, MessageError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, MessageError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// A section descriptor: a numeric code (`smallulong` or `ulong`) or its symbolic name.
-    fn descriptor(&mut self) -> Result<u64, MessageError> {
-        let value = self.value()?;
-        match value {
-            [0x53, code] => Ok(u64::from(*code)),
-            [0x80, code @ ..] => code
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| MessageError::Truncated),
-            _ => {
-                let name = symbol(value)?.ok_or(MessageError::Unexpected("null descriptor"))?;
-                SECTION_NAMES
-                    .iter()
-                    .position(|n| *n == name.as_bytes())
-                    .map(|i| code::HEADER + i as u64)
-                    .ok_or(MessageError::Unexpected("section descriptor"))
-            }
-        }
-    }
-
-    /// One whole encoded value, constructor included (a described value with its descriptor).
-    fn value(&mut self) -> Result<&'a [u8], MessageError> {
-        let start = self.0;
-        let constructor = self.byte()?;
-        match constructor {
-            0x00 => {
-                self.value()?;
-                self.value()?;
-            }
-            _ => {
-                let size = match constructor {
-                    0x40..=0x45 => 0,
-                    0x50..=0x56 => 1,
-                    0x60 | 0x61 => 2,
-                    0x70..=0x74 => 4,
-                    0x80..=0x84 => 8,
-                    0x94 | 0x98 => 16,
-                    0xa0 | 0xa1 | 0xa3 | 0xc0 | 0xc1 | 0xe0 => usize::from(self.byte()?),
-                    0xb0 | 0xb1 | 0xb3 | 0xd0 | 0xd1 | 0xf0 => self.u32()? as usize,
-                    c => return Err(MessageError::FormatCode(c)),
-                };
-                self.take(size)?;
-            }
-        }
-        Ok(&start[..start.len() - self.0.len()])
-    }
 }
 
 #[cfg(test)]
