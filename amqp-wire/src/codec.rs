@@ -6,6 +6,10 @@ use std::str;
 
 use crate::message::MessageError;
 
+/// The deepest nesting of described and compound values accepted from a peer (Ferry's own
+/// performatives and messages nest a few levels; unbounded nesting would exhaust the stack).
+pub(crate) const MAX_DEPTH: u32 = 32;
+
 /// An encoded value as a string (`None` for null).
 pub(crate) fn string(value: &[u8]) -> Result<Option<&str>, MessageError> {
     variable(value, 0xa1, 0xb1, "not a string").and_then(|s| {
@@ -115,31 +119,87 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    /// One whole encoded value, constructor included (a described value with its descriptor).
+    /// One whole encoded value, constructor included (a described value with its descriptor);
+    /// nested values are skipped by their outer size, not looked into.
     pub(crate) fn value(&mut self) -> Result<&'a [u8], MessageError> {
+        self.whole(false)
+    }
+
+    /// Like [`Reader::value`], but every value nested inside is checked too: each length fits in
+    /// the bytes around it and nothing nests deeper than [`MAX_DEPTH`]. What passes can go to a
+    /// decoder that allocates what a length says.
+    pub(crate) fn checked_value(&mut self) -> Result<&'a [u8], MessageError> {
+        self.whole(true)
+    }
+
+    fn whole(&mut self, deep: bool) -> Result<&'a [u8], MessageError> {
         let start = self.0;
-        let constructor = self.byte()?;
-        match constructor {
-            0x00 => {
-                self.value()?;
-                self.value()?;
-            }
-            _ => {
-                let size = match constructor {
-                    0x40..=0x45 => 0,
-                    0x50..=0x56 => 1,
-                    0x60 | 0x61 => 2,
-                    0x70..=0x74 => 4,
-                    0x80..=0x84 => 8,
-                    0x94 | 0x98 => 16,
-                    0xa0 | 0xa1 | 0xa3 | 0xc0 | 0xc1 | 0xe0 => usize::from(self.byte()?),
-                    0xb0 | 0xb1 | 0xb3 | 0xd0 | 0xd1 | 0xf0 => self.u32()? as usize,
-                    c => return Err(MessageError::FormatCode(c)),
-                };
-                self.take(size)?;
-            }
-        }
+        self.skip_value(0, deep)?;
         Ok(&start[..start.len() - self.0.len()])
+    }
+
+    fn skip_value(&mut self, depth: u32, deep: bool) -> Result<(), MessageError> {
+        let constructor = self.byte()?;
+        self.skip_body(constructor, depth, deep)
+    }
+
+    /// Skips what follows `constructor`.
+    fn skip_body(&mut self, constructor: u8, depth: u32, deep: bool) -> Result<(), MessageError> {
+        if depth > MAX_DEPTH {
+            return Err(MessageError::Unexpected("values nested too deep"));
+        }
+        let size = match constructor {
+            0x00 => {
+                self.skip_value(depth + 1, deep)?;
+                return self.skip_value(depth + 1, deep);
+            }
+            0x40..=0x45 => 0,
+            0x50..=0x56 => 1,
+            0x60 | 0x61 => 2,
+            0x70..=0x74 => 4,
+            0x80..=0x84 => 8,
+            0x94 | 0x98 => 16,
+            0xa0 | 0xa1 | 0xa3 | 0xc0 | 0xc1 | 0xe0 => usize::from(self.byte()?),
+            0xb0 | 0xb1 | 0xb3 | 0xd0 | 0xd1 | 0xf0 => self.u32()? as usize,
+            c => return Err(MessageError::FormatCode(c)),
+        };
+        let body = self.take(size)?;
+        if deep && constructor >= 0xc0 {
+            Reader(body).check_compound(constructor, depth + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the elements of a list, map or array, `self` being its body after the size.
+    fn check_compound(&mut self, constructor: u8, depth: u32) -> Result<(), MessageError> {
+        let count = if matches!(constructor, 0xd0 | 0xd1 | 0xf0) {
+            self.u32()?
+        } else {
+            u32::from(self.byte()?)
+        };
+        // Every element takes at least one byte, so the loops end with the body.
+        if matches!(constructor, 0xc0 | 0xc1 | 0xd0 | 0xd1) {
+            for _ in 0..count {
+                self.skip_value(depth, true)?;
+            }
+            return Ok(());
+        }
+        // An array: one element constructor (described or not), then the elements' bodies.
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut element = self.byte()?;
+        if element == 0x00 {
+            self.skip_value(depth, true)?;
+            element = self.byte()?;
+        }
+        if matches!(element, 0x40..=0x45) {
+            return Ok(());
+        }
+        for _ in 0..count {
+            self.skip_body(element, depth, true)?;
+        }
+        Ok(())
     }
 }
 

@@ -95,6 +95,9 @@ pub fn next_frame(
         };
         return Ok(Some(Frame::new(u16::from_be_bytes(channel), body)));
     }
+    if let Some(body) = frame.get(4..).filter(|body| !body.is_empty()) {
+        check_performative(body)?;
+    }
     // What fe2o3's decoder expects: a 4-byte header with data offset 2, then the body.
     frame[..4].copy_from_slice(&[2, TYPE_AMQP, channel[0], channel[1]]);
     let mut decoder = FrameDecoder {};
@@ -146,6 +149,17 @@ fn read_transfer(body: &[u8]) -> Option<(Transfer, usize)> {
         batchable: batchable.unwrap_or(false),
     };
     Some((transfer, 3 + list.len()))
+}
+
+/// Checks the performative at the start of `body` (a frame body after its header) down to every
+/// nested length before a decoder sees it: fe2o3's decoders allocate whatever a length field
+/// says and recurse without limit, so a few crafted bytes could otherwise claim gigabytes or
+/// exhaust the stack. The payload after the performative is not looked at.
+pub fn check_performative(body: &[u8]) -> Result<(), FramingError> {
+    match Reader(body).checked_value() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(FramingError::Body(format!("malformed performative: {e}"))),
+    }
 }
 
 /// A list field (`None` past the list's end, read as null) read with `read`; `None` when it is
@@ -407,6 +421,59 @@ mod tests {
                 "{garbage:?}"
             );
         }
+    }
+
+    #[test]
+    fn lengths_beyond_the_frame_and_deep_nesting_never_reach_fe2o3() {
+        // An attach whose first field claims a 1.4 GB string; fe2o3 would allocate it.
+        let huge: &[u8] = &[
+            0, 0, 0, 20, 2, 0, 0, 0, 0x00, 0x53, 0x12, 0xc0, 7, 1, 0xb1, 0x53, 0x14, 0xc0, 0x0c, 0,
+        ];
+        assert!(matches!(
+            next_frame(&mut BytesMut::from(huge), 512),
+            Err(FramingError::Body(e)) if e.contains("truncated")
+        ));
+        // A flow whose properties nest lists 40 deep.
+        let mut nested = vec![0, 0, 0, 0, 2, 0, 0, 0, 0x00, 0x53, 0x13];
+        for _ in 0..40 {
+            nested.extend_from_slice(&[0xc0, 0, 1]);
+        }
+        nested.push(0x40);
+        let size = nested.len() as u32;
+        nested[..4].copy_from_slice(&size.to_be_bytes());
+        for i in 0..40 {
+            // Each list's size byte: what follows it.
+            let at = 11 + 3 * i + 1;
+            nested[at] = (nested.len() - at - 1) as u8;
+        }
+        assert!(matches!(
+            next_frame(&mut BytesMut::from(nested.as_slice()), 512),
+            Err(FramingError::Body(e)) if e.contains("too deep")
+        ));
+    }
+
+    #[test]
+    fn arrays_are_checked_element_by_element() {
+        // Described list (sasl-mechanisms) holding an array of two sym8 elements.
+        let mut ok = vec![
+            0x00, 0x53, 0x40, 0xc0, 12, 1, 0xe0, 9, 2, 0xa3, 2, b'a', b'b', 3,
+        ];
+        ok.extend_from_slice(b"xyz");
+        ok[4] = (ok.len() - 5) as u8;
+        ok[7] = (ok.len() - 8) as u8;
+        assert_eq!(check_performative(&ok), Ok(()));
+        // The same as array32 of sym32 elements.
+        let mut wide = vec![
+            0x00, 0x53, 0x40, 0xc0, 0, 1, 0xf0, 0, 0, 0, 0, 0, 0, 0, 2, 0xb3,
+        ];
+        wide.extend_from_slice(&[0, 0, 0, 2, b'a', b'b', 0, 0, 0, 1, b'x']);
+        wide[4] = (wide.len() - 5) as u8;
+        wide[10] = (wide.len() - 11) as u8;
+        assert_eq!(check_performative(&wide), Ok(()));
+        // An element whose length runs past the array.
+        let mut bad = ok.clone();
+        bad[13] = 200;
+        assert!(check_performative(&bad).is_err());
     }
 
     #[test]

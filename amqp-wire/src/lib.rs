@@ -10,4 +10,4 @@ mod codec;
 pub mod frame;
 pub mod message;
 
-pub use frame::{FramingError, encode, encode_or_log, next_frame};
+pub use frame::{FramingError, check_performative, encode, encode_or_log, next_frame};

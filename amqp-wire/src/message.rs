@@ -326,6 +326,11 @@ mod tests {
         for (bytes, expected) in cases {
             assert_eq!(scan(bytes), Err(expected), "{bytes:?}");
         }
+        // A chain of descriptors as long as a message: refused, not followed down the stack.
+        assert_eq!(
+            scan(&[0u8; 100_000]),
+            Err(MessageError::Unexpected("values nested too deep"))
+        );
         assert_eq!(
             scan(&[0x00, 0x53, 0x73, 0xc0, 4, 3, 0x40, 0x40, 0x53]),
             Err(MessageError::Truncated)

@@ -209,6 +209,9 @@ async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Frame, SaslE
     // MIN_FRAME guarantees the four header bytes fe2o3's decoder reads unchecked.
     let mut body = BytesMut::zeroed((size - 4) as usize);
     stream.read_exact(&mut body).await?;
+    if ferry_amqp_wire::check_performative(body.get(4..).unwrap_or_default()).is_err() {
+        return Err(SaslError::Protocol("malformed SASL frame"));
+    }
     let mut codec = FrameCodec {};
     match codec.decode(&mut body) {
         Ok(Some(frame)) => Ok(frame),
@@ -239,6 +242,22 @@ mod tests {
         let shown = format!("{:?}", parse_plain(b"\0dev@t\0secret-pw")?);
         assert!(!shown.contains("secret-pw"), "{shown}");
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_sasl_init_claiming_a_gigabyte_is_refused_before_decoding() {
+        // sasl-init: mechanism PLAIN, then an initial response whose vbin32 length says 1 GiB.
+        let mut frame = vec![0, 0, 0, 0, 2, 1, 0, 0, 0x00, 0x53, 0x41, 0xc0, 13, 2];
+        frame.extend_from_slice(&[0xa3, 5]);
+        frame.extend_from_slice(b"PLAIN");
+        frame.extend_from_slice(&[0xb0, 0x40, 0, 0, 0]);
+        let size = frame.len() as u32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        let read = read_frame(&mut frame.as_slice()).await;
+        assert!(
+            matches!(read, Err(SaslError::Protocol("malformed SASL frame"))),
+            "{read:?}"
+        );
     }
 
     /// Plays the client side of the exchange against [`negotiate`] over an in-memory pipe.
