@@ -544,17 +544,10 @@ async fn amqp_client_certificates_with_sasl_external() -> TestResult {
     assert!(events.received >= Some(events.acked), "{events:?}");
 
     config.pid = Some(std::process::id());
-    holds_ten_connections(config).await?;
+    holds_ten_connections(config.clone()).await?;
 
     // The same devices over the plain port: refused before anything is sent.
-    let mut plain = x509_config(
-        &gateway,
-        dir.path(),
-        pki.path(),
-        ScenarioKind::Telemetry,
-        TransportKind::Amqp,
-        "smoke-amqp-x509",
-    )?;
+    let mut plain = config;
     if let Target::Ferry(f) = &mut plain.target {
         f.amqp = Address::amqp(&format!(
             "amqp://{}",

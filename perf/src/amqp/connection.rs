@@ -105,14 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         frame::encode_or_log(&mut wire.out, CHANNEL, &open);
         wire.write().await?;
-        wire.read_at_least(AMQP_HEADER.len()).await?;
-        let header = wire.received.split_to(AMQP_HEADER.len());
-        if header[..] != AMQP_HEADER {
-            return Err(AmqpError::Protocol(format!(
-                "expected the AMQP header, got {:?}",
-                &header[..]
-            )));
-        }
+        wire.expect_header(AMQP_HEADER).await?;
         let mut connection = Self {
             wire,
             peer_max_frame: MAX_FRAME_SIZE,

@@ -18,7 +18,7 @@ use super::connection::{Connection, LinkFlow, LinkFrame};
 use super::error::AmqpError;
 use super::message::{self, MessageError};
 
-/// The link's handle (the only link of the session).
+/// The link's handle on the client's side (the only link of the session).
 const HANDLE: u32 = 0;
 
 /// A delivery whose transfer frames are arriving.
@@ -46,6 +46,8 @@ impl Ranges {
 #[derive(Debug)]
 pub struct Receiver<S> {
     connection: Connection<S>,
+    /// The link's handle on the peer's side, which its transfers carry.
+    peer_handle: u32,
     /// The credit granted whenever it is topped up.
     credit_window: u32,
     link_credit: u32,
@@ -81,6 +83,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Receiver<S> {
         let answer = connection.attach(&attach).await?;
         let mut receiver = Self::attached(
             connection,
+            answer.handle.0,
             answer.initial_delivery_count.unwrap_or(0),
             credit,
         );
@@ -91,9 +94,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Receiver<S> {
     }
 
     /// The link after the attach exchange, with its first `flow` encoded.
-    fn attached(connection: Connection<S>, delivery_count: u32, credit: u32) -> Self {
+    fn attached(
+        connection: Connection<S>,
+        peer_handle: u32,
+        delivery_count: u32,
+        credit: u32,
+    ) -> Self {
         let mut receiver = Self {
             connection,
+            peer_handle,
             credit_window: credit.max(1),
             link_credit: 0,
             delivery_count,
@@ -158,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Receiver<S> {
         transfer: &Transfer,
         payload: Bytes,
     ) -> Result<Option<(u32, bool, Bytes)>, AmqpError> {
-        if transfer.handle.0 != HANDLE {
+        if transfer.handle.0 != self.peer_handle {
             return Err(AmqpError::Protocol(format!(
                 "a transfer on handle {}",
                 transfer.handle.0
@@ -254,7 +263,7 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     fn receiver(credit: u32) -> Receiver<tokio::io::DuplexStream> {
-        Receiver::attached(Connection::for_test(512), 0, credit)
+        Receiver::attached(Connection::for_test(512), HANDLE, 0, credit)
     }
 
     fn transfer(id: Option<u32>, settled: bool, more: bool) -> Transfer {
@@ -418,6 +427,21 @@ mod tests {
             [FrameBody::Flow(echo), FrameBody::Flow(grant)]
                 if echo.link_credit == Some(3) && echo.delivery_count == Some(7)
                     && grant.link_credit == Some(10)));
+        Ok(())
+    }
+
+    #[test]
+    fn transfers_carry_the_peers_handle() -> TestResult {
+        let mut receiver = Receiver::attached(Connection::for_test(512), 3, 0, 10);
+        let message = northbound_data(b"x");
+        let mut ours = transfer(Some(0), true, false);
+        ours.handle = Handle(3);
+        assert_eq!(receive(&mut receiver, &[(ours, &message)])?.len(), 1);
+        let other = transfer(Some(1), true, false);
+        assert!(matches!(
+            receive(&mut receiver, &[(other, &message)]),
+            Err(AmqpError::Protocol(_))
+        ));
         Ok(())
     }
 

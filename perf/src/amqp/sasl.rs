@@ -89,14 +89,7 @@ where
 {
     wire.out.extend_from_slice(&SASL_HEADER);
     wire.write().await?;
-    wire.read_at_least(SASL_HEADER.len()).await?;
-    let header = wire.received.split_to(SASL_HEADER.len());
-    if header[..] != SASL_HEADER {
-        return Err(AmqpError::Protocol(format!(
-            "expected the SASL header, got {:?}",
-            &header[..]
-        )));
-    }
+    wire.expect_header(SASL_HEADER).await?;
     let Frame::Mechanisms(offered) = read_frame(wire).await? else {
         return Err(AmqpError::Protocol("expected sasl-mechanisms".to_owned()));
     };

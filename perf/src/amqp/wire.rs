@@ -55,6 +55,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         Ok(())
     }
 
+    /// Reads the peer's protocol header, which must be `expected`.
+    pub(crate) async fn expect_header(&mut self, expected: [u8; 8]) -> Result<(), AmqpError> {
+        self.read_at_least(expected.len()).await?;
+        let header = self.received.split_to(expected.len());
+        if header[..] != expected {
+            return Err(AmqpError::Protocol(format!(
+                "expected the protocol header {expected:?}, got {:?}",
+                &header[..]
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes [`Wire::out`] and flushes it (through TLS); the buffer is then empty.
     pub(crate) async fn write(&mut self) -> Result<(), AmqpError> {
         if !self.out.is_empty() {
