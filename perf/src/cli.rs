@@ -135,7 +135,7 @@ pub enum TransportArg {
     /// MQTT (3.1.1, or 5 with `--mqtt-version 5`) with username and password or a client
     /// certificate.
     Mqtt,
-    /// AMQP 1.0 with SASL PLAIN (Ferry only).
+    /// AMQP 1.0 with SASL PLAIN, or EXTERNAL with `--auth x509` (Ferry only).
     Amqp,
     /// CoAP over DTLS with a pre-shared key (CON at `--qos 1`, NON at `--qos 0`).
     Coap,
