@@ -431,3 +431,78 @@ fn unexpected(expected: &str, got: &FrameBody) -> AmqpError {
     };
     AmqpError::Protocol(format!("expected {expected}, got {name}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(connection: &mut Connection<tokio::io::DuplexStream>) -> Vec<FrameBody> {
+        let mut out = std::mem::take(connection.output());
+        let mut frames = Vec::new();
+        while let Ok(Some(f)) = frame::next_frame(&mut out, u32::MAX) {
+            frames.push(f.body);
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_goes_out_only_after_a_silent_interval() -> Result<(), AmqpError> {
+        let (stream, _peer) = tokio::io::duplex(1024);
+        let mut connection = Connection::for_test(512);
+        connection.wire = Wire::new(stream);
+        connection.heartbeat();
+        assert!(matches!(
+            frames(&mut connection).as_slice(),
+            [FrameBody::Empty]
+        ));
+        // Something was written since: no heartbeat at the next tick, one at the tick after.
+        connection.flow(None);
+        connection.write().await?;
+        connection.heartbeat();
+        assert!(frames(&mut connection).is_empty());
+        connection.heartbeat();
+        assert!(matches!(
+            frames(&mut connection).as_slice(),
+            [FrameBody::Empty]
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn session_frames_are_handled_and_link_frames_passed_on() -> Result<(), AmqpError> {
+        let mut connection = Connection::for_test(512);
+        let flow = |handle: Option<u32>, echo: bool| Flow {
+            next_incoming_id: Some(0),
+            incoming_window: 7,
+            next_outgoing_id: 0,
+            outgoing_window: 0,
+            handle: handle.map(Handle),
+            delivery_count: None,
+            link_credit: None,
+            available: None,
+            drain: false,
+            echo,
+            properties: None,
+        };
+        let received = connection.received();
+        let encode = |received: &mut bytes::BytesMut, body: &Flow| {
+            frame::encode(received, CHANNEL, Some(body))
+                .map_err(|e| AmqpError::Protocol(e.to_string()))
+        };
+        encode(received, &flow(None, true))?;
+        encode(received, &flow(Some(0), false))?;
+        frame::encode(received, CHANNEL, Some(&End { error: None }))
+            .map_err(|e| AmqpError::Protocol(e.to_string()))?;
+        // The session flow is answered (echo), the link's comes out, the end is an error.
+        assert!(matches!(connection.next_frame()?, Some(LinkFrame::Flow(f)) if f.handle.is_some()));
+        assert_eq!(connection.remote_incoming_window(), 7);
+        assert!(
+            matches!(frames(&mut connection).as_slice(), [FrameBody::Flow(f)] if f.handle.is_none())
+        );
+        assert!(matches!(
+            connection.next_frame(),
+            Err(AmqpError::Ended(None))
+        ));
+        Ok(())
+    }
+}
