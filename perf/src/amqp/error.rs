@@ -4,8 +4,6 @@ use fe2o3_amqp::types::definitions::Error as ErrorBody;
 use fe2o3_amqp::types::sasl::SaslCode;
 use ferry_amqp_wire::FramingError;
 
-use super::message::MessageError;
-
 /// Why a connection, its session or its link failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
@@ -33,9 +31,6 @@ pub enum AmqpError {
     /// The peer sent something the protocol does not allow here.
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// A received message could not be read.
-    #[error("undecodable message: {0}")]
-    Message(#[from] MessageError),
     /// The peer closed the connection.
     #[error("the peer closed the connection ({})", describe(.0))]
     Closed(Option<ErrorBody>),
@@ -69,9 +64,7 @@ impl AmqpError {
             AmqpError::Connect(_) => "amqp connect".to_owned(),
             AmqpError::Tls(_) => "amqp tls".to_owned(),
             AmqpError::Io(_) | AmqpError::Eof => "amqp connection lost".to_owned(),
-            AmqpError::Framing(_) | AmqpError::Protocol(_) | AmqpError::Message(_) => {
-                "amqp protocol".to_owned()
-            }
+            AmqpError::Framing(_) | AmqpError::Protocol(_) => "amqp protocol".to_owned(),
             AmqpError::Sasl(code) => format!("amqp sasl {code:?}"),
             AmqpError::Mechanism(_) => "amqp sasl mechanism".to_owned(),
             AmqpError::Closed(e) => format!("amqp closed{}", condition(e)),
