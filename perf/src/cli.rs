@@ -68,9 +68,10 @@ pub struct Cli {
     /// CoAP adapter of the Ferry under test (`coaps://host:port`, DTLS-PSK).
     #[arg(long, global = true, default_value = "coaps://127.0.0.1:5684")]
     pub coap: String,
-    /// AMQP adapter of the Ferry under test (`amqp://host:port` or `amqps://host:port`).
-    #[arg(long, global = true, default_value = "amqp://127.0.0.1:5672")]
-    pub amqp: String,
+    /// AMQP adapter of the Ferry under test (`amqp://host:port` or `amqps://host:port`)
+    /// [default: amqp://127.0.0.1:5672, with `--auth x509` amqps://127.0.0.1:5671].
+    #[arg(long, global = true)]
+    pub amqp: Option<String>,
     /// What to load: `ferry` (the addresses above), or a peer: `mqtt://host:port` (any broker; a
     /// subscriber is the consumer) or `http://host:port` (any HTTP server; no consumer).
     #[arg(long, global = true, default_value = "ferry")]
@@ -134,7 +135,7 @@ pub enum TransportArg {
     /// MQTT (3.1.1, or 5 with `--mqtt-version 5`) with username and password or a client
     /// certificate.
     Mqtt,
-    /// AMQP 1.0 with SASL PLAIN (Ferry only).
+    /// AMQP 1.0 with SASL PLAIN, or EXTERNAL with `--auth x509` (Ferry only).
     Amqp,
     /// CoAP over DTLS with a pre-shared key (CON at `--qos 1`, NON at `--qos 0`).
     Coap,
@@ -250,9 +251,12 @@ impl Cli {
                 coap: Address::coap(&self.coap)
                     .map_err(anyhow::Error::msg)
                     .context("--coap")?,
-                amqp: Address::amqp(&self.amqp)
-                    .map_err(anyhow::Error::msg)
-                    .context("--amqp")?,
+                amqp: Address::amqp(self.amqp.as_deref().unwrap_or(match auth {
+                    AuthKind::Password => "amqp://127.0.0.1:5672",
+                    AuthKind::X509 => "amqps://127.0.0.1:5671",
+                }))
+                .map_err(anyhow::Error::msg)
+                .context("--amqp")?,
                 setup: !self.no_setup,
             })
         } else if self.target.starts_with("mqtt") {
@@ -423,8 +427,13 @@ mod tests {
             bail!("not a Ferry target");
         };
         assert!(!f.http.tls);
+        assert_eq!((f.amqp.port, f.amqp.tls), (5672, false));
         let c = parse(&["--auth", "x509", "--pki-dir", "/tmp/p", "telemetry"])?;
         assert_eq!(c.auth, AuthKind::X509);
+        let Target::Ferry(f) = &c.target else {
+            bail!("not a Ferry target");
+        };
+        assert_eq!((f.amqp.port, f.amqp.tls), (5671, true));
         assert_eq!(c.pki_dir, PathBuf::from("/tmp/p"));
         Ok(())
     }

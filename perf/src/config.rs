@@ -43,7 +43,8 @@ pub enum TransportKind {
     /// MQTT 3.1.1 or 5 with username and password (or a client certificate), one connection per
     /// device.
     Mqtt,
-    /// AMQP 1.0 with SASL PLAIN, one connection and sender link per device.
+    /// AMQP 1.0 with SASL PLAIN (or EXTERNAL with a client certificate), one connection and
+    /// sender link per device.
     Amqp,
     /// CoAP over DTLS-PSK, one session per device.
     Coap,
@@ -84,9 +85,10 @@ impl MqttVersion {
 /// How devices authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthKind {
-    /// Username `auth-id@tenant` and password (HTTP basic auth, MQTT CONNECT).
+    /// Username `auth-id@tenant` and password (HTTP basic auth, MQTT CONNECT, AMQP SASL PLAIN).
     Password,
-    /// A TLS client certificate from the harness's CA (`pki`); needs a TLS address.
+    /// A TLS client certificate from the harness's CA (`pki`); needs a TLS address (AMQP: SASL
+    /// EXTERNAL).
     X509,
 }
 

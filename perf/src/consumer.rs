@@ -1,6 +1,7 @@
-//! The consumer that measures what arrived: Ferry's northbound (an AMQP 1.0 receiver on
-//! fe2o3-amqp, as `ferry_northbound::Consumer` but with a larger credit window) or, against a plain
-//! broker, an MQTT subscriber on the topic the devices publish to. Every payload goes to [`Recorder::arrived`].
+//! The consumer that measures what arrived: Ferry's northbound (an AMQP 1.0 receiver on the
+//! harness's own client, [`crate::amqp`], which reads only the body of each message) or, against
+//! a plain broker, an MQTT subscriber on the topic the devices publish to. Every payload goes to
+//! [`Recorder::arrived`].
 //!
 //! [`start`] returns once the consumer is attached (so no message is sent before anyone listens),
 //! then receives in its own task until the stop token fires.
@@ -8,19 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fe2o3_amqp::connection::ConnectionHandle;
-use fe2o3_amqp::link::{CreditMode, Receiver};
-use fe2o3_amqp::sasl_profile::SaslProfile;
-use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::Body;
-use fe2o3_amqp::types::primitives::Value;
-use fe2o3_amqp::{Connection, Delivery, Session};
 use ferry_registry_client::TenantId;
-use futures_util::FutureExt;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::PerfError;
+use crate::amqp::{ConnectOptions, Connection, Heartbeat, Mechanism, Receiver};
 use crate::config::{AuthKind, RunConfig, ScenarioKind, Target};
 use crate::payload::now_us;
 use crate::scenario::Endpoint;
@@ -114,28 +109,13 @@ pub async fn start(
     }
 }
 
-/// Most deliveries the northbound receiver settles with one `accept_all`.
-const ACCEPT_BATCH: usize = 256;
-
-/// Records the payload of `delivery`, received at `now` (µs since the epoch).
-fn arrived(recorder: &Recorder, delivery: &Delivery<Body<Value>>, now: u64) {
-    match delivery.body() {
-        Body::Data(sections) if sections.len() == 1 => {
-            recorder.arrived(&sections[0].0, now);
-        }
-        Body::Data(sections) => {
-            let bytes: Vec<u8> = sections.iter().flat_map(|d| d.0.iter().copied()).collect();
-            recorder.arrived(&bytes, now);
-        }
-        _ => {
-            recorder.arrived(&[], now);
-        }
-    }
-}
-
-/// Credit the northbound receiver grants. The client library refills it at half, so it must cover
-/// the messages in flight during one refill round trip at the highest rate measured.
+/// Credit the northbound receiver grants, topped up at half: it must cover the messages in flight
+/// during one refill round trip at the highest rate measured.
 const NORTHBOUND_CREDIT: u32 = 5000;
+/// How long connecting, authenticating and attaching to the northbound may take.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing the northbound link and connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The subscriber's TLS configuration with its own certificate from the harness's PKI.
 fn subscriber_identity(config: &RunConfig) -> Result<Arc<rustls::ClientConfig>, PerfError> {
@@ -145,15 +125,11 @@ fn subscriber_identity(config: &RunConfig) -> Result<Arc<rustls::ClientConfig>, 
     crate::tls::client_config(&crate::tls::roots(config.ca_file.as_deref())?, Some(&cert))
 }
 
-/// An AMQP 1.0 receiver on Ferry's northbound (Hono's application side).
-///
-/// This is what `ferry_northbound::Consumer` does, with a larger credit window: that client
-/// grants 100 and refills at half, one flow round trip per 50 messages, which must not be what
-/// limits a measurement. (At the rates measured so far, 100 and 5,000 gave the same throughput.)
+/// An AMQP 1.0 receiver on Ferry's northbound (Hono's application side), on the harness's own
+/// client: one task reads, records each message's payload (only the Data section is read), and
+/// accepts what arrived in ranges with the credit top-up in the same write.
 struct Northbound {
-    connection: ConnectionHandle<()>,
-    session: SessionHandle<()>,
-    receiver: Receiver,
+    receiver: Receiver<TcpStream>,
 }
 
 impl Northbound {
@@ -165,75 +141,71 @@ impl Northbound {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             PerfError::Consumer(format!("northbound {addr}: {what}: {e}"))
         };
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| fail("connect", &e))?;
-        let _ = stream.set_nodelay(true);
-        let profile = match credentials {
-            Some((username, password)) => SaslProfile::Plain { username, password },
-            None => SaslProfile::Anonymous,
+        let mechanism = match credentials {
+            Some((username, password)) => Mechanism::Plain { username, password },
+            None => Mechanism::Anonymous,
         };
-        let open = Connection::builder()
-            .container_id(format!("ferry-perf-{}", std::process::id()))
-            .sasl_profile(profile)
-            // fe2o3 flushes every frame: let the dispositions of a busy link share syscalls.
-            .open_with_stream(ferry_adapter_core::coalesce::Coalescing::tcp(stream));
-        let mut connection = tokio::time::timeout(Duration::from_secs(10), open)
+        let container_id = format!("ferry-perf-{}", std::process::id());
+        let attach = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| fail("connect", &e))?;
+            let _ = stream.set_nodelay(true);
+            let options = ConnectOptions {
+                container_id: &container_id,
+                hostname: None,
+                sasl: Some(&mechanism),
+            };
+            let connection = Connection::open(stream, &options)
+                .await
+                .map_err(|e| fail("open", &e))?;
+            Receiver::attach(
+                connection,
+                &format!("ferry-perf-{address}"),
+                address,
+                NORTHBOUND_CREDIT,
+            )
             .await
-            .map_err(|e| fail("open", &e))?
-            .map_err(|e| fail("open", &e))?;
-        let mut session = Session::begin(&mut connection)
+            .map_err(|e| fail(&format!("attach {address}"), &e))
+        };
+        let receiver = tokio::time::timeout(ATTACH_TIMEOUT, attach)
             .await
-            .map_err(|e| fail("begin", &e))?;
-        let receiver = Receiver::builder()
-            .name(format!("ferry-perf-{address}"))
-            .source(address.to_owned())
-            .credit_mode(CreditMode::Auto(NORTHBOUND_CREDIT))
-            .auto_accept(false)
-            .attach(&mut session)
-            .await
-            .map_err(|e| fail(&format!("attach {address}"), &e))?;
-        Ok(Self {
-            connection,
-            session,
-            receiver,
-        })
+            .map_err(|e| fail("open", &e))??;
+        Ok(Self { receiver })
     }
 
     async fn run(mut self, recorder: Arc<Recorder>, stop: CancellationToken) {
-        let mut batch = Vec::with_capacity(ACCEPT_BATCH);
+        let mut heartbeat = Heartbeat::new(self.receiver.connection().heartbeat_interval());
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
-            let first: Delivery<Body<Value>> = tokio::select! {
-                d = self.receiver.recv() => match d {
-                    Ok(d) => d,
-                    Err(_) => {
-                        recorder.error("northbound closed");
-                        break;
-                    }
-                },
-                () = stop.cancelled() => break,
-            };
-            batch.push(first);
-            // Whatever else has already arrived is settled with the first: one disposition per
-            // run of consecutive deliveries, as an application that keeps up would send.
-            while batch.len() < ACCEPT_BATCH {
-                match self.receiver.recv().now_or_never() {
-                    Some(Ok(d)) => batch.push(d),
-                    _ => break,
-                }
-            }
-            let now = now_us();
-            for delivery in &batch {
-                arrived(&recorder, delivery, now);
-            }
-            // Pre-settled deliveries (QoS 0 telemetry) need no disposition; fe2o3 skips them.
-            if self.receiver.accept_all(batch.drain(..)).await.is_err() {
-                recorder.error("northbound settle");
+            if self.receiver.connection().has_output()
+                && let Err(error) = self.receiver.connection().write().await
+            {
+                recorder.error(format!("northbound {}", error.kind()));
                 break;
             }
+            tokio::select! {
+                biased;
+                () = &mut stopped => break,
+                read = self.receiver.connection().read() => {
+                    let now = now_us();
+                    let processed = read.and_then(|()| {
+                        self.receiver.process(|body| match body {
+                            Ok(payload) => {
+                                recorder.arrived(payload, now);
+                            }
+                            Err(_) => recorder.error("northbound undecodable message"),
+                        })
+                    });
+                    if let Err(error) = processed {
+                        recorder.error(format!("northbound {}", error.kind()));
+                        break;
+                    }
+                }
+                () = heartbeat.tick() => self.receiver.connection().heartbeat(),
+            }
         }
-        let _ = self.receiver.close().await;
-        let _ = self.session.end().await;
-        let _ = self.connection.close().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.receiver.close()).await;
     }
 }

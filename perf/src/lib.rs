@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod amqp;
 pub mod config;
 pub mod consumer;
 pub mod issuance;

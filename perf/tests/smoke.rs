@@ -290,11 +290,13 @@ fn x509_config(
     let a = gateway.addresses();
     let https = a.https.ok_or("no HTTPS listener")?;
     let mqtts = a.mqtts.ok_or("no MQTTS listener")?;
+    let amqps = a.amqps.ok_or("no AMQPS listener")?;
     let mut config = run_config(gateway, scenario, tenant)?;
     config.transport = transport;
     if let Target::Ferry(f) = &mut config.target {
         f.http = Address::http(&format!("https://localhost:{}", https.port()))?;
         f.mqtt = Address::mqtt(&format!("mqtts://localhost:{}", mqtts.port()))?;
+        f.amqp = Address::amqp(&format!("amqps://localhost:{}", amqps.port()))?;
     }
     config.auth = AuthKind::X509;
     config.pki_dir = pki.to_path_buf();
@@ -509,6 +511,53 @@ async fn amqp_telemetry_events_and_connections_arrive_northbound() -> TestResult
 
     config.pid = Some(std::process::id());
     holds_ten_connections(config).await?;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// AMQP devices with client certificates (SASL EXTERNAL over TLS): unsettled telemetry and
+/// events, and idle connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_client_certificates_with_sasl_external() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = tempfile::tempdir()?;
+    let gateway = start_ferry(dir.path()).await?;
+    let mut config = x509_config(
+        &gateway,
+        dir.path(),
+        pki.path(),
+        ScenarioKind::Telemetry,
+        TransportKind::Amqp,
+        "smoke-amqp-x509",
+    )?;
+    config.qos = 1;
+    let telemetry = ferry_perf::run(&config).await?;
+    assert_sane(&telemetry);
+    assert_eq!(telemetry.transport, "amqp");
+    assert!(telemetry.errors.is_empty(), "{:?}", telemetry.errors);
+    assert!(telemetry.received >= Some(telemetry.acked), "{telemetry:?}");
+
+    config.scenario = ScenarioKind::Events;
+    let events = ferry_perf::run(&config).await?;
+    assert_sane(&events);
+    assert!(events.errors.is_empty(), "{:?}", events.errors);
+    assert!(events.received >= Some(events.acked), "{events:?}");
+
+    config.pid = Some(std::process::id());
+    holds_ten_connections(config.clone()).await?;
+
+    // The same devices over the plain port: refused before anything is sent.
+    let mut plain = config;
+    if let Target::Ferry(f) = &mut plain.target {
+        f.amqp = Address::amqp(&format!(
+            "amqp://{}",
+            gateway.addresses().amqp.ok_or("no plain AMQP listener")?
+        ))?;
+    }
+    assert!(matches!(
+        ferry_perf::run(&plain).await,
+        Err(ferry_perf::PerfError::Config(_))
+    ));
     gateway.shutdown().await;
     Ok(())
 }

@@ -1,36 +1,31 @@
-//! AMQP 1.0 devices: fe2o3-amqp clients with SASL PLAIN, one connection, session and
+//! AMQP 1.0 devices on the harness's own client ([`crate::amqp`]): one connection, session and
 //! anonymous-relay sender link per device, over plain TCP (`amqp://`) or TLS from the first
 //! byte (`amqps://`, ring provider, the CA from `--ca`), as Hono's AMQP adapter expects.
+//! Devices authenticate with SASL PLAIN, or with their client certificate and SASL EXTERNAL
+//! (`--auth x509`, `amqps://` only).
 //!
-//! Unsettled telemetry (QoS 1) and events are sent with `send_batchable`, which returns once the
-//! transfer is queued; up to [`WINDOW`] deliveries of a device are outstanding at once (the
-//! adapter's link credit bounds it further). A second task per device awaits the outcomes and
-//! records acknowledgement latency (send to `accepted`). Pre-settled telemetry (QoS 0) counts as
-//! acknowledged once fe2o3 wrote the transfer. Each message's `to` is `telemetry` or `event`.
+//! Each device is one task that paces, encodes, writes and reads its outcomes itself. Unsettled
+//! telemetry (QoS 1) and events keep up to [`WINDOW`] deliveries outstanding (the adapter's link
+//! credit bounds it further); each `accepted` records its latency from the send. When slots are
+//! due together (rate `max`, or a device catching up) the transfers go out in one write.
+//! Pre-settled telemetry (QoS 0) counts as acknowledged once written. Each message's `to` is
+//! `telemetry` or `event`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use fe2o3_amqp::connection::ConnectionHandle;
-use fe2o3_amqp::link::SendError;
-use fe2o3_amqp::link::delivery::DeliveryFut;
-use fe2o3_amqp::sasl_profile::SaslProfile;
-use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::definitions::SenderSettleMode;
-use fe2o3_amqp::types::messaging::{Message, Outcome, Properties, Target as LinkTarget};
-use fe2o3_amqp::types::primitives::{Binary, Symbol};
-use fe2o3_amqp::{Connection, Sender, Session};
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
+use futures_util::FutureExt as _;
+use hdrhistogram::Histogram;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_rustls::TlsConnector;
 
-use super::{ACK_TIMEOUT, BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
+use super::pacer::Pacer;
+use super::{BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
-use crate::config::{Address, AuthKind, RunConfig, Target};
+use crate::amqp::message::DeviceMessage;
+use crate::amqp::{
+    self, AmqpError, ConnectOptions, Connection, Heartbeat, Mechanism, Outcome, Sender, Stream,
+};
+use crate::config::{Address, RunConfig, Target, TransportKind};
 use crate::stats::{Recorder, histogram};
 
 /// Unsettled deliveries a device may have outstanding.
@@ -41,12 +36,15 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How long closing a link, session and connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Room for the sections around a payload, for the session window check.
+const MESSAGE_OVERHEAD: usize = 64;
 
 /// The AMQP 1.0 device protocol (Hono's AMQP adapter).
 pub struct AmqpTransport {
     address: Address,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
-    to: &'static str,
+    /// The TLS configuration without a client certificate and the server's name (`amqps://`).
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    message: DeviceMessage,
 }
 
 impl std::fmt::Debug for AmqpTransport {
@@ -54,35 +52,8 @@ impl std::fmt::Debug for AmqpTransport {
         f.debug_struct("AmqpTransport")
             .field("address", &self.address)
             .field("tls", &self.tls.is_some())
-            .field("to", &self.to)
-            .finish()
+            .finish_non_exhaustive()
     }
-}
-
-/// One device's connection with its upload link.
-struct Link {
-    connection: ConnectionHandle<()>,
-    session: SessionHandle<()>,
-    sender: Sender,
-}
-
-impl Link {
-    async fn close(mut self) {
-        let closing = async {
-            let _ = self.sender.close().await;
-            let _ = self.session.end().await;
-            let _ = self.connection.close().await;
-        };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-    }
-}
-
-/// An unsettled delivery on its way, with its send time and its place in the window.
-struct Pending {
-    sent: Instant,
-    outcome: DeliveryFut<Result<Outcome, SendError>>,
-    /// Returned to the window once the outcome is known.
-    permit: OwnedSemaphorePermit,
 }
 
 impl AmqpTransport {
@@ -93,72 +64,52 @@ impl AmqpTransport {
                 "--transport amqp needs --target ferry (Hono's AMQP adapter)".to_owned(),
             ));
         };
-        if config.auth == AuthKind::X509 {
-            return Err(PerfError::Config(
-                "--transport amqp authenticates with passwords (SASL PLAIN); --auth x509 is not \
-                 supported yet"
-                    .to_owned(),
-            ));
-        }
         let address = ferry.amqp.clone();
+        config.require_tls_for_x509(&address, TransportKind::Amqp, "amqps")?;
         let tls = if address.tls {
             let config = super::mqtt::tls_config(config.ca_file.as_deref())?;
             let name = ServerName::try_from(address.host.clone())
                 .map_err(|e| PerfError::Config(format!("{}: {e}", address.host)))?;
-            Some((TlsConnector::from(config), name))
+            Some((config, name))
         } else {
             None
         };
+        let message = DeviceMessage::new(endpoint.as_str())
+            .map_err(|e| PerfError::Config(format!("AMQP message: {e}")))?;
         Ok(Self {
             address,
             tls,
-            to: endpoint.as_str(),
+            message,
         })
     }
 
-    /// Connects, authenticates with SASL PLAIN and attaches the upload link.
-    async fn connect(&self, device: &Device, settle: SenderSettleMode) -> Result<Link, String> {
-        let tcp = TcpStream::connect((self.address.host.as_str(), self.address.port))
-            .await
-            .map_err(|_| "amqp connect")?;
-        let _ = tcp.set_nodelay(true);
-        let builder = Connection::builder()
-            .container_id(device.client_id.clone())
-            .sasl_profile(SaslProfile::Plain {
-                username: device.username.clone(),
-                password: device.password.clone(),
-            });
-        let opened = match &self.tls {
-            None => builder.open_with_stream(tcp).await,
-            Some((connector, name)) => {
-                let stream = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|_| "amqp tls")?;
-                builder.open_with_stream(stream).await
+    /// Connects, authenticates (EXTERNAL with the device's certificate, else PLAIN) and
+    /// attaches the upload link.
+    async fn connect(
+        &self,
+        device: &Device,
+        presettled: bool,
+    ) -> Result<Sender<Stream>, AmqpError> {
+        let (tls, mechanism) = match (&self.tls, &device.tls) {
+            (Some((_, name)), Some(own)) => {
+                (Some((own.clone(), name.clone())), Mechanism::External)
             }
+            (tls, _) => (
+                tls.clone(),
+                Mechanism::Plain {
+                    username: device.username.clone(),
+                    password: device.password.clone(),
+                },
+            ),
         };
-        let mut connection = opened.map_err(|e| match e {
-            fe2o3_amqp::connection::OpenError::SaslError { code, .. } => {
-                format!("amqp sasl {code:?}")
-            }
-            _ => "amqp open".to_owned(),
-        })?;
-        let mut session = Session::begin(&mut connection)
-            .await
-            .map_err(|_| "amqp begin")?;
-        let sender = Sender::builder()
-            .name("upload")
-            .target(LinkTarget::builder().build())
-            .sender_settle_mode(settle)
-            .attach(&mut session)
-            .await
-            .map_err(|_| "amqp attach")?;
-        Ok(Link {
-            connection,
-            session,
-            sender,
-        })
+        let stream = amqp::dial(&self.address.host, self.address.port, tls).await?;
+        let options = ConnectOptions {
+            container_id: &device.client_id,
+            hostname: Some(&self.address.host),
+            sasl: Some(&mechanism),
+        };
+        let connection = Connection::open(stream, &options).await?;
+        Sender::attach(connection, "upload", presettled, WINDOW).await
     }
 
     /// Opens the device's link within [`OPEN_TIMEOUT`], trying again after a failure (when 100
@@ -167,169 +118,226 @@ impl AmqpTransport {
     async fn open(
         &self,
         device: &Device,
-        settle: SenderSettleMode,
+        presettled: bool,
         recorder: &Recorder,
-    ) -> Result<Link, String> {
+    ) -> Result<Sender<Stream>, String> {
         let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
         loop {
             let error =
-                match tokio::time::timeout_at(deadline, self.connect(device, settle.clone())).await
-                {
-                    Ok(Ok(link)) => return Ok(link),
-                    Ok(Err(kind)) => kind,
+                match tokio::time::timeout_at(deadline, self.connect(device, presettled)).await {
+                    Ok(Ok(sender)) => return Ok(sender),
+                    Ok(Err(error)) => error,
                     Err(_) => return Err("timeout".to_owned()),
                 };
-            if error.starts_with("amqp sasl") {
-                return Err(error); // refused credentials do not get better
+            if error.is_refusal() {
+                return Err(error.kind()); // refused credentials do not get better
             }
-            recorder.error(format!("{error} (retried)"));
+            recorder.error(format!("{} (retried)", error.kind()));
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RETRY_DELAY)).await;
         }
     }
 
-    fn message(&self, payload: Bytes) -> Message<fe2o3_amqp::types::messaging::Data> {
-        let properties = Properties {
-            to: Some(self.to.to_owned()),
-            content_type: Some(Symbol::from("application/octet-stream")),
-            ..Properties::default()
-        };
-        Message::builder()
-            .properties(properties)
-            .data(Binary::from(payload.to_vec()))
-            .build()
-    }
-
     async fn drive_device(self: Arc<Self>, device: Device, mut load: Load) {
         let recorder = load.recorder.clone();
-        let unsettled = load.effective_qos() == 1;
-        let settle = if unsettled {
-            SenderSettleMode::Unsettled
-        } else {
-            SenderSettleMode::Settled
-        };
-        let link = match self.open(&device, settle, &recorder).await {
-            Ok(link) => Some(link),
+        let presettled = load.effective_qos() == 0;
+        let sender = match self.open(&device, presettled, &recorder).await {
+            Ok(sender) => Some(sender),
             Err(kind) => {
                 recorder.error(kind);
                 None
             }
         };
-        let _ = load.ready.send(link.is_some()).await;
-        let Some(mut link) = link else { return };
+        let _ = load.ready.send(sender.is_some()).await;
+        let Some(mut sender) = sender else { return };
+        let mut upload = Upload {
+            heartbeat: Heartbeat::new(sender.connection().heartbeat_interval()),
+            sender,
+            recorder: &recorder,
+            presettled,
+            acks: histogram(),
+            unwritten: Vec::new(),
+            buffer: Vec::new(),
+        };
         let Some(start) = load.wait_start().await else {
-            link.close().await;
+            close(upload.sender).await;
             return;
         };
         let mut pacer = load.pacer(start);
-        let window = Arc::new(Semaphore::new(WINDOW));
-        let (pending_tx, pending_rx) = mpsc::unbounded_channel();
-        let mut outcomes = tokio::spawn(await_outcomes(pending_rx, recorder.clone()));
-        let mut acks = histogram();
-        while pacer.next().await {
-            let Some(Ok(permit)) = pacer
-                .unless_stopped(Arc::clone(&window).acquire_owned())
-                .await
-            else {
-                break;
-            };
-            let message = self.message(load.next_payload());
-            let sent = Instant::now();
-            if unsettled {
-                match link.sender.send_batchable(message).await {
-                    Ok(outcome) => {
-                        recorder.sent();
-                        let _ = pending_tx.send(Pending {
-                            sent,
-                            outcome,
-                            permit,
-                        });
-                    }
-                    Err(_) => {
-                        recorder.error("amqp send");
-                        break;
-                    }
-                }
-            } else {
-                match link.sender.send(message).await {
-                    Ok(_) => {
-                        recorder.sent();
-                        recorder.acked();
-                        acks.saturating_record(sent.elapsed().as_micros().max(1) as u64);
-                    }
-                    Err(_) => {
-                        recorder.error("amqp send");
-                        break;
-                    }
+        let sent = upload.send_all(&self.message, &load, &mut pacer).await;
+        let drained = match sent {
+            Ok(()) => tokio::time::timeout(DRAIN, upload.drain()).await,
+            Err(error) => Ok(Err(error)),
+        };
+        match drained {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => recorder.error(error.kind()),
+            Err(_) => {
+                for _ in 0..upload.sender.unsettled() {
+                    recorder.error("timeout");
                 }
             }
         }
-        recorder.merge_ack_latency(&acks);
-        drop(pending_tx);
-        if tokio::time::timeout(DRAIN, &mut outcomes).await.is_err() {
-            outcomes.abort();
-            recorder.error("timeout");
-        }
-        link.close().await;
+        recorder.merge_ack_latency(&upload.acks);
+        close(upload.sender).await;
     }
 
     async fn hold_connection(self: Arc<Self>, device: Device, hold: Hold) {
-        let link = self
-            .open(&device, SenderSettleMode::Unsettled, &hold.recorder)
-            .await;
-        if let Err(kind) = &link {
+        let sender = self.open(&device, false, &hold.recorder).await;
+        if let Err(kind) = &sender {
             hold.recorder.error(kind.clone());
         }
-        let _ = hold.opened.send(link.is_ok()).await;
-        let Ok(mut link) = link else { return };
-        tokio::select! {
-            () = hold.stop.cancelled() => {}
-            closed = link.connection.on_close() => {
-                if closed.is_err() {
-                    hold.recorder.error("amqp closed");
+        let _ = hold.opened.send(sender.is_ok()).await;
+        let Ok(mut sender) = sender else { return };
+        let mut heartbeat = Heartbeat::new(sender.connection().heartbeat_interval());
+        let idle = async {
+            loop {
+                if sender.connection().has_output() {
+                    sender.connection().write().await?;
                 }
-                return;
+                tokio::select! {
+                    read = sender.connection().read() => {
+                        read?;
+                        sender.process(|_, _| {})?;
+                    }
+                    () = heartbeat.tick() => sender.connection().heartbeat(),
+                }
             }
+        };
+        let outcome: Result<(), AmqpError> = tokio::select! {
+            () = hold.stop.cancelled() => Ok(()),
+            outcome = idle => outcome,
+        };
+        if let Err(error) = outcome {
+            hold.recorder.error(error.kind());
         }
-        link.close().await;
+        close(sender).await;
     }
 }
 
-/// Awaits the outcomes of a device's unsettled deliveries, in whatever order they settle, and
-/// records them.
-async fn await_outcomes(mut pending: mpsc::UnboundedReceiver<Pending>, recorder: Arc<Recorder>) {
-    let mut outstanding = FuturesUnordered::new();
-    let mut acks = histogram();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            next = pending.recv(), if open => match next {
-                Some(Pending { sent, outcome, permit }) => outstanding.push(async move {
-                    let outcome = tokio::time::timeout(ACK_TIMEOUT, outcome).await;
-                    drop(permit);
-                    (sent, outcome)
-                }),
-                None => open = false,
-            },
-            Some((sent, outcome)) = outstanding.next(), if !outstanding.is_empty() => {
-                match outcome {
-                    Ok(Ok(Outcome::Accepted(_))) => {
-                        recorder.acked();
-                        acks.saturating_record(sent.elapsed().as_micros().max(1) as u64);
-                    }
-                    Ok(Ok(Outcome::Released(_))) => recorder.error("amqp released"),
-                    Ok(Ok(Outcome::Rejected(r))) => recorder.error(format!(
-                        "amqp rejected {}",
-                        r.error.map_or_else(|| "-".to_owned(), |e| format!("{:?}", e.condition))
-                    )),
-                    Ok(Ok(_)) => recorder.error("amqp other outcome"),
-                    Ok(Err(_)) => recorder.error("amqp send"),
-                    Err(_) => recorder.error("timeout"),
+/// One device's sending: its link and what it recorded.
+struct Upload<'a> {
+    sender: Sender<Stream>,
+    recorder: &'a Recorder,
+    presettled: bool,
+    /// Acknowledgement latencies (µs).
+    acks: Histogram<u64>,
+    /// Send times of pre-settled deliveries not yet written.
+    unwritten: Vec<Instant>,
+    /// The message being encoded.
+    buffer: Vec<u8>,
+    heartbeat: Heartbeat,
+}
+
+/// What woke a sending device.
+enum Step {
+    Read(Result<(), AmqpError>),
+    Slot(bool),
+    Heartbeat,
+}
+
+impl Upload<'_> {
+    /// Sends on the pacer's schedule until the run stops.
+    async fn send_all(
+        &mut self,
+        message: &DeviceMessage,
+        load: &Load,
+        pacer: &mut Pacer,
+    ) -> Result<(), AmqpError> {
+        let len = load.payload.size() + MESSAGE_OVERHEAD;
+        loop {
+            self.write().await?;
+            let can_send = self.sender.can_send(len);
+            let step = tokio::select! {
+                biased;
+                read = self.sender.connection().read() => Step::Read(read),
+                more = pacer.next(), if can_send => Step::Slot(more),
+                () = self.heartbeat.tick() => Step::Heartbeat,
+            };
+            match step {
+                Step::Read(read) => {
+                    read?;
+                    self.process()?;
                 }
+                Step::Slot(false) => return Ok(()),
+                Step::Slot(true) => {
+                    self.send(message, load);
+                    // Slots already due go out in the same write.
+                    while self.sender.can_send(len) {
+                        match pacer.next().now_or_never() {
+                            Some(true) => self.send(message, load),
+                            Some(false) => return Ok(()),
+                            None => break,
+                        }
+                    }
+                }
+                Step::Heartbeat => self.sender.connection().heartbeat(),
             }
-            else => break,
         }
     }
-    recorder.merge_ack_latency(&acks);
+
+    /// Waits for the outcomes of the deliveries still unsettled.
+    async fn drain(&mut self) -> Result<(), AmqpError> {
+        loop {
+            self.write().await?;
+            if self.sender.unsettled() == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                read = self.sender.connection().read() => {
+                    read?;
+                    self.process()?;
+                }
+                () = self.heartbeat.tick() => self.sender.connection().heartbeat(),
+            }
+        }
+    }
+
+    fn send(&mut self, message: &DeviceMessage, load: &Load) {
+        message.write(&load.next_payload(), &mut self.buffer);
+        let sent = Instant::now();
+        self.sender.send(&self.buffer, sent);
+        self.recorder.sent();
+        if self.presettled {
+            self.unwritten.push(sent);
+        }
+    }
+
+    /// Writes what was encoded; pre-settled deliveries count as acknowledged once written.
+    async fn write(&mut self) -> Result<(), AmqpError> {
+        if !self.sender.connection().has_output() {
+            return Ok(());
+        }
+        self.sender.connection().write().await?;
+        for sent in self.unwritten.drain(..) {
+            self.recorder.acked();
+            record(&mut self.acks, sent);
+        }
+        Ok(())
+    }
+
+    fn process(&mut self) -> Result<(), AmqpError> {
+        let (recorder, acks) = (self.recorder, &mut self.acks);
+        self.sender.process(|sent, outcome| match outcome {
+            Outcome::Accepted => {
+                recorder.acked();
+                record(acks, sent);
+            }
+            Outcome::Released => recorder.error("amqp released"),
+            Outcome::Rejected(error) => recorder.error(format!(
+                "amqp rejected {}",
+                error.map_or_else(|| "-".to_owned(), |e| format!("{:?}", e.condition))
+            )),
+            Outcome::Modified | Outcome::Other => recorder.error("amqp other outcome"),
+        })
+    }
+}
+
+fn record(acks: &mut Histogram<u64>, sent: Instant) {
+    acks.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+}
+
+async fn close(sender: Sender<Stream>) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sender.close()).await;
 }
 
 impl Transport for AmqpTransport {

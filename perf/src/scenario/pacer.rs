@@ -24,6 +24,8 @@ pub struct Pacer {
     stop: CancellationToken,
     stopped: Pin<Box<WaitForCancellationFutureOwned>>,
     timer: Pin<Box<Sleep>>,
+    /// The timer is set for a slot not yet handed out.
+    waiting: bool,
     over: bool,
 }
 
@@ -41,11 +43,13 @@ impl Pacer {
             stopped: Box::pin(stop.clone().cancelled_owned()),
             stop,
             timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+            waiting: false,
             over: false,
         }
     }
 
-    /// Waits for the next slot; false once the run is over.
+    /// Waits for the next slot; false once the run is over. Cancel safe: a slot being waited
+    /// for is still the next one.
     pub async fn next(&mut self) -> bool {
         if self.over || self.stop.is_cancelled() {
             self.over = true;
@@ -54,16 +58,22 @@ impl Pacer {
         let Some(schedule) = &mut self.schedule else {
             return true;
         };
-        let now = Instant::now();
-        let slot = schedule.next_slot(now);
-        self.recorder.skipped(slot.skipped);
-        if slot.at <= now {
-            return true;
+        if !self.waiting {
+            let now = Instant::now();
+            let slot = schedule.next_slot(now);
+            self.recorder.skipped(slot.skipped);
+            if slot.at <= now {
+                return true;
+            }
+            self.timer.as_mut().reset(slot.at.into());
+            self.waiting = true;
         }
-        self.timer.as_mut().reset(slot.at.into());
         tokio::select! {
             biased;
-            () = self.timer.as_mut() => true,
+            () = self.timer.as_mut() => {
+                self.waiting = false;
+                true
+            }
             () = self.stopped.as_mut() => {
                 self.over = true;
                 false
@@ -107,6 +117,28 @@ mod tests {
         stop.cancel();
         assert!(!pacer.next().await);
         assert_eq!(pacer.unless_stopped(async { 1 }).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_slot_whose_wait_was_cancelled_is_not_lost() {
+        use futures_util::FutureExt as _;
+        let slots = |p: &Pacer| p.schedule.as_ref().map(Schedule::slots);
+        // One slot per 500 ms: the second is not due while the test looks.
+        let schedule = Schedule::new(Instant::now(), 2.0, 0.0, Duration::from_secs(60));
+        let mut pacer = Pacer::new(
+            Some(schedule),
+            Arc::new(Recorder::new(1)),
+            CancellationToken::new(),
+        );
+        assert!(pacer.next().await);
+        assert_eq!(slots(&pacer), Some(1));
+        // The wait for the second slot is given up twice, as in a `select!` that a read wins...
+        assert_eq!(pacer.next().now_or_never(), None);
+        assert_eq!(pacer.next().now_or_never(), None);
+        assert_eq!(slots(&pacer), Some(2));
+        // ...and that slot is the one handed out next.
+        assert!(pacer.next().await);
+        assert_eq!(slots(&pacer), Some(2));
     }
 
     #[tokio::test]

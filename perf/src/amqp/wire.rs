@@ -1,0 +1,85 @@
+//! A connection's byte stream (TCP or TLS) with its receive and send buffers.
+//!
+//! Everything the client sends between two writes is encoded into one buffer and written at
+//! once (one TLS record for many frames), and reads append to one buffer that frames are cut
+//! from; it grows with the traffic, up to 64 KiB at a time.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::error::AmqpError;
+
+/// Room for the first reads (an idle connection keeps no more), and the most made at once for a
+/// busy one.
+const READ_MIN: usize = 4 * 1024;
+const READ_MAX: usize = 64 * 1024;
+
+/// A stream with what was received and not yet processed, and what is to be sent.
+#[derive(Debug)]
+pub(crate) struct Wire<S> {
+    stream: S,
+    /// Received, not yet processed.
+    pub(crate) received: BytesMut,
+    /// Encoded, not yet written.
+    pub(crate) out: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    /// Wraps a connected stream.
+    pub(crate) fn new(stream: S) -> Self {
+        Self {
+            stream,
+            received: BytesMut::new(),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Appends what the peer sent next to [`Wire::received`]; the end of the stream is an
+    /// error. Cancel safe: bytes are only taken when the read completes.
+    pub(crate) async fn read(&mut self) -> Result<(), AmqpError> {
+        if self.received.capacity() - self.received.len() < READ_MIN / 2 {
+            let room = self.received.capacity().clamp(READ_MIN, READ_MAX);
+            self.received.reserve(room);
+        }
+        match self.stream.read_buf(&mut self.received).await? {
+            0 => Err(AmqpError::Eof),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads until at least `n` bytes are buffered.
+    pub(crate) async fn read_at_least(&mut self, n: usize) -> Result<(), AmqpError> {
+        while self.received.len() < n {
+            self.read().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the peer's protocol header, which must be `expected`.
+    pub(crate) async fn expect_header(&mut self, expected: [u8; 8]) -> Result<(), AmqpError> {
+        self.read_at_least(expected.len()).await?;
+        let header = self.received.split_to(expected.len());
+        if header[..] != expected {
+            return Err(AmqpError::Protocol(format!(
+                "expected the protocol header {expected:?}, got {:?}",
+                &header[..]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes [`Wire::out`] and flushes it (through TLS); the buffer is then empty.
+    pub(crate) async fn write(&mut self) -> Result<(), AmqpError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Shuts the stream down (TLS `close_notify`, TCP FIN); errors are of no interest then.
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
