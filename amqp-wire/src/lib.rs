@@ -7,10 +7,12 @@
 //! connection in one task; and reading the few fields Ferry needs from a received message
 //! without decoding all of it.
 
+pub mod channels;
 mod codec;
 pub mod frame;
 pub mod message;
 pub mod sasl;
 
+pub use channels::Channels;
 pub use frame::{FramingError, check_performative, encode, encode_or_log, next_frame};
 pub use sasl::{encode_sasl, next_sasl_frame};

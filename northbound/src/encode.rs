@@ -209,7 +209,8 @@ fn boolean_or_null(out: &mut BytesMut, value: bool) {
     if value { boolean(out, true) } else { null(out) }
 }
 
-fn uint(out: &mut BytesMut, value: u32) {
+/// An AMQP uint in its smallest form.
+pub(crate) fn uint(out: &mut BytesMut, value: u32) {
     match value {
         0 => out.put_u8(0x43),
         1..=255 => out.put_slice(&[0x52, value as u8]),

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::{Frame, FrameBody};
 use fe2o3_amqp::types::definitions::{AmqpError, Error as ErrorBody};
 use fe2o3_amqp::types::performatives::{Close, End};
+use ferry_amqp_wire::Channels;
 use ferry_amqp_wire::frame::{self, FramingError, encode_or_log};
 use ferry_registry_client::TenantId;
 use tokio::sync::Notify;
@@ -37,7 +38,7 @@ pub(crate) enum Event {
 /// The state of one open connection.
 #[derive(Debug)]
 pub(crate) struct Engine {
-    sessions: Vec<Option<Session>>,
+    sessions: Channels<Session>,
     out: BytesMut,
     registry: Arc<Registry>,
     /// Woken when a message is queued for one of this connection's links.
@@ -60,7 +61,7 @@ impl Engine {
         peer_max_frame_size: u32,
     ) -> Self {
         Self {
-            sessions: Vec::new(),
+            sessions: Channels::new(MAX_CHANNEL),
             out: BytesMut::new(),
             registry,
             wake,
@@ -84,11 +85,15 @@ impl Engine {
         let channel = frame.channel;
         match frame.body {
             FrameBody::Flow(flow) => {
-                session(&mut self.sessions, channel)?.on_flow(&flow, &mut self.out)?;
+                self.sessions
+                    .get_mut(channel)?
+                    .on_flow(&flow, &mut self.out)?;
                 Ok(None)
             }
             FrameBody::Disposition(disposition) => {
-                session(&mut self.sessions, channel)?.on_disposition(&disposition, &mut self.out);
+                self.sessions
+                    .get_mut(channel)?
+                    .on_disposition(&disposition, &mut self.out);
                 Ok(None)
             }
             FrameBody::Attach(attach) => {
@@ -99,11 +104,14 @@ impl Engine {
                     wake: &self.wake,
                     out: &mut self.out,
                 };
-                let start = session(&mut self.sessions, channel)?.on_attach(attach, id, &mut cx)?;
+                let start = self
+                    .sessions
+                    .get_mut(channel)?
+                    .on_attach(attach, id, &mut cx)?;
                 Ok(start.map(|(tenant, notify)| Event::StartDelivery(tenant, notify)))
             }
             FrameBody::Detach(detach) => {
-                session(&mut self.sessions, channel)?.on_detach(
+                self.sessions.get_mut(channel)?.on_detach(
                     &detach,
                     &self.registry,
                     &mut self.out,
@@ -116,40 +124,13 @@ impl Engine {
                 None,
             )),
             FrameBody::Begin(begin) => {
-                if begin.remote_channel.is_some() {
-                    return Err(ErrorBody::new(
-                        AmqpError::NotAllowed,
-                        "the northbound begins no sessions".to_owned(),
-                        None,
-                    ));
-                }
-                if channel > MAX_CHANNEL {
-                    return Err(ErrorBody::new(
-                        AmqpError::NotAllowed,
-                        format!("channel {channel} exceeds the channel-max {MAX_CHANNEL}"),
-                        None,
-                    ));
-                }
-                let index = usize::from(channel);
-                if self.sessions.len() <= index {
-                    self.sessions.resize_with(index + 1, || None);
-                }
-                let Some(slot) = self.sessions.get_mut(index).filter(|s| s.is_none()) else {
-                    return Err(ErrorBody::new(
-                        AmqpError::NotAllowed,
-                        format!("channel {channel} is in use"),
-                        None,
-                    ));
-                };
-                *slot = Some(Session::begin(channel, &begin, &mut self.out));
+                let out = &mut self.out;
+                self.sessions
+                    .begin(channel, &begin, || Session::begin(channel, &begin, out))?;
                 Ok(None)
             }
             FrameBody::End(end) => {
-                let mut ended = self
-                    .sessions
-                    .get_mut(usize::from(channel))
-                    .and_then(Option::take)
-                    .ok_or_else(|| no_session(channel))?;
+                let mut ended = self.sessions.end(channel)?;
                 if let Some(error) = &end.error {
                     tracing::info!(%error, "the application ended a session with an error");
                 }
@@ -172,21 +153,21 @@ impl Engine {
 
     /// Writes the queued messages the consumers have credit for, and the `flow`s that are due.
     pub(crate) fn send_queued(&mut self) {
-        for session in self.sessions.iter_mut().flatten() {
+        for session in self.sessions.iter_mut() {
             session.send_queued(&mut self.out, self.peer_max_frame);
         }
     }
 
     /// Closes every consumer link with `error`; their queued messages fail.
     pub(crate) fn detach_all(&mut self, error: &ErrorBody) {
-        for session in self.sessions.iter_mut().flatten() {
+        for session in self.sessions.iter_mut() {
             session.detach_all(error, &self.registry, &mut self.out);
         }
     }
 
     /// Whether a sender still waits for a consumer's outcome of a delivery of this connection.
     pub(crate) fn awaits_outcomes(&self) -> bool {
-        self.sessions.iter().flatten().any(Session::awaits_outcomes)
+        self.sessions.iter().any(Session::awaits_outcomes)
     }
 
     /// Sends `close` (once).
@@ -213,25 +194,10 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         // However the connection ended, its links leave the registry and their senders learn.
-        for session in self.sessions.iter_mut().flatten() {
+        for session in self.sessions.iter_mut() {
             session.release_all(&self.registry);
         }
     }
-}
-
-fn no_session(channel: u16) -> ErrorBody {
-    ErrorBody::new(
-        AmqpError::NotAllowed,
-        format!("no session on channel {channel}"),
-        None,
-    )
-}
-
-fn session(sessions: &mut [Option<Session>], channel: u16) -> Result<&mut Session, ErrorBody> {
-    sessions
-        .get_mut(usize::from(channel))
-        .and_then(Option::as_mut)
-        .ok_or_else(|| no_session(channel))
 }
 
 #[cfg(test)]
@@ -344,10 +310,10 @@ mod tests {
         Ok((engine, registry))
     }
 
-    fn outgoing(
-        qos: Qos,
-        payload: &'static [u8],
-    ) -> Result<(Outgoing, Option<oneshot::Receiver<Reply>>), Box<dyn std::error::Error>> {
+    /// A message for a consumer link, and where its outcome arrives (QoS 1).
+    type Queued = (Outgoing, Option<oneshot::Receiver<Reply>>);
+
+    fn outgoing(qos: Qos, payload: &'static [u8]) -> Result<Queued, Box<dyn std::error::Error>> {
         let mut message = crate::transfer::tests::message(payload.to_vec())?;
         message.qos = qos;
         let (reply, outcome) = match qos {

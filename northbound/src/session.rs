@@ -24,6 +24,7 @@ use fe2o3_amqp::types::definitions::{
 use fe2o3_amqp::types::messaging::{DeliveryState, Outcome, TargetArchetype};
 use fe2o3_amqp::types::performatives::{Attach, Begin, Detach, Disposition, Flow};
 use ferry_adapter_core::Endpoint;
+use ferry_amqp_wire::channels;
 use ferry_amqp_wire::frame::encode_or_log;
 use ferry_registry_client::TenantId;
 use tokio::sync::{Notify, oneshot};
@@ -83,16 +84,7 @@ impl Session {
             links: Vec::new(),
             unsettled: BTreeMap::new(),
         };
-        let answer = Begin {
-            remote_channel: Some(channel),
-            next_outgoing_id: 0,
-            incoming_window: INCOMING_WINDOW,
-            outgoing_window: OUTGOING_WINDOW,
-            handle_max: Handle(MAX_HANDLE),
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        };
+        let answer = channels::answer(channel, INCOMING_WINDOW, OUTGOING_WINDOW, MAX_HANDLE);
         encode_or_log(out, channel, &answer);
         session
     }

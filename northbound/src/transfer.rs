@@ -9,7 +9,7 @@
 use bytes::{BufMut, BytesMut};
 use ferry_adapter_core::DownstreamMessage;
 
-use crate::encode::{encode, encoded_len_bound};
+use crate::encode::{encode, encoded_len_bound, uint};
 
 /// The frame header: size, data offset, type, channel.
 const FRAME_HEADER: usize = 8;
@@ -131,17 +131,6 @@ fn performative(out: &mut BytesMut, head: Head, more: bool) {
     }
     // The size counts the count byte and the fields.
     out[size_at] = (out.len() - size_at - 1) as u8;
-}
-
-fn uint(out: &mut BytesMut, value: u32) {
-    match value {
-        0 => out.put_u8(0x43),
-        1..=255 => out.put_slice(&[0x52, value as u8]),
-        _ => {
-            out.put_u8(0x70);
-            out.put_u32(value);
-        }
-    }
 }
 
 #[cfg(test)]
