@@ -1,59 +1,65 @@
-//! One application connection: AMQP and SASL handshake, sessions, and consumer link attaches.
+//! One application connection, in one task: the handshake ([`crate::handshake`]) under
+//! `handshake_timeout`, then a loop that reads frames into the [`Engine`], wakes when a message
+//! is queued for one of its consumer links, writes the transfers the consumers have credit for,
+//! and writes everything that gathered in one write. No task or channel per session or link.
 //!
-//! The connection task runs the handshake under a timeout, then accepts sessions; each session
-//! runs in its own task and accepts links. A link whose source is `telemetry/TENANT` or
-//! `event/TENANT` becomes a consumer link ([`crate::link`]); anything else is refused the way
-//! AMQP 1.0 prescribes (attach with a null source, then detach with `amqp:not-found` or
-//! `amqp:not-allowed`). Errors caused by the peer end the connection, never the process.
+//! The application's idle timeout is honoured with empty frames (half its timeout after our last
+//! write). On shutdown the connection keeps serving until no sender waits for an outcome of its
+//! deliveries (at most [`DRAIN_TIMEOUT`]), then detaches its consumer links with
+//! `amqp:illegal-state` and closes. Errors caused by the peer end the connection, never the
+//! process.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fe2o3_amqp::acceptor::{
-    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
-    ListenerSessionHandle, SessionAcceptor, SupportedReceiverSettleModes,
-    SupportedSenderSettleModes,
-};
-use fe2o3_amqp::link::DetachError;
-use fe2o3_amqp::types::definitions::{
-    AmqpError, Error as AmqpErrorBody, ErrorCondition, ReceiverSettleMode, Role, SenderSettleMode,
-};
-use fe2o3_amqp::types::messaging::TargetArchetype;
-use fe2o3_amqp::types::performatives::Attach;
-use ferry_adapter_core::Endpoint;
-use ferry_adapter_core::coalesce::Coalescing;
+use bytes::BytesMut;
+use fe2o3_amqp::frames::amqp::FrameBody;
+use fe2o3_amqp::types::definitions::{AmqpError, ConnectionError, Error as ErrorBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::consumers::{LINK_QUEUE, Node};
+use crate::engine::{Engine, Event};
+use crate::handshake::{self, MAX_FRAME_SIZE};
 use crate::server::Shared;
 
-/// Most sessions one application connection may begin.
-const MAX_SESSIONS: u16 = 32;
-/// Most links one session may attach.
-const MAX_LINKS: u32 = 64;
-/// How long closing a session or connection waits for the peer.
+/// How long closing waits for the application's `close`, and a write for the application to read.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a refused link waits for the peer's detach.
-const DETACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write may wait for the application to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection waits on shutdown for the outcomes its senders wait for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes read at most per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How the serving loop ended.
+enum End {
+    /// The stream is gone: nothing more to send.
+    Gone,
+    /// The application closed; the answer is in the output.
+    PeerClosed,
+    /// Close with this error (or none).
+    Close(Option<ErrorBody>),
+}
 
 /// Serves one accepted TCP connection until it closes or the northbound shuts down.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let span = tracing::info_span!("amqp_northbound_connection", %peer);
     async move {
-        let acceptor = ConnectionAcceptor::builder()
-            .container_id("ferry-northbound")
-            .channel_max(MAX_SESSIONS)
-            .sasl_acceptor(shared.authenticator.for_peer(peer))
-            .build();
-        let handshake =
-            // fe2o3 flushes every frame: let the busy link's transfers share syscalls.
-            tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(Coalescing::tcp(stream)));
-        let mut connection = match handshake.await {
-            Ok(Ok(connection)) => connection,
+        let auth = shared.authenticator.for_peer(peer);
+        let handshake = tokio::time::timeout(
+            shared.config.handshake_timeout,
+            handshake::open(&mut stream, &auth),
+        );
+        let opened = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            opened = handshake => opened,
+        };
+        let opened = match opened {
+            Ok(Ok(opened)) => opened,
             Ok(Err(error)) => {
                 tracing::info!(%error, "application connection refused");
                 return;
@@ -63,12 +69,32 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                 return;
             }
         };
-        tracing::debug!("application connected");
-        run_connection(&mut connection, &shared).await;
-        match tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::debug!(%error, "connection closed with error"),
-            Err(_) => tracing::debug!("peer did not answer the connection close"),
+        let wake = Arc::new(Notify::new());
+        let engine = Engine::new(
+            shared.registry.clone(),
+            wake.clone(),
+            MAX_FRAME_SIZE,
+            opened.peer_max_frame_size,
+        );
+        let mut connection = Connection {
+            stream,
+            received: opened.received,
+            engine,
+            wake,
+            heartbeat: opened.heartbeat,
+            shared,
+        };
+        match connection.serve().await {
+            End::Gone => {}
+            End::PeerClosed => {
+                let _ = connection.write().await;
+            }
+            End::Close(error) => {
+                if let Some(error) = &error {
+                    tracing::info!(%error, "closing the connection");
+                }
+                connection.close(error).await;
+            }
         }
         tracing::debug!("application connection ended");
     }
@@ -76,150 +102,182 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     .await;
 }
 
-async fn run_connection(connection: &mut ListenerConnectionHandle, shared: &Arc<Shared>) {
-    let session_acceptor = SessionAcceptor::builder().handle_max(MAX_LINKS).build();
-    loop {
-        let incoming = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            incoming = connection.next_incoming_session() => incoming,
-        };
-        let Some(incoming) = incoming else { return };
-        match session_acceptor
-            .accept_incoming_session(incoming, connection)
-            .await
-        {
-            Ok(session) => {
-                let shared = shared.clone();
-                shared
-                    .tasks
-                    .clone()
-                    .spawn(run_session(session, shared).in_current_span());
-            }
-            Err(error) => {
-                tracing::info!(%error, "session refused");
-                return;
-            }
-        }
-    }
+struct Connection {
+    stream: TcpStream,
+    received: BytesMut,
+    engine: Engine,
+    wake: Arc<Notify>,
+    heartbeat: Option<Duration>,
+    shared: Arc<Shared>,
 }
 
-async fn run_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) {
-    loop {
-        let attach = tokio::select! {
-            () = shared.shutdown.cancelled() => break,
-            attach = session.next_incoming_attach() => attach,
-        };
-        let Some(attach) = attach else { break };
-        handle_attach(attach, &mut session, &shared).await;
-    }
-    match tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%error, "session ended with error"),
-        Err(_) => tracing::debug!("peer did not answer the session end"),
-    }
+/// What woke the loop.
+enum Step {
+    Read(std::io::Result<usize>),
+    Queued,
+    Heartbeat,
+    Shutdown,
+    Drained,
 }
 
-async fn handle_attach(attach: Attach, session: &mut ListenerSessionHandle, shared: &Arc<Shared>) {
-    let address = match attach.role {
-        Role::Receiver => attach.source.as_ref().and_then(|s| s.address.clone()),
-        Role::Sender => attach.target.as_deref().and_then(|t| match t {
-            TargetArchetype::Target(t) => t.address.clone(),
-            #[allow(unreachable_patterns)]
-            // other archetypes exist with fe2o3's `transaction` feature
-            _ => None,
-        }),
-    }
-    .unwrap_or_default();
-    let (condition, description) = if attach.role == Role::Sender {
-        (
-            AmqpError::NotAllowed,
-            format!("sending to {address:?} is not allowed: this endpoint only serves consumers"),
-        )
-    } else {
-        match Node::parse(&address) {
-            Ok(node) => return attach_consumer(node, attach, session, shared).await,
-            Err(reason) => (AmqpError::NotFound, reason),
+impl Connection {
+    async fn serve(&mut self) -> End {
+        let shutdown = self.shared.shutdown.clone();
+        let mut draining: Option<Instant> = None;
+        let mut last_sent = Instant::now();
+        // Reset only when it fires, not for every write.
+        let heartbeat = self.heartbeat.unwrap_or(Duration::from_secs(3600));
+        let timer = tokio::time::sleep_until(last_sent + heartbeat);
+        tokio::pin!(timer);
+        if let Some(end) = self.take_frames() {
+            return end;
         }
-    };
-    tracing::warn!(link = %attach.name, %address, %description, "link refused");
-    // The link is attached as asked and closed at once with the reason. (AMQP also allows an
-    // attach with a null terminus before the detach, but fe2o3-amqp clients answer that with a
-    // second detach whose handle may already belong to their next link, which breaks the session;
-    // a null target makes fe2o3-amqp's own receiver side end the session.)
-    match LinkAcceptor::new()
-        .accept_incoming_attach(attach, session)
-        .await
-    {
-        Ok(link) => {
-            let error = AmqpErrorBody::new(ErrorCondition::AmqpError(condition), description, None);
-            let mut closing: Pin<Box<dyn Future<Output = Result<(), DetachError>> + Send>> =
-                match link {
-                    LinkEndpoint::Sender(sender) => Box::pin(sender.close_with_error(error)),
-                    LinkEndpoint::Receiver(receiver) => Box::pin(receiver.close_with_error(error)),
-                };
-            // The detach follows the attach at once, before this session handles anything else
-            // of the peer: polling once queues it now; the peer's reply is awaited elsewhere.
-            if futures_util::poll!(closing.as_mut()).is_pending() {
-                tokio::spawn(async move {
-                    if !matches!(
-                        tokio::time::timeout(DETACH_TIMEOUT, closing).await,
-                        Ok(Ok(()))
-                    ) {
-                        tracing::debug!("refused link did not close cleanly");
+        loop {
+            self.engine.send_queued();
+            if !self.engine.output().is_empty() {
+                if self.write().await.is_err() {
+                    return End::Gone;
+                }
+                last_sent = Instant::now();
+            }
+            if draining.is_some() && !self.engine.awaits_outcomes() {
+                return self.shut_down();
+            }
+            let step = tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if draining.is_none() => Step::Shutdown,
+                read = read_chunk(&mut self.stream, &mut self.received) => Step::Read(read),
+                () = self.wake.notified() => Step::Queued,
+                () = &mut timer, if self.heartbeat.is_some() => Step::Heartbeat,
+                () = sleep_until(draining) => Step::Drained,
+            };
+            match step {
+                Step::Read(Ok(0)) => {
+                    tracing::debug!("the application closed the stream");
+                    return End::Gone;
+                }
+                Step::Read(Ok(_)) => {
+                    if let Some(end) = self.take_frames() {
+                        return end;
                     }
-                });
+                }
+                Step::Read(Err(error)) => {
+                    tracing::debug!(%error, "read failed");
+                    return End::Gone;
+                }
+                Step::Queued => {}
+                Step::Heartbeat => {
+                    let now = Instant::now();
+                    if now >= last_sent + heartbeat {
+                        self.engine.heartbeat();
+                        timer.as_mut().reset(now + heartbeat);
+                    } else {
+                        timer.as_mut().reset(last_sent + heartbeat);
+                    }
+                }
+                Step::Shutdown => draining = Some(Instant::now() + DRAIN_TIMEOUT),
+                Step::Drained => {
+                    tracing::warn!("consumers did not settle in time");
+                    return self.shut_down();
+                }
             }
         }
-        Err(error) => tracing::debug!(%error, "refused link attach ended with error"),
+    }
+
+    /// Detaches the consumer links, then closes.
+    fn shut_down(&mut self) -> End {
+        let error = ErrorBody::new(
+            AmqpError::IllegalState,
+            "Ferry is shutting down".to_owned(),
+            None,
+        );
+        self.engine.detach_all(&error);
+        End::Close(None)
+    }
+
+    /// Hands every complete frame received to the engine.
+    fn take_frames(&mut self) -> Option<End> {
+        loop {
+            let frame = match self.engine.next_frame(&mut self.received) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(error) => {
+                    tracing::info!(%error, "framing error");
+                    let body =
+                        ErrorBody::new(ConnectionError::FramingError, error.to_string(), None);
+                    return Some(End::Close(Some(body)));
+                }
+            };
+            match self.engine.on_frame(frame) {
+                Ok(None) => {}
+                Ok(Some(Event::StartDelivery(tenant, notify))) => {
+                    crate::delivery::spawn(tenant, notify, self.shared.clone());
+                }
+                Ok(Some(Event::Closed(error))) => {
+                    if let Some(error) = error {
+                        tracing::info!(%error, "the application closed the connection with an error");
+                    }
+                    return Some(End::PeerClosed);
+                }
+                Err(error) => {
+                    tracing::info!(%error, "protocol error");
+                    return Some(End::Close(Some(error)));
+                }
+            }
+        }
+    }
+
+    /// Writes the engine's output in one write; an application that does not read for
+    /// [`WRITE_TIMEOUT`] is given up.
+    async fn write(&mut self) -> std::io::Result<()> {
+        let out = self.engine.output();
+        let written = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(out)).await;
+        out.clear();
+        written.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
+    }
+
+    /// Sends `close` and waits (a little) for the application's.
+    async fn close(&mut self, error: Option<ErrorBody>) {
+        self.engine.close(error);
+        if self.write().await.is_err() {
+            return;
+        }
+        let answered = async {
+            loop {
+                loop {
+                    match self.engine.next_frame(&mut self.received) {
+                        Ok(Some(frame)) if matches!(frame.body, FrameBody::Close(_)) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => return,
+                    }
+                }
+                if !matches!(
+                    read_chunk(&mut self.stream, &mut self.received).await,
+                    Ok(1..)
+                ) {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, answered).await.is_err() {
+            tracing::debug!("the application did not answer the close");
+        }
     }
 }
 
-async fn attach_consumer(
-    node: Node,
-    attach: Attach,
-    session: &mut ListenerSessionHandle,
-    shared: &Arc<Shared>,
-) {
-    // Events are at least once: the consumer must settle them, so pre-settled mode is not offered.
-    let acceptor = match node.endpoint {
-        Endpoint::Event => LinkAcceptor::builder()
-            .supported_sender_settle_modes(SupportedSenderSettleModes::UnsettledAndMixed)
-            .fallback_sender_settle_mode(SenderSettleMode::Unsettled)
-            .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
-            .fallback_receiver_settle_mode(ReceiverSettleMode::First)
-            .build(),
-        Endpoint::Telemetry => LinkAcceptor::builder()
-            .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
-            .fallback_receiver_settle_mode(ReceiverSettleMode::First)
-            .build(),
-    };
-    let name = attach.name.clone();
-    let sender = match acceptor.accept_incoming_attach(attach, session).await {
-        Ok(LinkEndpoint::Sender(sender)) => sender,
-        Ok(LinkEndpoint::Receiver(_)) => {
-            tracing::warn!(link = %name, "peer attached as sender to a consumer address");
-            return;
-        }
-        Err(error) => {
-            tracing::info!(link = %name, %node, %error, "consumer link attach failed");
-            return;
-        }
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(LINK_QUEUE);
-    let added = shared.registry.add(&node, tx);
-    tracing::info!(link = %name, %node, "consumer attached");
-    if let Some(notify) = added.start_delivery {
-        crate::delivery::spawn(node.tenant.clone(), notify, shared.clone());
+/// Reads what arrived into `received`; `Ok(0)` at the end of the stream. Cancel safe.
+async fn read_chunk(stream: &mut TcpStream, received: &mut BytesMut) -> std::io::Result<usize> {
+    if received.capacity() - received.len() < READ_CHUNK / 4 {
+        received.reserve(READ_CHUNK);
     }
-    shared.tasks.spawn(
-        crate::link::run(
-            sender,
-            rx,
-            node,
-            added.id,
-            shared.registry.clone(),
-            shared.shutdown.clone(),
-        )
-        .in_current_span(),
-    );
+    stream.read_buf(received).await
+}
+
+/// Sleeps until `at`; never without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -1,43 +1,52 @@
-//! Registry of the consumer links attached to `telemetry/TENANT` and `event/TENANT`.
+//! Registry of the consumer links attached to `telemetry/TENANT` and `event/TENANT`, and the
+//! bounded queue through which messages reach each link.
 //!
-//! Every accepted consumer link runs in its own task ([`crate::link`]) fed by a small bounded
-//! queue; the registry hands out those queues in round-robin order, so several consumers of one
-//! tenant share the load. A full queue means the consumer has no credit left: the message goes to
-//! the next consumer, and nothing is buffered beyond the queues' fixed size.
+//! A link's queue ([`LinkQueue`]) holds at most [`LINK_QUEUE`] messages; pushing one wakes the
+//! connection task that owns the link, which takes messages off the queue as the consumer grants
+//! credit and writes them as transfers. The registry offers a message to the links of a node in
+//! round-robin order ([`Registry::offer`]), so several consumers of one tenant share the load. A
+//! full queue means the consumer has no credit left: the message goes to the next consumer, and
+//! nothing is buffered beyond the queues' fixed size.
 //!
 //! The registry also tracks the per-tenant event delivery tasks ([`crate::delivery`]): the first
 //! consumer of `event/TENANT` starts one, and the task ends once no consumer is left.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use fe2o3_amqp::link::SendError;
-use fe2o3_amqp::link::delivery::DeliveryFut;
-use fe2o3_amqp::types::messaging::{Data, Message, Outcome};
-use ferry_adapter_core::Endpoint;
+use fe2o3_amqp::types::messaging::Outcome;
+use ferry_adapter_core::{DownstreamMessage, Endpoint};
 use ferry_registry_client::TenantId;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
-/// Messages queued per consumer link beyond what the link is sending.
+/// Messages queued per consumer link beyond what the consumer gave credit for.
 pub(crate) const LINK_QUEUE: usize = 16;
 
-/// The future that resolves with the consumer's outcome of one delivery.
-pub(crate) type Settlement = DeliveryFut<Result<Outcome, SendError>>;
-
-/// What a link task answers once a message was written to the link: the settlement to await, or
-/// why it could not be sent.
-pub(crate) type SentReply = Result<Settlement, String>;
+/// What the connection tells the sender of a message: the consumer's outcome, or why there is
+/// none (the link went away, the message is too large for the consumer).
+pub(crate) type Reply = Result<Outcome, String>;
 
 /// One message for a consumer link.
+#[derive(Debug)]
 pub(crate) struct Outgoing {
-    /// The encoded message (boxed: messages move through queues).
-    pub message: Box<Message<Data>>,
-    /// Where to report that the transfer was written. Absent for QoS 0 telemetry, which is sent
+    /// The message (boxed: it moves through queues).
+    pub message: Box<DownstreamMessage>,
+    /// The message id of a stored event; telemetry gets a fresh UUID when it is encoded.
+    pub message_id: Option<String>,
+    /// Where to report the consumer's outcome. Absent for QoS 0 telemetry, which is sent
     /// pre-settled when the link allows it (at most once; no unsettled state piles up when a
-    /// consumer settles slowly or never).
-    pub reply: Option<oneshot::Sender<SentReply>>,
+    /// consumer settles slowly or never). Dropping it tells the sender the delivery failed.
+    pub reply: Option<oneshot::Sender<Reply>>,
+}
+
+impl Outgoing {
+    /// Whether the sender stopped waiting for the outcome (it timed out): the message is then
+    /// not sent, as its sender was told it failed.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.reply.as_ref().is_some_and(oneshot::Sender::is_closed)
+    }
 }
 
 /// A consumer source address: `telemetry/TENANT` or `event/TENANT`.
@@ -75,38 +84,141 @@ impl std::fmt::Display for Node {
     }
 }
 
-/// The queue of one consumer link.
-#[derive(Clone, Debug)]
-pub(crate) struct LinkHandle {
-    id: u64,
-    tx: mpsc::Sender<Outgoing>,
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<Outgoing>,
+    closed: bool,
 }
 
-#[derive(Default)]
+/// The bounded queue between senders and the connection task of one consumer link.
+#[derive(Debug)]
+pub(crate) struct LinkQueue {
+    state: Mutex<QueueState>,
+    /// Wakes the connection task that owns the link.
+    wake: Arc<Notify>,
+    /// Wakes a sender waiting for room.
+    room: Notify,
+}
+
+impl LinkQueue {
+    /// An empty queue whose pushes wake `wake`.
+    pub(crate) fn new(wake: Arc<Notify>) -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            wake,
+            room: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The state stays consistent whatever panicked while holding the lock.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `item` if there is room; gives it back otherwise (also when the link is gone).
+    pub(crate) fn try_push(&self, item: Outgoing) -> Result<(), Outgoing> {
+        {
+            let mut state = self.lock();
+            if state.closed || state.items.len() >= LINK_QUEUE {
+                return Err(item);
+            }
+            state.items.push_back(item);
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues `item`, waiting until `deadline` for room.
+    pub(crate) async fn push(
+        &self,
+        mut item: Outgoing,
+        deadline: Instant,
+    ) -> Result<(), HandOverError> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            item = match self.try_push(item) {
+                Ok(()) => return Ok(()),
+                Err(_) if self.is_closed() => return Err(HandOverError::NoConsumer),
+                Err(back) => back,
+            };
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(HandOverError::NoCredit);
+            }
+        }
+    }
+
+    /// Takes the next message.
+    pub(crate) fn pop(&self) -> Option<Outgoing> {
+        let item = self.lock().items.pop_front();
+        if item.is_some() {
+            self.room.notify_one();
+        }
+        item
+    }
+
+    /// Puts a message taken with [`Self::pop`] back in front (it could not be sent yet).
+    pub(crate) fn unpop(&self, item: Outgoing) {
+        self.lock().items.push_front(item);
+    }
+
+    /// The number of messages waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// Whether the link is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Refuses further messages and drops the queued ones, whose senders see a failure (events
+    /// are then redelivered).
+    pub(crate) fn close(&self) {
+        let dropped = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.items)
+        };
+        drop(dropped);
+        self.room.notify_waiters();
+    }
+}
+
+#[derive(Debug)]
+struct LinkHandle {
+    id: u64,
+    queue: Arc<LinkQueue>,
+}
+
+#[derive(Debug, Default)]
 struct Group {
     links: Vec<LinkHandle>,
     next: usize,
 }
 
+#[derive(Debug)]
 struct EventTask {
     notify: Arc<Notify>,
     running: bool,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct State {
     groups: HashMap<Node, Group>,
     events: HashMap<TenantId, EventTask>,
 }
 
 /// All attached consumer links.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Registry {
     state: Mutex<State>,
     next_id: AtomicU64,
 }
 
 /// What [`Registry::add`] tells the caller.
+#[derive(Debug)]
 pub(crate) struct Added {
     /// Id to pass to [`Registry::remove`].
     pub id: u64,
@@ -114,16 +226,25 @@ pub(crate) struct Added {
     pub start_delivery: Option<Arc<Notify>>,
 }
 
+/// What became of a message offered to the consumers of a node.
+#[derive(Debug)]
+pub(crate) enum Offer {
+    /// Queued on a link.
+    Queued,
+    /// Every queue is full: the message, and the queue to wait on.
+    Full(Outgoing, Arc<LinkQueue>),
+    /// No consumer is attached.
+    NoConsumer(Outgoing),
+}
+
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the maps inconsistent: keep going.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a consumer link of `node`.
-    pub(crate) fn add(&self, node: &Node, tx: mpsc::Sender<Outgoing>) -> Added {
+    /// Registers a consumer link of `node` fed by `queue`.
+    pub(crate) fn add(&self, node: &Node, queue: Arc<LinkQueue>) -> Added {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
         state
@@ -131,7 +252,7 @@ impl Registry {
             .entry(node.clone())
             .or_default()
             .links
-            .push(LinkHandle { id, tx });
+            .push(LinkHandle { id, queue });
         let mut start_delivery = None;
         if node.endpoint == Endpoint::Event {
             let task = state
@@ -171,23 +292,30 @@ impl Registry {
         self.lock().groups.get(node).map_or(0, |g| g.links.len())
     }
 
-    /// The links of `node`, starting with the next one in round-robin order.
-    pub(crate) fn rotation(&self, node: &Node) -> Vec<LinkHandle> {
+    /// Queues `item` on the first link of `node` with room, in round-robin order, without
+    /// waiting.
+    pub(crate) fn offer(&self, node: &Node, mut item: Outgoing) -> Offer {
         let mut state = self.lock();
-        let Some(group) = state.groups.get_mut(node) else {
-            return Vec::new();
+        let Some(group) = state.groups.get_mut(node).filter(|g| !g.links.is_empty()) else {
+            return Offer::NoConsumer(item);
         };
         let n = group.links.len();
-        if n == 0 {
-            return Vec::new();
-        }
         let start = group.next % n;
         group.next = (start + 1) % n;
-        group.links[start..]
+        for link in group.links[start..].iter().chain(&group.links[..start]) {
+            item = match link.queue.try_push(item) {
+                Ok(()) => return Offer::Queued,
+                Err(back) => back,
+            };
+        }
+        let first = group.links[start..]
             .iter()
             .chain(&group.links[..start])
-            .cloned()
-            .collect()
+            .find(|l| !l.queue.is_closed());
+        match first {
+            Some(link) => Offer::Full(item, link.queue.clone()),
+            None => Offer::NoConsumer(item),
+        }
     }
 
     /// Wakes the delivery task of `tenant`, if one runs, after an event was stored.
@@ -214,7 +342,7 @@ impl Registry {
 }
 
 /// Why a message could not be queued for any consumer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum HandOverError {
     /// No consumer link is attached.
     #[error("no consumer is attached")]
@@ -224,39 +352,17 @@ pub(crate) enum HandOverError {
     NoCredit,
 }
 
-/// Queues `item` on the first link with room, without waiting; gives the item back otherwise.
-pub(crate) fn try_hand_over(links: &[LinkHandle], mut item: Outgoing) -> Result<(), Outgoing> {
-    for link in links {
-        match link.tx.try_send(item) {
-            Ok(()) => return Ok(()),
-            Err(
-                mpsc::error::TrySendError::Full(back) | mpsc::error::TrySendError::Closed(back),
-            ) => {
-                item = back;
-            }
-        }
-    }
-    Err(item)
-}
-
-/// Queues `item` on the first link with room, waiting up to `wait` for room on the first link.
+/// Queues `item` on a link of `node`, waiting until `deadline` for room on the first link.
 pub(crate) async fn hand_over(
-    links: &[LinkHandle],
+    registry: &Registry,
+    node: &Node,
     item: Outgoing,
-    wait: Duration,
+    deadline: Instant,
 ) -> Result<(), HandOverError> {
-    let item = match try_hand_over(links, item) {
-        Ok(()) => return Ok(()),
-        Err(item) => item,
-    };
-    let link = links
-        .iter()
-        .find(|l| !l.tx.is_closed())
-        .ok_or(HandOverError::NoConsumer)?;
-    match tokio::time::timeout(wait, link.tx.send(item)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(HandOverError::NoConsumer),
-        Err(_) => Err(HandOverError::NoCredit),
+    match registry.offer(node, item) {
+        Offer::Queued => Ok(()),
+        Offer::NoConsumer(_) => Err(HandOverError::NoConsumer),
+        Offer::Full(item, queue) => queue.push(item, deadline).await,
     }
 }
 
@@ -264,8 +370,36 @@ pub(crate) async fn hand_over(
 mod tests {
     use super::*;
 
+    use bytes::Bytes;
+    use ferry_adapter_core::Qos;
+    use ferry_registry_client::DeviceId;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn item(payload: &'static [u8]) -> Result<Outgoing, Box<dyn std::error::Error>> {
+        Ok(Outgoing {
+            message: Box::new(DownstreamMessage {
+                tenant_id: TenantId::parse("t")?,
+                device_id: DeviceId::parse("d")?,
+                endpoint: Endpoint::Telemetry,
+                qos: Qos::AtMostOnce,
+                content_type: "text/plain".into(),
+                creation_time: 0,
+                ttl_ms: None,
+                ttd: None,
+                orig_adapter: "test".into(),
+                orig_address: "/".into(),
+                properties: Default::default(),
+                retain: false,
+                payload: Bytes::from_static(payload),
+            }),
+            message_id: None,
+            reply: None,
+        })
+    }
+
     #[test]
-    fn parses_addresses() -> Result<(), Box<dyn std::error::Error>> {
+    fn parses_addresses() -> TestResult {
         let node = Node::parse("telemetry/DEFAULT_TENANT")?;
         assert_eq!(node.endpoint, Endpoint::Telemetry);
         assert_eq!(node.tenant.as_str(), "DEFAULT_TENANT");
@@ -278,26 +412,74 @@ mod tests {
     }
 
     #[test]
-    fn rotates_and_tracks_delivery_tasks() -> Result<(), Box<dyn std::error::Error>> {
+    fn offers_round_robin_and_tracks_delivery_tasks() -> TestResult {
         let registry = Registry::default();
         let node = Node::parse("event/t")?;
-        let (tx1, _rx1) = mpsc::channel(1);
-        let (tx2, _rx2) = mpsc::channel(1);
-        let a = registry.add(&node, tx1);
+        let wake = Arc::new(Notify::new());
+        let (qa, qb) = (
+            Arc::new(LinkQueue::new(wake.clone())),
+            Arc::new(LinkQueue::new(wake)),
+        );
+        let a = registry.add(&node, qa.clone());
         assert!(a.start_delivery.is_some());
-        let b = registry.add(&node, tx2);
+        let b = registry.add(&node, qb.clone());
         assert!(b.start_delivery.is_none());
-        let first: Vec<u64> = registry.rotation(&node).iter().map(|l| l.id).collect();
-        let second: Vec<u64> = registry.rotation(&node).iter().map(|l| l.id).collect();
-        assert_eq!(first, vec![a.id, b.id]);
-        assert_eq!(second, vec![b.id, a.id]);
+        for payload in [b"1", b"2", b"3"] {
+            assert!(matches!(
+                registry.offer(&node, item(payload)?),
+                Offer::Queued
+            ));
+        }
+        assert_eq!((qa.len(), qb.len()), (2, 1));
         assert!(!registry.finish_delivery(&node.tenant));
         registry.remove(&node, a.id);
         registry.remove(&node, b.id);
-        assert!(registry.rotation(&node).is_empty());
+        assert!(matches!(
+            registry.offer(&node, item(b"4")?),
+            Offer::NoConsumer(_)
+        ));
         assert!(registry.finish_delivery(&node.tenant));
-        let (tx3, _rx3) = mpsc::channel(1);
-        assert!(registry.add(&node, tx3).start_delivery.is_some());
+        let qc = Arc::new(LinkQueue::new(Arc::new(Notify::new())));
+        assert!(registry.add(&node, qc).start_delivery.is_some());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_passes_on_then_waits_for_room() -> TestResult {
+        let registry = Registry::default();
+        let node = Node::parse("telemetry/t")?;
+        let wake = Arc::new(Notify::new());
+        let (full, open) = (
+            Arc::new(LinkQueue::new(wake.clone())),
+            Arc::new(LinkQueue::new(wake)),
+        );
+        for _ in 0..LINK_QUEUE {
+            full.try_push(item(b"x")?).map_err(|_| "room")?;
+        }
+        registry.add(&node, full.clone());
+        let second = registry.add(&node, open.clone());
+        // Whichever link comes first in the rotation, the message lands on the open one.
+        for _ in 0..2 {
+            assert!(matches!(registry.offer(&node, item(b"y")?), Offer::Queued));
+        }
+        assert_eq!(open.len(), 2);
+        registry.remove(&node, second.id);
+        open.close();
+        let soon = Instant::now() + std::time::Duration::from_millis(20);
+        assert_eq!(
+            hand_over(&registry, &node, item(b"z")?, soon).await,
+            Err(HandOverError::NoCredit)
+        );
+        let later = Instant::now() + std::time::Duration::from_secs(30);
+        let waiting = hand_over(&registry, &node, item(b"w")?, later);
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        assert!(full.pop().is_some());
+        waiting.await?;
+        assert_eq!(full.len(), LINK_QUEUE);
+        full.close();
+        assert_eq!(full.len(), 0);
+        assert!(full.try_push(item(b"v")?).is_err());
         Ok(())
     }
 }

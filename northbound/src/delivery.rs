@@ -21,8 +21,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::consumers::{Node, Outgoing, try_hand_over};
-use crate::encode::encode;
+use crate::consumers::{Node, Offer, Outgoing};
 use crate::event_store::StoredEvent;
 use crate::server::{Shared, outcome_name};
 
@@ -177,28 +176,35 @@ impl Delivery {
     /// Hands buffered events to consumers; returns `true` if it stopped for lack of room.
     fn dispatch(&mut self, pending: &mut FuturesUnordered<Settled>) -> bool {
         while self.in_flight.len() < self.shared.config.max_unsettled_events {
-            let Some(event) = self.buffer.front() else {
+            let Some(event) = self.buffer.pop_front() else {
                 return false;
             };
-            let links = self.shared.registry.rotation(&self.node);
-            if links.is_empty() {
-                return true;
-            }
-            let (reply, sent) = oneshot::channel();
+            let StoredEvent {
+                id,
+                message,
+                message_id,
+            } = event;
+            let (reply, outcome) = oneshot::channel();
             let item = Outgoing {
-                message: Box::new(encode(&event.message, &event.message_id)),
+                message: Box::new(message),
+                message_id: Some(message_id),
                 reply: Some(reply),
             };
-            if try_hand_over(&links, item).is_err() {
-                return true;
+            match self.shared.registry.offer(&self.node, item) {
+                Offer::Queued => {}
+                Offer::Full(item, _) | Offer::NoConsumer(item) => {
+                    self.buffer.push_front(StoredEvent {
+                        id,
+                        message: *item.message,
+                        message_id: item.message_id.unwrap_or_default(),
+                    });
+                    return true;
+                }
             }
-            let id = event.id;
-            self.buffer.pop_front();
             self.in_flight.insert(id);
             pending.push(Box::pin(async move {
-                let result = match sent.await {
-                    Ok(Ok(settlement)) => settlement.await.map_err(|e| e.to_string()),
-                    Ok(Err(reason)) => Err(reason),
+                let result = match outcome.await {
+                    Ok(result) => result,
                     Err(_) => Err("the consumer link went away".to_owned()),
                 };
                 (id, result)

@@ -12,10 +12,17 @@
 //! * events are written to a SQLite store first (durable before `send` returns) and delivered at
 //!   least once by a per-tenant task, also after a restart.
 //!
+//! The AMQP engine is Ferry's own: one task per application connection owns its sessions and
+//! links; adapters hand messages to a consumer link through a small bounded queue that wakes the
+//! connection, which encodes each message straight into its output buffer as a transfer and
+//! completes the waiting sender with the consumer's outcome.
+//!
 //! Modules: [`config`] (settings), [`server`] (listener and the `Northbound` impl), `connection`
-//! (handshake, sessions, attaches), `sasl`, `consumers` (link registry and round-robin), `link`
-//! (one task per consumer link), `encode` (the AMQP message format), `event_store`, `delivery`,
-//! and [`consumer`], a client for applications, the `ferry consume` command and tests.
+//! (the connection task: I/O, timers, shutdown), `handshake` (SASL and `open`), `sasl` (the
+//! users), `engine`, `session` and `link` (the protocol state, without I/O), `consumers` (link
+//! registry, queues and round-robin), [`encode`] (the AMQP message format), `transfer` (transfer
+//! frames), `event_store`, `delivery`, and [`consumer`], a client (on fe2o3-amqp) for
+//! applications, the `ferry consume` command and tests.
 
 pub mod config;
 mod connection;
@@ -23,11 +30,15 @@ pub mod consumer;
 mod consumers;
 mod delivery;
 pub mod encode;
+mod engine;
 pub mod error;
 pub mod event_store;
+mod handshake;
 mod link;
 mod sasl;
 pub mod server;
+mod session;
+mod transfer;
 
 pub use config::{NorthboundConfig, UserConfig};
 pub use consumer::{

@@ -1,15 +1,15 @@
 //! SASL for application connections: PLAIN against the configured users, ANONYMOUS when allowed.
 //!
-//! fe2o3-amqp's own acceptors know one user and log nothing, so Ferry implements the (synchronous)
-//! [`SaslAcceptor`] trait itself. One acceptor is cloned per connection; it logs failures with the
-//! peer address and never logs passwords.
+//! The connection's handshake ([`crate::handshake`]) offers [`Authenticator::mechanisms`] and
+//! decides the outcome of the client's `sasl-init` with [`Authenticator::on_init`]; the check is
+//! synchronous (a constant-time comparison with the configured passwords). One authenticator is
+//! cloned per connection; it logs failures with the peer address and never logs passwords.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fe2o3_amqp::acceptor::sasl_acceptor::{SaslAcceptor, SaslServerFrame};
 use fe2o3_amqp::types::primitives::{Array, Symbol};
-use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+use fe2o3_amqp::types::sasl::{SaslCode, SaslInit};
 
 use crate::config::UserConfig;
 
@@ -64,16 +64,8 @@ impl Authenticator {
         }
     }
 
-    fn outcome(code: SaslCode) -> SaslServerFrame {
-        SaslServerFrame::Outcome(SaslOutcome {
-            code,
-            additional_data: None,
-        })
-    }
-}
-
-impl SaslAcceptor for Authenticator {
-    fn mechanisms(&self) -> Array<Symbol> {
+    /// The mechanisms offered: PLAIN when users are configured, ANONYMOUS when allowed.
+    pub(crate) fn mechanisms(&self) -> Array<Symbol> {
         let mut mechanisms = Vec::new();
         if !self.users.is_empty() {
             mechanisms.push(Symbol::from(PLAIN));
@@ -84,7 +76,8 @@ impl SaslAcceptor for Authenticator {
         Array::from(mechanisms)
     }
 
-    fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
+    /// The outcome of the client's `sasl-init`.
+    pub(crate) fn on_init(&self, init: SaslInit) -> SaslCode {
         let peer = self.peer;
         match init.mechanism.as_str() {
             PLAIN if !self.users.is_empty() => {
@@ -92,29 +85,23 @@ impl SaslAcceptor for Authenticator {
                 match self.check_plain(response.as_deref().unwrap_or_default()) {
                     Ok(user) => {
                         tracing::debug!(?peer, %user, "application authenticated (PLAIN)");
-                        Self::outcome(SaslCode::Ok)
+                        SaslCode::Ok
                     }
                     Err(reason) => {
                         tracing::warn!(?peer, reason, "application authentication failed");
-                        Self::outcome(SaslCode::Auth)
+                        SaslCode::Auth
                     }
                 }
             }
             ANONYMOUS if self.allow_anonymous => {
                 tracing::debug!(?peer, "application connected anonymously");
-                Self::outcome(SaslCode::Ok)
+                SaslCode::Ok
             }
             other => {
                 tracing::warn!(?peer, mechanism = other, "SASL mechanism not allowed");
-                Self::outcome(SaslCode::Auth)
+                SaslCode::Auth
             }
         }
-    }
-
-    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
-        // Neither PLAIN nor ANONYMOUS sends challenges, so a response is a protocol violation.
-        tracing::warn!(peer = ?self.peer, "unexpected SASL response");
-        Self::outcome(SaslCode::Auth)
     }
 }
 

@@ -20,7 +20,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::NorthboundConfig;
 use crate::consumers::{HandOverError, Node, Outgoing, Registry, hand_over};
-use crate::encode::encode;
 use crate::error::SetupError;
 use crate::event_store::{EventStore, StoreError};
 use crate::sasl::Authenticator;
@@ -159,14 +158,9 @@ impl EmbeddedNorthbound {
             endpoint: Endpoint::Telemetry,
             tenant: message.tenant_id.clone(),
         };
-        let links = self.shared.registry.rotation(&node);
-        if links.is_empty() {
-            return Err(NorthboundError::NoConsumer(node.to_string()));
-        }
         let timeout = self.shared.config.send_timeout;
-        let encoded = encode(&message, &uuid::Uuid::new_v4().to_string());
         let deadline = tokio::time::Instant::now() + timeout;
-        let (reply, sent) = match message.qos {
+        let (reply, outcome) = match message.qos {
             Qos::AtMostOnce => (None, None),
             Qos::AtLeastOnce => {
                 let (tx, rx) = oneshot::channel();
@@ -174,10 +168,11 @@ impl EmbeddedNorthbound {
             }
         };
         let item = Outgoing {
-            message: Box::new(encoded),
+            message: Box::new(message),
+            message_id: None,
             reply,
         };
-        hand_over(&links, item, timeout)
+        hand_over(&self.shared.registry, &node, item, deadline)
             .await
             .map_err(|e| match e {
                 HandOverError::NoConsumer => NorthboundError::NoConsumer(node.to_string()),
@@ -185,21 +180,19 @@ impl EmbeddedNorthbound {
                     NorthboundError::Unavailable(format!("no consumer of {node} has credit"))
                 }
             })?;
-        let Some(sent) = sent else { return Ok(()) };
-        let outcome = tokio::time::timeout_at(deadline, async move {
-            let settlement = sent
-                .await
-                .map_err(|_| "the consumer link went away".to_owned())??;
-            settlement.await.map_err(|e| e.to_string())
-        })
-        .await;
-        match outcome {
+        let Some(outcome) = outcome else {
+            return Ok(());
+        };
+        match tokio::time::timeout_at(deadline, outcome).await {
             Err(_) => Err(NorthboundError::Unavailable(format!(
                 "no outcome from a consumer of {node} within {timeout:?}"
             ))),
-            Ok(Err(reason)) => Err(NorthboundError::Unavailable(reason)),
-            Ok(Ok(Outcome::Accepted(_))) => Ok(()),
-            Ok(Ok(other)) => Err(NorthboundError::Rejected(format!(
+            Ok(Err(_)) => Err(NorthboundError::Unavailable(
+                "the consumer link went away".to_owned(),
+            )),
+            Ok(Ok(Err(reason))) => Err(NorthboundError::Unavailable(reason)),
+            Ok(Ok(Ok(Outcome::Accepted(_)))) => Ok(()),
+            Ok(Ok(Ok(other))) => Err(NorthboundError::Rejected(format!(
                 "consumer of {node} settled the message as {}",
                 outcome_name(&other)
             ))),

@@ -12,6 +12,7 @@ use fe2o3_amqp::frames::amqp::{Frame, FrameBody};
 use fe2o3_amqp::types::definitions::{AmqpError, Error as ErrorBody};
 use fe2o3_amqp::types::messaging::DeliveryState;
 use fe2o3_amqp::types::performatives::{Close, End};
+use ferry_amqp_wire::Channels;
 use ferry_amqp_wire::frame::{self, FramingError, encode_or_log};
 
 use crate::link::Received;
@@ -50,7 +51,7 @@ pub(crate) enum Event {
 /// The state of one open connection.
 #[derive(Debug)]
 pub(crate) struct Engine {
-    sessions: Vec<Option<Session>>,
+    sessions: Channels<Session>,
     out: BytesMut,
     /// Largest frame accepted from the device.
     max_frame_size: u32,
@@ -63,7 +64,7 @@ impl Engine {
     /// An engine for a connection whose `open` was exchanged.
     pub(crate) fn new(max_frame_size: u32, max_message_size: u64) -> Self {
         Self {
-            sessions: Vec::new(),
+            sessions: Channels::new(MAX_CHANNEL),
             out: BytesMut::new(),
             max_frame_size,
             max_message_size,
@@ -80,10 +81,6 @@ impl Engine {
         frame::next_frame(received, self.max_frame_size)
     }
 
-    fn session(&mut self, channel: u16) -> Result<&mut Session, ErrorBody> {
-        session(&mut self.sessions, channel)
-    }
-
     /// Takes one frame of the device. `Err` is the error to close the connection with.
     pub(crate) fn on_frame(&mut self, frame: Frame) -> Result<Option<Event>, ErrorBody> {
         let channel = frame.channel;
@@ -92,7 +89,7 @@ impl Engine {
                 performative,
                 payload,
             } => {
-                let session = session(&mut self.sessions, channel)?;
+                let session = self.sessions.get_mut(channel)?;
                 let transferred = session.on_transfer(&performative, payload, &mut self.out)?;
                 Ok(transferred.map(|t| {
                     Event::Delivery(Delivery {
@@ -107,7 +104,7 @@ impl Engine {
                 }))
             }
             FrameBody::Flow(flow) => {
-                let session = session(&mut self.sessions, channel)?;
+                let session = self.sessions.get_mut(channel)?;
                 session.on_flow(&flow, &mut self.out)?;
                 Ok(None)
             }
@@ -118,51 +115,25 @@ impl Engine {
             FrameBody::Attach(attach) => {
                 let (id, max) = (self.next_link_id, self.max_message_size);
                 self.next_link_id += 1;
-                let session = session(&mut self.sessions, channel)?;
+                let session = self.sessions.get_mut(channel)?;
                 session.on_attach(attach, id, max, &mut self.out)?;
                 Ok(None)
             }
             FrameBody::Detach(detach) => {
-                let session = session(&mut self.sessions, channel)?;
+                let session = self.sessions.get_mut(channel)?;
                 session.on_detach(&detach, &mut self.out)?;
                 Ok(None)
             }
             FrameBody::Begin(begin) => {
-                if begin.remote_channel.is_some() {
-                    return Err(ErrorBody::new(
-                        AmqpError::NotAllowed,
-                        "the adapter begins no sessions".to_owned(),
-                        None,
-                    ));
-                }
-                if channel > MAX_CHANNEL {
-                    return Err(ErrorBody::new(
-                        AmqpError::NotAllowed,
-                        format!("channel {channel} exceeds the channel-max {MAX_CHANNEL}"),
-                        None,
-                    ));
-                }
-                let index = usize::from(channel);
-                if self.sessions.len() <= index {
-                    self.sessions.resize_with(index + 1, || None);
-                }
-                let Some(slot) = self.sessions.get_mut(index).filter(|s| s.is_none()) else {
-                    return Err(ErrorBody::new(
-                        AmqpError::NotAllowed,
-                        format!("channel {channel} is in use"),
-                        None,
-                    ));
-                };
-                *slot = Some(Session::begin(channel, &begin, &mut self.out));
+                let out = &mut self.out;
+                self.sessions
+                    .begin(channel, &begin, || Session::begin(channel, &begin, out))?;
                 Ok(None)
             }
             FrameBody::End(end) => {
-                self.session(channel)?;
+                self.sessions.end(channel)?;
                 if let Some(error) = &end.error {
                     tracing::info!(%error, "the device ended a session with an error");
-                }
-                if let Some(slot) = self.sessions.get_mut(usize::from(channel)) {
-                    *slot = None;
                 }
                 encode_or_log(&mut self.out, channel, &End { error: None });
                 Ok(None)
@@ -183,7 +154,7 @@ impl Engine {
     /// Notes the outcome of a delivery; `None` when the device settled it already (only its
     /// credit comes back). Nothing is sent for a link that is gone.
     pub(crate) fn settle(&mut self, key: &DeliveryKey, state: Option<DeliveryState>) {
-        if let Ok(session) = self.session(key.channel) {
+        if let Ok(session) = self.sessions.get_mut(key.channel) {
             session.settle(key.handle, key.link, key.delivery_id, state);
         }
     }
@@ -191,7 +162,7 @@ impl Engine {
     /// Closes the link a delivery came on with `error`, after the settlements noted so far.
     pub(crate) fn detach(&mut self, key: &DeliveryKey, error: ErrorBody) {
         self.flush();
-        if let Some(Some(session)) = self.sessions.get_mut(usize::from(key.channel)) {
+        if let Ok(session) = self.sessions.get_mut(key.channel) {
             session.detach(key.handle, key.link, error, &mut self.out);
         }
     }
@@ -214,7 +185,7 @@ impl Engine {
 
     /// Writes the settlements and credit top-ups that are due into the output.
     pub(crate) fn flush(&mut self) {
-        for session in self.sessions.iter_mut().flatten() {
+        for session in self.sessions.iter_mut() {
             session.flush(&mut self.out);
         }
     }
@@ -226,21 +197,8 @@ impl Engine {
 
     /// Whether no delivery is in the adapter's hands (buffers can be released).
     pub(crate) fn is_idle(&self) -> bool {
-        !self.sessions.iter().flatten().any(Session::is_busy)
+        !self.sessions.iter().any(Session::is_busy)
     }
-}
-
-fn session(sessions: &mut [Option<Session>], channel: u16) -> Result<&mut Session, ErrorBody> {
-    sessions
-        .get_mut(usize::from(channel))
-        .and_then(Option::as_mut)
-        .ok_or_else(|| {
-            ErrorBody::new(
-                AmqpError::NotAllowed,
-                format!("no session on channel {channel}"),
-                None,
-            )
-        })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use fe2o3_amqp::types::definitions::{
 };
 use fe2o3_amqp::types::messaging::{DeliveryState, TargetArchetype};
 use fe2o3_amqp::types::performatives::{Attach, Begin, Detach, Flow, Transfer};
+use ferry_amqp_wire::channels;
 use ferry_amqp_wire::frame::encode_or_log;
 
 use crate::disposition::Settlements;
@@ -59,16 +60,7 @@ impl Session {
             links: Vec::new(),
             settlements: Settlements::default(),
         };
-        let answer = Begin {
-            remote_channel: Some(channel),
-            next_outgoing_id: 0,
-            incoming_window: INCOMING_WINDOW,
-            outgoing_window: 0,
-            handle_max: Handle(MAX_HANDLE),
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        };
+        let answer = channels::answer(channel, INCOMING_WINDOW, 0, MAX_HANDLE);
         encode_or_log(out, channel, &answer);
         session
     }
