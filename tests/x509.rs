@@ -66,6 +66,39 @@ async fn a_certificate_authenticates_on_the_port_basic_auth_uses() -> TestResult
     Ok(())
 }
 
+/// A keep-alive TLS connection reuses its certificate's authentication; removed credentials
+/// must still be refused on the very next request of that connection.
+#[tokio::test]
+async fn removed_credentials_are_refused_on_the_next_request_of_a_connection() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let ca = TestCa::root("x509-memo")?;
+    ferry
+        .tenant("t1", json!({"trusted-ca": [ca.trusted_ca()]}))
+        .await?;
+    let cert = ca.device("dev-1")?;
+    ferry.device("t1", "d1", json!({})).await?;
+    ferry
+        .x509_credential("t1", "d1", &cert.subject_dn())
+        .await?;
+    let consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+    let device = CertDevice::new(&ferry, Some(&cert), None)?;
+    for _ in 0..3 {
+        assert_eq!(device.send("/telemetry", "x").await?, 202);
+    }
+    let r = ferry
+        .client
+        .put(ferry.mgmt("/credentials/t1/d1"))
+        .json(&json!([]))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    assert_eq!(device.send("/telemetry", "x").await?, 401);
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn intermediates_and_two_cas_per_tenant() -> TestResult {
     let dir = tempfile::tempdir()?;

@@ -176,8 +176,8 @@ async fn authenticate_certificate(
 }
 
 /// Who sends: the device the connection's memo recalls for this `authorization`, else whoever
-/// the credentials or the client certificate prove (remembered when it was a password). Basic
-/// credentials win over a client certificate; without either the request is anonymous.
+/// the credentials or the client certificate prove (remembered either way). Basic credentials
+/// win over a client certificate; without either the request is anonymous.
 async fn sender(
     headers: &http::HeaderMap,
     connection: &PerConnection,
@@ -200,7 +200,16 @@ async fn sender(
             }
             device
         }
-        (None, Some(peer)) => Arc::new(authenticate_certificate(shared, peer, who).await?),
+        (None, Some(peer)) => {
+            let memo = &connection.memo.certificate;
+            if let Some(device) = memo.recall(|()| true) {
+                return Ok(Some(device));
+            }
+            let generation = memo.generation();
+            let device = Arc::new(authenticate_certificate(shared, peer, who).await?);
+            memo.remember((), Arc::clone(&device), generation);
+            device
+        }
         (None, None) => return Ok(None),
     };
     Ok(Some(device))
