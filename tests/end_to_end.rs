@@ -238,6 +238,52 @@ async fn a_changed_password_takes_effect_on_the_next_request_of_a_connection() -
     Ok(())
 }
 
+/// The HTTP adapter reuses a keep-alive connection's last tenant and registration answers; a
+/// disabled device or a tenant that turns the adapter off must still be refused on the very next
+/// request of that connection.
+#[tokio::test]
+async fn registry_changes_take_effect_on_the_next_request_of_a_connection() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    ferry.tenant("t8", json!({})).await?;
+    ferry.device("t8", "gw", json!({})).await?;
+    ferry.password("t8", "gw", "gw-pw").await?;
+    ferry.device("t8", "behind", json!({"via": ["gw"]})).await?;
+    let consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t8").await?;
+    let put = |path: &'static str| {
+        ferry
+            .client
+            .put(ferry.http(path))
+            .basic_auth("gw@t8", Some("gw-pw"))
+            .header("content-type", "text/plain")
+            .body("x")
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(put("/telemetry/t8/behind").await?.status(), 202);
+    }
+    let r = ferry
+        .client
+        .put(ferry.mgmt("/devices/t8/behind"))
+        .json(&json!({"via": ["gw"], "enabled": false}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    assert_eq!(put("/telemetry/t8/behind").await?.status(), 404);
+    assert_eq!(put("/telemetry/t8/gw").await?.status(), 202);
+    let r = ferry
+        .client
+        .put(ferry.mgmt("/tenants/t8"))
+        .json(&json!({"adapters": [{"type": "hono-mqtt", "enabled": true}]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    assert_eq!(put("/telemetry/t8/gw").await?.status(), 403);
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_gateway_sends_only_for_devices_that_list_it() -> TestResult {
     let dir = tempfile::tempdir()?;

@@ -6,18 +6,17 @@ mod common;
 use std::time::Duration;
 
 use common::x509::CertDevice;
-use common::{AmqpConsumer, TestGateway, TestResult};
-use ferry_registry_client::test_pki::{TestCa, Validity};
+use common::{AmqpConsumer, Error, TestGateway, TestResult};
+use ferry_registry_client::test_pki::{TestCa, TestCert, Validity};
 use rcgen::DnType;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-#[tokio::test]
-async fn a_certificate_authenticates_on_the_port_basic_auth_uses() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let ferry = TestGateway::start(dir.path()).await?;
-    let ca = TestCa::root("x509-e2e")?;
+/// Tenant `t1` trusting a new CA named `ca_name`, and its device `d1` with an `x509-cert`
+/// credential for the returned certificate (`CN=dev-1`).
+async fn certificate_device(ferry: &TestGateway, ca_name: &str) -> Result<TestCert, Error> {
+    let ca = TestCa::root(ca_name)?;
     ferry
         .tenant("t1", json!({"trusted-ca": [ca.trusted_ca()]}))
         .await?;
@@ -26,6 +25,14 @@ async fn a_certificate_authenticates_on_the_port_basic_auth_uses() -> TestResult
     ferry
         .x509_credential("t1", "d1", &cert.subject_dn())
         .await?;
+    Ok(cert)
+}
+
+#[tokio::test]
+async fn a_certificate_authenticates_on_the_port_basic_auth_uses() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let cert = certificate_device(&ferry, "x509-e2e").await?;
     ferry.device("t1", "d2", json!({})).await?;
     ferry.password("t1", "d2", "pw").await?;
     let mut consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
@@ -61,6 +68,31 @@ async fn a_certificate_authenticates_on_the_port_basic_auth_uses() -> TestResult
     assert_eq!(r.status(), 401);
     // Neither: 401.
     assert_eq!(plain.send("/telemetry", "x").await?, 401);
+    consumer.close().await;
+    ferry.stop().await;
+    Ok(())
+}
+
+/// A keep-alive TLS connection reuses its certificate's authentication; removed credentials
+/// must still be refused on the very next request of that connection.
+#[tokio::test]
+async fn removed_credentials_are_refused_on_the_next_request_of_a_connection() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ferry = TestGateway::start(dir.path()).await?;
+    let cert = certificate_device(&ferry, "x509-memo").await?;
+    let consumer = AmqpConsumer::attach(&ferry.addrs, "telemetry/t1").await?;
+    let device = CertDevice::new(&ferry, Some(&cert), None)?;
+    for _ in 0..3 {
+        assert_eq!(device.send("/telemetry", "x").await?, 202);
+    }
+    let r = ferry
+        .client
+        .put(ferry.mgmt("/credentials/t1/d1"))
+        .json(&json!([]))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    assert_eq!(device.send("/telemetry", "x").await?, 401);
     consumer.close().await;
     ferry.stop().await;
     Ok(())

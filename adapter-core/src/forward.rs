@@ -10,6 +10,10 @@
 //!    (a device that waits for its owner's claim is refused as [`ForwardError::DeviceNotClaimed`]).
 //! 7. The [`DownstreamMessage`] is built (content type and TTL from the upload, the device's and the
 //!    tenant's defaults) and handed to the [`Northbound`].
+//!
+//! [`Forwarder::forward_with`] does the same for a connection that keeps a [`ForwardMemo`]: the
+//! tenant and registration answers of its previous upload are reused while the registry has not
+//! changed (module `memo`), which saves the two registry cache lookups per message.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +33,10 @@ use crate::ttl;
 use ferry_registry_client::AdapterAccess;
 
 pub mod connection_event;
+mod memo;
+
+pub use memo::ForwardMemo;
+use memo::recall_or_fetch;
 
 /// Keys of `defaults` that are message fields rather than application properties.
 const NOT_PROPERTIES: [&str; 8] = [
@@ -142,6 +150,31 @@ impl Forwarder {
         device_id: &DeviceId,
         upload: Upload,
     ) -> Result<(), ForwardError> {
+        self.send(None, sender, tenant_id, device_id, upload).await
+    }
+
+    /// [`Self::forward`] for a connection that keeps `memo` (one per connection): the tenant and
+    /// registration answers of its previous upload are reused while the registry is unchanged.
+    pub async fn forward_with(
+        &self,
+        memo: &ForwardMemo,
+        sender: Option<&AuthenticatedDevice>,
+        tenant_id: &TenantId,
+        device_id: &DeviceId,
+        upload: Upload,
+    ) -> Result<(), ForwardError> {
+        self.send(Some(memo), sender, tenant_id, device_id, upload)
+            .await
+    }
+
+    async fn send(
+        &self,
+        memo: Option<&ForwardMemo>,
+        sender: Option<&AuthenticatedDevice>,
+        tenant_id: &TenantId,
+        device_id: &DeviceId,
+        upload: Upload,
+    ) -> Result<(), ForwardError> {
         check_content(&upload, self.inner.max_payload_size)?;
         if let Some(sender) = sender.filter(|s| s.tenant_id != *tenant_id) {
             return Err(ForwardError::OtherTenant {
@@ -149,31 +182,32 @@ impl Forwarder {
                 tenant: tenant_id.clone(),
             });
         }
-        let tenant = self.tenant(tenant_id, sender.is_some()).await?;
+        let tenant = self.tenant(tenant_id, sender.is_some(), memo).await?;
         let gateway = sender
             .map(|s| &s.device_id)
             .filter(|gateway| *gateway != device_id);
-        let assertion = self
-            .inner
-            .registry
-            .assert_registration(tenant_id, device_id, gateway)
-            .await
-            .map_err(|e| match (e, gateway) {
-                (e, _) if e.is_not_claimed() => ForwardError::DeviceNotClaimed(device_id.clone()),
-                (RegistryError::NotFound, _) => {
-                    ForwardError::DeviceUnknownOrDisabled(device_id.clone())
-                }
-                (RegistryError::Forbidden(_), Some(gateway)) => {
-                    ForwardError::GatewayNotAuthorised {
-                        gateway: gateway.clone(),
-                        device: device_id.clone(),
-                    }
-                }
-                (RegistryError::Forbidden(m), None) => ForwardError::RegistrationForbidden(m),
-                (RegistryError::BadRequest(m), _) => ForwardError::RegistryBadRequest(m),
-                (RegistryError::Unavailable(m), _) => ForwardError::RegistryUnavailable(m),
-            })?
-            .payload;
+        let assertion = recall_or_fetch(
+            memo.map(|m| &m.registration),
+            |(t, d, g)| t == tenant_id && d == device_id && g.as_ref() == gateway,
+            || (tenant_id.clone(), device_id.clone(), gateway.cloned()),
+            self.inner
+                .registry
+                .assert_registration(tenant_id, device_id, gateway),
+        )
+        .await
+        .map_err(|e| match (e, gateway) {
+            (e, _) if e.is_not_claimed() => ForwardError::DeviceNotClaimed(device_id.clone()),
+            (RegistryError::NotFound, _) => {
+                ForwardError::DeviceUnknownOrDisabled(device_id.clone())
+            }
+            (RegistryError::Forbidden(_), Some(gateway)) => ForwardError::GatewayNotAuthorised {
+                gateway: gateway.clone(),
+                device: device_id.clone(),
+            },
+            (RegistryError::Forbidden(m), None) => ForwardError::RegistrationForbidden(m),
+            (RegistryError::BadRequest(m), _) => ForwardError::RegistryBadRequest(m),
+            (RegistryError::Unavailable(m), _) => ForwardError::RegistryUnavailable(m),
+        })?;
         let message = self.message(&tenant, &assertion, gateway, upload);
         self.inner.northbound.send(message).await?;
         Ok(())
@@ -187,7 +221,7 @@ impl Forwarder {
         tenant_id: &TenantId,
         authenticated: bool,
     ) -> Result<Arc<TenantObject>, ForwardError> {
-        self.tenant(tenant_id, authenticated).await
+        self.tenant(tenant_id, authenticated, None).await
     }
 
     /// Checks that `device_id` of `tenant_id` exists and is enabled (its registration assertion),
@@ -212,19 +246,22 @@ impl Forwarder {
             })
     }
 
-    /// Fetches the tenant and applies its enabled and adapter settings.
+    /// Fetches the tenant (or recalls it from `memo`) and applies its enabled and adapter
+    /// settings.
     async fn tenant(
         &self,
         tenant_id: &TenantId,
         authenticated: bool,
+        memo: Option<&ForwardMemo>,
     ) -> Result<Arc<TenantObject>, ForwardError> {
-        let tenant = self
-            .inner
-            .registry
-            .get_tenant(tenant_id)
-            .await
-            .map_err(|e| tenant_lookup_error(e, tenant_id))?
-            .payload;
+        let tenant = recall_or_fetch(
+            memo.map(|m| &m.tenant),
+            |t| t == tenant_id,
+            || tenant_id.clone(),
+            self.inner.registry.get_tenant(tenant_id),
+        )
+        .await
+        .map_err(|e| tenant_lookup_error(e, tenant_id))?;
         if !tenant.enabled {
             return Err(ForwardError::TenantDisabled(tenant_id.clone()));
         }

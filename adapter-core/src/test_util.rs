@@ -55,6 +55,15 @@ struct State {
     devices: HashMap<(TenantId, DeviceId), RegistrationAssertion>,
     contexts: Vec<Map<String, Value>>,
     unavailable: bool,
+    cache: Option<CacheDirective>,
+    calls: usize,
+}
+
+impl State {
+    /// A 200 answer with the configured cache directive.
+    fn ok<T>(&self, value: T) -> Response<T> {
+        Response::ok(value, self.cache.unwrap_or(CacheDirective::NoCache))
+    }
 }
 
 /// An in-memory registry answering like Hono's.
@@ -143,8 +152,19 @@ impl FakeRegistry {
         lock(&self.state).unavailable = unavailable;
     }
 
+    /// The cache directive of every answer (default `no-cache`).
+    pub fn set_cache_directive(&self, cache: CacheDirective) {
+        lock(&self.state).cache = Some(cache);
+    }
+
+    /// Calls answered so far (tenants, credentials and registrations together).
+    pub fn calls(&self) -> usize {
+        lock(&self.state).calls
+    }
+
     fn state(&self) -> Result<MutexGuard<'_, State>, RegistryError> {
-        let state = lock(&self.state);
+        let mut state = lock(&self.state);
+        state.calls += 1;
         if state.unavailable {
             return Err(RegistryError::Unavailable(
                 "fake registry is down".to_owned(),
@@ -152,10 +172,6 @@ impl FakeRegistry {
         }
         Ok(state)
     }
-}
-
-fn ok<T>(value: T) -> Response<T> {
-    Response::ok(value, CacheDirective::NoCache)
 }
 
 #[async_trait]
@@ -169,7 +185,7 @@ impl TenantApi for FakeRegistry {
             .tenants
             .get(tenant_id)
             .cloned()
-            .map(ok)
+            .map(|v| state.ok(v))
             .ok_or(RegistryError::NotFound)
     }
 
@@ -184,7 +200,7 @@ impl TenantApi for FakeRegistry {
             .filter(|t| t.trusted_ca.iter().any(|ca| ca.subject_dn == subject_dn));
         match (trusting.next(), trusting.next()) {
             // Several tenants share the CA (a trust anchor group): ambiguous, as in Hono.
-            (Some(t), None) => Ok(ok(t.clone())),
+            (Some(t), None) => Ok(state.ok(t.clone())),
             _ => Err(RegistryError::NotFound),
         }
     }
@@ -206,7 +222,7 @@ impl CredentialsApi for FakeRegistry {
             .get(&(tenant_id.clone(), auth_id.to_owned()))
             .filter(|c| c.credential_type == credential_type)
             .cloned()
-            .map(ok)
+            .map(|v| state.ok(v))
             .ok_or(RegistryError::NotFound)
     }
 }
@@ -240,7 +256,7 @@ impl RegistrationApi for FakeRegistry {
                 ));
             }
         }
-        Ok(ok(assertion.clone()))
+        Ok(state.ok(assertion.clone()))
     }
 }
 

@@ -4,11 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_registry_client::RegistrationAssertion;
+use ferry_registry_client::{
+    CacheDirective, ChangeListener, RegistrationAssertion, RegistryChange,
+};
 use serde_json::json;
 
 use super::*;
 use crate::ErrorKind;
+use crate::memo::RegistryGeneration;
 use crate::test_util::{Failure, FakeNorthbound, FakeRegistry, tenant};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -500,5 +503,88 @@ async fn cheap_checks_come_before_any_registry_call() -> TestResult {
         .await
         .err();
     assert!(matches!(e, Some(ForwardError::OtherTenant { .. })));
+    Ok(())
+}
+
+/// A fixture whose registry answers may be cached, with a memo following `generation`.
+fn remembering()
+-> Result<(Fixture, Arc<RegistryGeneration>, ForwardMemo), Box<dyn std::error::Error>> {
+    let f = fixture()?;
+    f.registry.set_cache_directive(CacheDirective::Default);
+    let generation = Arc::new(RegistryGeneration::default());
+    let memo = ForwardMemo::new(Arc::clone(&generation));
+    Ok((f, generation, memo))
+}
+
+impl Fixture {
+    async fn send_with(
+        &self,
+        memo: &ForwardMemo,
+        sender: &DeviceId,
+        device_id: &DeviceId,
+    ) -> Result<(), ForwardError> {
+        let sender = device(&self.t1, sender);
+        let upload = upload(Endpoint::Telemetry, None, b"x");
+        self.forwarder
+            .forward_with(memo, Some(&sender), &self.t1, device_id, upload)
+            .await
+    }
+}
+
+fn changed(f: &Fixture, generation: &RegistryGeneration) {
+    generation.registry_changed(&RegistryChange::Device {
+        tenant_id: f.t1.clone(),
+        device_id: f.dev.clone(),
+    });
+}
+
+#[tokio::test]
+async fn a_memo_saves_the_lookups_of_the_next_upload() -> TestResult {
+    let (f, _generation, memo) = remembering()?;
+    f.send_with(&memo, &f.dev, &f.dev).await?;
+    let calls = f.registry.calls();
+    f.send_with(&memo, &f.dev, &f.dev).await?;
+    assert_eq!(f.registry.calls(), calls, "tenant and assertion recalled");
+    // Another device of the connection (a gateway's) is asserted anew.
+    f.send_with(&memo, &f.gw, &f.behind_gw).await?;
+    assert_eq!(f.registry.calls(), calls + 1);
+    assert_eq!(f.northbound.sent().len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_removed_device_is_refused_on_the_next_upload_despite_the_memo() -> TestResult {
+    let (f, generation, memo) = remembering()?;
+    f.send_with(&memo, &f.dev, &f.dev).await?;
+    f.registry.remove_device(&f.t1, &f.dev);
+    changed(&f, &generation);
+    let e = f.send_with(&memo, &f.dev, &f.dev).await.err();
+    assert_eq!(
+        e,
+        Some(ForwardError::DeviceUnknownOrDisabled(f.dev.clone()))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_disabled_tenant_is_refused_on_the_next_upload_despite_the_memo() -> TestResult {
+    let (f, generation, memo) = remembering()?;
+    f.send_with(&memo, &f.dev, &f.dev).await?;
+    f.registry
+        .add_tenant(tenant(json!({"tenant-id": "t1", "enabled": false}))?);
+    changed(&f, &generation);
+    let e = f.send_with(&memo, &f.dev, &f.dev).await.err();
+    assert_eq!(e, Some(ForwardError::TenantDisabled(f.t1.clone())));
+    Ok(())
+}
+
+#[tokio::test]
+async fn answers_the_registry_marks_no_cache_are_not_remembered() -> TestResult {
+    let (f, _generation, memo) = remembering()?;
+    f.registry.set_cache_directive(CacheDirective::NoCache);
+    f.send_with(&memo, &f.dev, &f.dev).await?;
+    let calls = f.registry.calls();
+    f.send_with(&memo, &f.dev, &f.dev).await?;
+    assert_eq!(f.registry.calls(), calls + 2);
     Ok(())
 }

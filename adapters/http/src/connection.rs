@@ -23,8 +23,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::memo::AuthMemo;
-use crate::service::{self, Shared};
+use crate::memo::ConnectionMemo;
+use crate::service::{self, PerConnection, Shared};
 
 /// hyper's read buffer limit per connection: bounds the memory a client can make us hold for
 /// request headers and for one piece of body (bodies are further capped at the payload limit).
@@ -90,7 +90,7 @@ impl Connection {
                             sni = peer.sni.as_deref().unwrap_or("-"),
                             "TLS established"
                         );
-                        let peer = peer.has_certificate().then(|| Arc::new(peer));
+                        let peer = peer.has_certificate().then_some(peer);
                         serve_http(stream, peer, shared, &config, &shutdown).await
                     }
                     Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
@@ -105,17 +105,19 @@ impl Connection {
 
 async fn serve_http<I>(
     io: I,
-    peer: Option<Arc<TlsPeer>>,
+    peer: Option<TlsPeer>,
     shared: Arc<Shared>,
     config: &ConnectionConfig,
     shutdown: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let memo = Arc::new(AuthMemo::new(Arc::clone(&shared.generation)));
-    let service = service_fn(move |req| {
-        service::handle(req, Arc::clone(&shared), peer.clone(), Arc::clone(&memo))
+    let state = Arc::new(PerConnection {
+        memo: ConnectionMemo::new(&shared.generation),
+        shared,
+        peer,
     });
+    let service = service_fn(move |req| service::handle(req, Arc::clone(&state)));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_adapter_core::memo::RegistryGeneration;
 use ferry_adapter_core::tls::TlsPeer;
 use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Upload};
 use ferry_registry_client::{DeviceId, TenantId};
@@ -17,7 +18,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 
 use crate::error::RequestError;
-use crate::memo::{AuthMemo, RegistryGeneration};
+use crate::memo::ConnectionMemo;
 use crate::request::{BasicCredentials, Params, Route, Target};
 
 /// What every request handler of the adapter shares.
@@ -31,41 +32,74 @@ pub(crate) struct Shared {
     pub(crate) body_timeout: Duration,
     /// Whether the adapter requires credentials.
     pub(crate) authentication_required: bool,
-    /// Committed registry changes, for the connections' [`AuthMemo`]s.
+    /// Committed registry changes, for the connections' memos.
     pub(crate) generation: Arc<RegistryGeneration>,
 }
 
-/// Tenant and device of a request, as far as they are known, for the log line of a refusal.
+/// What every request of one connection shares.
+#[derive(Debug)]
+pub(crate) struct PerConnection {
+    /// The adapter's shared state.
+    pub(crate) shared: Arc<Shared>,
+    /// The connection's TLS client certificate, if the client presented one.
+    pub(crate) peer: Option<TlsPeer>,
+    /// What the connection remembers between requests.
+    pub(crate) memo: ConnectionMemo,
+}
+
+/// Tenant, device and user of a request, as far as they are known, for the log line of a
+/// refusal. Set fields beat what the sender says.
 #[derive(Default)]
 struct Who {
     tenant: Option<TenantId>,
     device: Option<DeviceId>,
     user: Option<String>,
+    sender: Option<Arc<AuthenticatedDevice>>,
 }
 
-/// Answers one request. Never fails: refusals are responses.
-///
-/// `peer` is the connection's TLS client certificate, if the client presented one; `memo` its
-/// last password authentication.
+impl Who {
+    fn tenant(&self) -> &str {
+        let sender = self.sender.as_ref().map(|s| &s.tenant_id);
+        self.tenant
+            .as_ref()
+            .or(sender)
+            .map_or("-", TenantId::as_str)
+    }
+
+    fn device(&self) -> &str {
+        let sender = self.sender.as_ref().map(|s| &s.device_id);
+        self.device
+            .as_ref()
+            .or(sender)
+            .map_or("-", DeviceId::as_str)
+    }
+
+    fn user(&self) -> String {
+        let sender = self.sender.as_ref().map(|s| s.auth_id.as_str());
+        self.user
+            .as_deref()
+            .or(sender)
+            .map_or_else(|| "-".to_owned(), |u| u.chars().take(128).collect())
+    }
+}
+
+/// Answers one request of `connection`. Never fails: refusals are responses.
 pub(crate) async fn handle(
     req: Request<Incoming>,
-    shared: Arc<Shared>,
-    peer: Option<Arc<TlsPeer>>,
-    memo: Arc<AuthMemo>,
+    connection: Arc<PerConnection>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut who = Who::default();
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    match upload(req, &shared, peer.as_deref(), &memo, &mut who).await {
+    let (parts, body) = req.into_parts();
+    match upload(&parts, body, &connection, &mut who).await {
         Ok(()) => Ok(status_only(StatusCode::ACCEPTED)),
         Err(e) => {
             let status = e.status();
             tracing::info!(
-                tenant = who.tenant.as_ref().map_or("-", TenantId::as_str),
-                device = who.device.as_ref().map_or("-", DeviceId::as_str),
-                user = who.user.as_deref().unwrap_or("-"),
-                %method,
-                path = uri.path(),
+                tenant = who.tenant(),
+                device = who.device(),
+                user = who.user(),
+                method = %parts.method,
+                path = parts.uri.path(),
                 status = status.as_u16(),
                 reason = %e,
                 "request refused"
@@ -109,7 +143,7 @@ async fn authenticate(
     credentials: BasicCredentials,
     who: &mut Who,
 ) -> Result<AuthenticatedDevice, RequestError> {
-    who.user = Some(credentials.username.chars().take(128).collect());
+    who.user = Some(credentials.username.clone());
     if who.tenant.is_none() {
         who.tenant = credentials
             .username
@@ -121,8 +155,7 @@ async fn authenticate(
         .authenticator
         .authenticate_password(&credentials.username, &credentials.password)
         .await?;
-    who.tenant = Some(device.tenant_id.clone());
-    who.device = Some(device.device_id.clone());
+    who.user = None;
     Ok(device)
 }
 
@@ -138,53 +171,57 @@ async fn authenticate_certificate(
         .authenticator
         .authenticate_x509(&peer.chain, peer.sni.as_deref())
         .await?;
-    who.user = Some(device.auth_id.chars().take(128).collect());
-    who.tenant = Some(device.tenant_id.clone());
-    who.device = Some(device.device_id.clone());
+    who.user = None;
     Ok(device)
 }
 
 /// Who sends: the device the connection's memo recalls for this `authorization`, else whoever
-/// the credentials or the client certificate prove (remembered when it was a password). Basic
-/// credentials win over a client certificate; without either the request is anonymous.
+/// the credentials or the client certificate prove (remembered either way). Basic credentials
+/// win over a client certificate; without either the request is anonymous.
 async fn sender(
     headers: &http::HeaderMap,
-    peer: Option<&TlsPeer>,
-    shared: &Shared,
-    memo: &AuthMemo,
+    connection: &PerConnection,
     who: &mut Who,
-) -> Result<Option<AuthenticatedDevice>, RequestError> {
+) -> Result<Option<Arc<AuthenticatedDevice>>, RequestError> {
+    let (shared, memo) = (&*connection.shared, &connection.memo.auth);
     let authorization = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    if let Some(device) = authorization.and_then(|a| memo.recall(a)) {
-        who.user = Some(device.auth_id.chars().take(128).collect());
-        who.tenant = Some(device.tenant_id.clone());
-        who.device = Some(device.device_id.clone());
+    if let Some(authorization) = authorization
+        && let Some(device) = memo.recall(|last| **last == *authorization)
+    {
         return Ok(Some(device));
     }
     let generation = memo.generation();
-    match (
-        BasicCredentials::from_headers(headers)?,
-        peer.filter(|p| p.has_certificate()),
-    ) {
+    let peer = connection.peer.as_ref().filter(|p| p.has_certificate());
+    let device = match (BasicCredentials::from_headers(headers)?, peer) {
         (Some(credentials), _) => {
-            let device = authenticate(shared, credentials, who).await?;
+            let device = Arc::new(authenticate(shared, credentials, who).await?);
             if let Some(authorization) = authorization {
-                memo.remember(authorization, &device, generation);
+                memo.remember(authorization.into(), Arc::clone(&device), generation);
             }
-            Ok(Some(device))
+            device
         }
-        (None, Some(peer)) => Ok(Some(authenticate_certificate(shared, peer, who).await?)),
-        (None, None) => Ok(None),
-    }
+        (None, Some(peer)) => {
+            let memo = &connection.memo.certificate;
+            if let Some(device) = memo.recall(|()| true) {
+                return Ok(Some(device));
+            }
+            let generation = memo.generation();
+            let device = Arc::new(authenticate_certificate(shared, peer, who).await?);
+            memo.remember((), Arc::clone(&device), generation);
+            device
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(device))
 }
 
 /// For which device `sender` (if anyone) sends to `target`.
 fn identify(
     target: Target,
-    sender: Option<AuthenticatedDevice>,
+    sender: Option<Arc<AuthenticatedDevice>>,
     shared: &Shared,
     who: &mut Who,
-) -> Result<(Option<AuthenticatedDevice>, TenantId, DeviceId), RequestError> {
+) -> Result<(Option<Arc<AuthenticatedDevice>>, TenantId, DeviceId), RequestError> {
     match (target, sender) {
         (Target::Own, None) => Err(RequestError::MissingCredentials),
         (Target::Own, Some(sender)) => {
@@ -209,18 +246,18 @@ fn identify(
 }
 
 async fn upload(
-    req: Request<Incoming>,
-    shared: &Shared,
-    peer: Option<&TlsPeer>,
-    memo: &AuthMemo,
+    parts: &http::request::Parts,
+    body: Incoming,
+    connection: &PerConnection,
     who: &mut Who,
 ) -> Result<(), RequestError> {
-    let (parts, body) = req.into_parts();
+    let shared = &*connection.shared;
     let route = Route::parse(&parts.method, parts.uri.path())?;
     if let Target::Device { device, .. } = &route.target {
         who.device = Some(device.clone());
     }
-    let sender = sender(&parts.headers, peer, shared, memo, who).await?;
+    let sender = sender(&parts.headers, connection, who).await?;
+    who.sender.clone_from(&sender);
     let (sender, tenant, device) = identify(route.target, sender, shared, who)?;
     let params = Params::parse(route.endpoint, &parts.headers, parts.uri.query())?;
     let payload = read_body(body, shared.max_payload_size, shared.body_timeout).await?;
@@ -237,7 +274,13 @@ async fn upload(
     shared
         .ctx
         .forwarder
-        .forward(sender.as_ref(), &tenant, &device, upload)
+        .forward_with(
+            &connection.memo.forward,
+            sender.as_deref(),
+            &tenant,
+            &device,
+            upload,
+        )
         .await?;
     Ok(())
 }
