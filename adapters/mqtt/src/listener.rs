@@ -20,6 +20,7 @@ use crate::connection::Connection;
 use crate::error::MqttError;
 use crate::limits::TenantConnections;
 use crate::packet::PACKET_OVERHEAD;
+use crate::serving::ServingConnections;
 use crate::session::Shared;
 use crate::watch::ConnectionWatch;
 
@@ -81,6 +82,7 @@ impl MqttAdapter {
                 max_in_flight: usize::from(config.max_in_flight),
                 tenants: Arc::new(TenantConnections::default()),
                 watch,
+                serving: Arc::new(ServingConnections::new()),
             }),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS)),
@@ -104,8 +106,10 @@ impl MqttAdapter {
     }
 
     /// Serves until the context's shutdown token fires, then stops accepting and returns once
-    /// every connection has closed (forwards in flight finish first).
+    /// every connection has closed (forwards in flight finish first). The keep-alive sweeper
+    /// runs alongside; on shutdown it tells every serving connection to end.
     pub async fn run(self) {
+        let sweeper = Arc::clone(&self.shared.serving).sweep(self.shared.ctx.shutdown.clone());
         let accept = |port: Port, tracker: TaskTracker| {
             let (shared, permits, refusals) = (
                 Arc::clone(&self.shared),
@@ -116,7 +120,7 @@ impl MqttAdapter {
                 accept_loop(port, shared, permits, refusals, tracker).await;
             }
         };
-        self.ports.serve(accept).await;
+        tokio::join!(self.ports.serve(accept), sweeper);
         tracing::info!("MQTT adapter stopped");
     }
 }

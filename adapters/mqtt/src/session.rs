@@ -8,7 +8,8 @@
 //! * `Connected` reads packets and forwards uploads with up to `max_in_flight` forwards running
 //!   at once; their results are taken in arrival order, so PUBACKs go out in order, each only
 //!   after the northbound accepted its message. At the limit the connection is not read
-//!   (backpressure). Keep-alive: 1.5 × the client's interval without a packet closes it.
+//!   (backpressure). Keep-alive: 1.5 × the client's interval without a packet closes it (the
+//!   adapter's sweeper, `serving.rs`, decides when).
 //! * `Closing` lets forwards in flight finish when the client left in an orderly way or the
 //!   process shuts down, tells an MQTT 5 client why, closes the stream and sends the
 //!   `disconnected` event.
@@ -30,6 +31,7 @@ use crate::error::{PublishError, Refusal};
 use crate::limits::{TenantConnections, TenantGuard};
 use crate::packet::{Announce, ConnectInfo, Inbound, Outbound, Transport, TransportError};
 use crate::publish::{ErrorContext, Identity};
+use crate::serving::ServingConnections;
 use crate::watch::ConnectionWatch;
 
 mod closing;
@@ -63,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) tenants: Arc<TenantConnections>,
     /// Open authenticated connections, for registry changes.
     pub(crate) watch: Arc<ConnectionWatch>,
+    /// Serving connections, for keep-alive and shutdown.
+    pub(crate) serving: Arc<ServingConnections>,
 }
 
 impl Shared {
@@ -177,12 +181,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
                 &connect.client_id,
             ));
         }
-        let revoked = self.shared.ctx.shutdown.child_token();
+        let link = self.shared.serving.register(connect.keep_alive);
         let watched = identity.device().map(|d| {
             self.shared.watch.watch(
                 &d.tenant_id,
                 &d.device_id,
-                crate::watch::Revoked(revoked.clone()),
+                crate::watch::Revoked(Arc::clone(link.link())),
             )
         });
         Ok(Connected {
@@ -191,12 +195,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
             peer: self.peer,
             identity,
             client_id: connect.client_id.into_boxed_str(),
-            keep_alive: connect.keep_alive,
             error_subscriptions: Box::default(),
             in_flight,
             _permit: Some(permit),
             _tenant: tenant,
-            revoked,
+            link,
             _watched: watched,
         })
     }

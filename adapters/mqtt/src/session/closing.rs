@@ -13,6 +13,7 @@ use super::{InFlight, Outcome, Shared, connection_event};
 use crate::error::{PublishError, Refusal};
 use crate::packet::{Outbound, Transport, TransportError};
 use crate::publish::Identity;
+use crate::serving::End;
 
 /// Longest time forwards in flight may take to finish when a connection closes.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -66,6 +67,16 @@ pub(crate) enum CloseReason {
     /// The process shuts down.
     #[error("shutting down")]
     Shutdown,
+}
+
+impl From<End> for CloseReason {
+    fn from(end: End) -> Self {
+        match end {
+            End::Shutdown => CloseReason::Shutdown,
+            End::Revoked => CloseReason::Revoked,
+            End::KeepAliveTimeout => CloseReason::KeepAliveTimeout,
+        }
+    }
 }
 
 impl CloseReason {

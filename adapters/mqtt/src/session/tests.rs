@@ -55,6 +55,7 @@ fn shared(
         max_in_flight: 2,
         tenants: Arc::new(TenantConnections::default()),
         watch,
+        serving: Arc::new(ServingConnections::new()),
     })
 }
 
@@ -79,13 +80,15 @@ impl Harness {
             true => Some(Arc::new(Semaphore::new(1)).try_acquire_owned()?),
             false => None,
         };
+        let shared = shared(
+            Arc::clone(&registry),
+            Arc::clone(&northbound),
+            shutdown.clone(),
+        );
+        tokio::spawn(Arc::clone(&shared.serving).sweep(shutdown.clone()));
         let awaiting = AwaitingConnect {
             transport: Transport::new(server, 1024),
-            shared: shared(
-                Arc::clone(&registry),
-                Arc::clone(&northbound),
-                shutdown.clone(),
-            ),
+            shared,
             peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
             permit,
             tls_peer,
@@ -257,6 +260,23 @@ async fn timeouts_close_the_connection() -> R {
     let started = tokio::time::Instant::now();
     assert_eq!(h.next().await?, None);
     let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_secs(15) && idle < Duration::from_secs(16),
+        "{idle:?}"
+    );
+    // Keep-alive 10 s and a PINGREQ every 9 s: still open after a minute; then silent, closed
+    // 15 s after the last PINGREQ.
+    let mut h = Harness::start(true)?;
+    h.send(&connect(4, 10, "d@t", "pw")).await?;
+    assert_eq!(h.connack().await?, 0);
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        h.send(&[0xC0, 0x00]).await?;
+        assert_eq!(h.next().await?, Some(v3::Packet::PingResponse));
+    }
+    let last = tokio::time::Instant::now();
+    assert_eq!(h.next().await?, None);
+    let idle = last.elapsed();
     assert!(
         idle >= Duration::from_secs(15) && idle < Duration::from_secs(16),
         "{idle:?}"
