@@ -21,7 +21,7 @@ use crate::error::MqttError;
 use crate::limits::TenantConnections;
 use crate::packet::PACKET_OVERHEAD;
 use crate::serving::ServingConnections;
-use crate::session::Shared;
+use crate::session::{Permit, Shared};
 use crate::watch::ConnectionWatch;
 
 /// How many connections over the limit may wait for their refusal at once; beyond that they
@@ -139,19 +139,19 @@ async fn accept_loop(
         let Some((stream, peer)) = next_connection(&port.listener, &shutdown).await else {
             break;
         };
-        let (permit, refusal) = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => (Some(permit), None),
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => Permit::Within(permit),
             Err(_) => match Arc::clone(&refusals).try_acquire_owned() {
-                Ok(refusal) => (None, Some(refusal)),
+                Ok(refusal) => {
+                    tracing::info!(%peer, "connection limit reached; refusing");
+                    Permit::Over(refusal)
+                }
                 Err(_) => {
                     tracing::info!(%peer, "connection limit reached; closing without CONNACK");
                     continue;
                 }
             },
         };
-        if permit.is_none() {
-            tracing::info!(%peer, "connection limit reached; refusing");
-        }
         let connection = Connection {
             stream,
             peer,
@@ -159,11 +159,7 @@ async fn accept_loop(
             shared: Arc::clone(&shared),
             permit,
         };
-        let run = connection.run();
-        tracker.spawn(async move {
-            run.await;
-            drop(refusal);
-        });
+        tracker.spawn(connection.run());
     }
     tracing::info!(addr = %port.addr, tls, "MQTT adapter stopped accepting");
 }

@@ -249,7 +249,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_silent_connection_ends_at_its_deadline_and_an_active_one_does_not() -> Result<(), tokio::task::JoinError> {
+    async fn a_silent_connection_ends_at_its_deadline_and_an_active_one_does_not()
+    -> Result<(), tokio::task::JoinError> {
         let serving = Arc::new(ServingConnections::new());
         let shutdown = CancellationToken::new();
         let sweeper = tokio::spawn(Arc::clone(&serving).sweep(shutdown.clone()));
@@ -263,12 +264,18 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(9)).await;
             serving.touch(&active);
         }
-        assert_eq!(silent_end.await?, (End::KeepAliveTimeout, started + Duration::from_secs(15)));
+        assert_eq!(
+            silent_end.await?,
+            (End::KeepAliveTimeout, started + Duration::from_secs(15))
+        );
         assert_eq!(ended(&active), None);
         assert_eq!(ended(&without), None);
         // Then the active one goes silent too: it ends 15 s after its last activity.
         let last = Instant::now();
-        assert_eq!(wait(&active).await?, (End::KeepAliveTimeout, last + Duration::from_secs(15)));
+        assert_eq!(
+            wait(&active).await?,
+            (End::KeepAliveTimeout, last + Duration::from_secs(15))
+        );
         assert_eq!(ended(&without), None);
         // A dropped connection is forgotten at the next sweep.
         drop((silent, active));

@@ -124,6 +124,9 @@ pub(crate) struct Closing<S> {
     pub(super) reason: CloseReason,
     /// Set once the CONNACK accepted the connection.
     pub(super) connected: Option<(Identity, Box<str>, InFlight)>,
+    /// The place under the connection limit (or among the refusals) of a connection that was
+    /// not accepted, held until it is closed.
+    pub(super) _permit: Option<super::Permit>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
@@ -135,6 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
             peer,
             reason,
             connected,
+            _permit,
         } = self;
         let device = connected
             .as_ref()

@@ -41,6 +41,7 @@ pub(crate) struct Connected<S> {
     /// The client's address (log lines carry it: the connection's span is DEBUG only).
     pub(super) peer: SocketAddr,
     pub(super) identity: Identity,
+    /// The client id, for the `disconnected` event (empty when connection events are off).
     pub(super) client_id: Box<str>,
     /// A boxed slice, not a `Vec`: 8 bytes less in every connection, and subscriptions change
     /// rarely (a SUBSCRIBE or UNSUBSCRIBE rebuilds it).
@@ -72,6 +73,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
                 peer: self.peer,
                 reason,
                 connected: Some((self.identity, self.client_id, self.in_flight)),
+                _permit: None,
             }
         }
     }
@@ -152,10 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
     async fn flush(&mut self) -> Result<(), CloseReason> {
         let link = &self.link;
         // Boxed: the write timeout's timer would otherwise enlarge the idle state.
-        let mut flush = Box::pin(tokio::time::timeout(
-            WRITE_TIMEOUT,
-            self.transport.flush(),
-        ));
+        let mut flush = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush()));
         let flushed = std::future::poll_fn(|cx| match link.poll_end(cx) {
             Poll::Ready(end) => Poll::Ready(Err(end)),
             Poll::Pending => flush.as_mut().poll(cx).map(Ok),

@@ -90,7 +90,7 @@ impl Harness {
             transport: Transport::new(server, 1024),
             shared,
             peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-            permit,
+            permit: permit.map(Permit::Within),
             tls_peer,
         };
         Ok(Self {
