@@ -276,11 +276,8 @@ async fn timeouts_close_the_connection() -> R {
     }
     let last = tokio::time::Instant::now();
     assert_eq!(h.next().await?, None);
-    let idle = last.elapsed();
-    assert!(
-        idle >= Duration::from_secs(15) && idle < Duration::from_secs(16),
-        "{idle:?}"
-    );
+    // The sweeper wakes at the earliest deadline: closed at 15 s, not up to a sweep later.
+    assert_eq!(last.elapsed(), Duration::from_secs(15));
     Ok(())
 }
 
