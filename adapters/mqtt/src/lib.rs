@@ -23,8 +23,10 @@
 //! `session.rs` (`AwaitingConnect`, then `session/connected.rs` and `session/closing.rs`) over
 //! the codec wrapper of `packet.rs`. Topics are parsed in `topic.rs`, uploads prepared and error rules decided in
 //! `publish.rs` (pure functions), and the tenant connection limit is counted in `limits.rs`.
-//! `watch.rs` closes open connections whose tenant or device the registry disables or deletes
-//! (register [`MqttAdapter::change_listener`] with the registry).
+//! `serving.rs` ends serving connections from outside: one sweeper per adapter enforces the
+//! keep-alive and ends them all on shutdown, and `watch.rs` ends those whose tenant or device
+//! the registry disables or deletes (register [`MqttAdapter::change_listener`] with the
+//! registry).
 //!
 //! ```no_run
 //! # async fn start(ctx: ferry_adapter_core::AdapterContext) -> Result<(), ferry_adapter_mqtt::MqttError> {
@@ -41,6 +43,7 @@ mod limits;
 mod listener;
 mod packet;
 mod publish;
+mod serving;
 mod session;
 mod topic;
 mod watch;

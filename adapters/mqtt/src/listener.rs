@@ -20,7 +20,8 @@ use crate::connection::Connection;
 use crate::error::MqttError;
 use crate::limits::TenantConnections;
 use crate::packet::PACKET_OVERHEAD;
-use crate::session::Shared;
+use crate::serving::ServingConnections;
+use crate::session::{Permit, Shared};
 use crate::watch::ConnectionWatch;
 
 /// How many connections over the limit may wait for their refusal at once; beyond that they
@@ -81,6 +82,7 @@ impl MqttAdapter {
                 max_in_flight: usize::from(config.max_in_flight),
                 tenants: Arc::new(TenantConnections::default()),
                 watch,
+                serving: Arc::new(ServingConnections::new()),
             }),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS)),
@@ -104,8 +106,10 @@ impl MqttAdapter {
     }
 
     /// Serves until the context's shutdown token fires, then stops accepting and returns once
-    /// every connection has closed (forwards in flight finish first).
+    /// every connection has closed (forwards in flight finish first). The keep-alive sweeper
+    /// runs alongside; on shutdown it tells every serving connection to end.
     pub async fn run(self) {
+        let sweeper = Arc::clone(&self.shared.serving).sweep(self.shared.ctx.shutdown.clone());
         let accept = |port: Port, tracker: TaskTracker| {
             let (shared, permits, refusals) = (
                 Arc::clone(&self.shared),
@@ -116,7 +120,7 @@ impl MqttAdapter {
                 accept_loop(port, shared, permits, refusals, tracker).await;
             }
         };
-        self.ports.serve(accept).await;
+        tokio::join!(self.ports.serve(accept), sweeper);
         tracing::info!("MQTT adapter stopped");
     }
 }
@@ -135,19 +139,19 @@ async fn accept_loop(
         let Some((stream, peer)) = next_connection(&port.listener, &shutdown).await else {
             break;
         };
-        let (permit, refusal) = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => (Some(permit), None),
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => Permit::Within(permit),
             Err(_) => match Arc::clone(&refusals).try_acquire_owned() {
-                Ok(refusal) => (None, Some(refusal)),
+                Ok(refusal) => {
+                    tracing::info!(%peer, "connection limit reached; refusing");
+                    Permit::Over(refusal)
+                }
                 Err(_) => {
                     tracing::info!(%peer, "connection limit reached; closing without CONNACK");
                     continue;
                 }
             },
         };
-        if permit.is_none() {
-            tracing::info!(%peer, "connection limit reached; refusing");
-        }
         let connection = Connection {
             stream,
             peer,
@@ -155,11 +159,7 @@ async fn accept_loop(
             shared: Arc::clone(&shared),
             permit,
         };
-        let run = connection.run();
-        tracker.spawn(async move {
-            run.await;
-            drop(refusal);
-        });
+        tracker.spawn(connection.run());
     }
     tracing::info!(addr = %port.addr, tls, "MQTT adapter stopped accepting");
 }

@@ -7,13 +7,15 @@
 //! [`PACKET_OVERHEAD`], so a peer cannot make us buffer more than that for one packet.
 
 use std::num::NonZeroU16;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::Refusal;
@@ -212,22 +214,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     }
 
     /// Reads more bytes; `Ok(0)` at the end of the stream. Cancel-safe.
-    ///
-    /// A connection whose read buffer was released ([`Transport::release_read_buffer`]) waits
-    /// for its next bytes with a small buffer on the task's stack instead of a heap buffer, so an
-    /// idle connection holds no read buffer at all.
     pub(crate) async fn fill(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Reads more bytes if there are any; `Ok(0)` at the end of the stream.
+    ///
+    /// A poll, not a future: a connection waiting for bytes keeps no read future in its state.
+    /// A connection whose read buffer was released ([`Transport::release_read_buffer`]) reads
+    /// into a small buffer on the stack instead of a heap buffer, so an idle connection holds
+    /// no read buffer at all.
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.rbuf.capacity() == 0 {
             let mut first = [0u8; IDLE_READ];
-            let n = self.stream.read(&mut first).await?;
+            let mut read = ReadBuf::new(&mut first);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
             self.rbuf.reserve(INITIAL_BUFFER.max(n));
-            self.rbuf.extend_from_slice(&first[..n]);
-            return Ok(n);
+            self.rbuf.extend_from_slice(read.filled());
+            return Poll::Ready(Ok(n));
         }
         if self.rbuf.capacity() - self.rbuf.len() < 256 {
             self.rbuf.reserve(INITIAL_BUFFER);
         }
-        self.stream.read_buf(&mut self.rbuf).await
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
     }
 
     /// Gives the read buffer back if it holds no partial packet (call when the connection has

@@ -8,7 +8,8 @@
 //! * `Connected` reads packets and forwards uploads with up to `max_in_flight` forwards running
 //!   at once; their results are taken in arrival order, so PUBACKs go out in order, each only
 //!   after the northbound accepted its message. At the limit the connection is not read
-//!   (backpressure). Keep-alive: 1.5 × the client's interval without a packet closes it.
+//!   (backpressure). Keep-alive: 1.5 × the client's interval without a packet closes it (the
+//!   adapter's sweeper, `serving.rs`, decides when).
 //! * `Closing` lets forwards in flight finish when the client left in an orderly way or the
 //!   process shuts down, tells an MQTT 5 client why, closes the stream and sends the
 //!   `disconnected` event.
@@ -30,6 +31,7 @@ use crate::error::{PublishError, Refusal};
 use crate::limits::{TenantConnections, TenantGuard};
 use crate::packet::{Announce, ConnectInfo, Inbound, Outbound, Transport, TransportError};
 use crate::publish::{ErrorContext, Identity};
+use crate::serving::ServingConnections;
 use crate::watch::ConnectionWatch;
 
 mod closing;
@@ -63,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) tenants: Arc<TenantConnections>,
     /// Open authenticated connections, for registry changes.
     pub(crate) watch: Arc<ConnectionWatch>,
+    /// Serving connections, for keep-alive and shutdown.
+    pub(crate) serving: Arc<ServingConnections>,
 }
 
 impl Shared {
@@ -111,14 +115,27 @@ pub(crate) fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     }
 }
 
+/// A connection's place under the adapter's connection limit.
+#[derive(Debug)]
+pub(crate) enum Permit {
+    /// Within the limit: held while the connection is open.
+    Within(OwnedSemaphorePermit),
+    /// Over the limit: the CONNECT is refused with a CONNACK; held until the connection is
+    /// closed, so that only a bounded number of connections wait for their refusal at once.
+    Over(
+        #[expect(dead_code, reason = "held until the connection is closed, never read")]
+        OwnedSemaphorePermit,
+    ),
+}
+
 /// Phase 1: waiting for the CONNECT.
 pub(crate) struct AwaitingConnect<S> {
     pub(crate) transport: Transport<S>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) peer: SocketAddr,
-    /// The adapter connection limit's permit; `None` when the limit is reached (the CONNECT is
-    /// then answered with a refusal).
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// The connection's place under the adapter connection limit; the CONNECT is refused when
+    /// it has none (`Over`); taken when the CONNECT was accepted.
+    pub(crate) permit: Option<Permit>,
     /// What the TLS handshake told about the client; `None` on the insecure port.
     pub(crate) tls_peer: Option<TlsPeer>,
 }
@@ -132,10 +149,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
         };
         tracing::debug!(client_id = %connect.client_id, version = ?connect.version, "CONNECT");
         let admitted = match self.permit.take() {
-            None => Err(Refusal::AdapterConnectionLimit),
-            Some(permit) => admit(&self.shared, self.peer, self.tls_peer.take(), &connect)
-                .await
-                .map(|a| (a, permit)),
+            Some(Permit::Within(permit)) => {
+                admit(&self.shared, self.peer, self.tls_peer.take(), &connect)
+                    .await
+                    .map(|a| (a, permit))
+            }
+            over => {
+                self.permit = over;
+                Err(Refusal::AdapterConnectionLimit)
+            }
         };
         let ((identity, tenant), permit) = match admitted {
             Ok(admitted) => admitted,
@@ -177,12 +199,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
                 &connect.client_id,
             ));
         }
-        let revoked = self.shared.ctx.shutdown.child_token();
+        // Kept for the `disconnected` event only (an empty box allocates nothing).
+        let client_id = match self.shared.connection_events {
+            true => connect.client_id.into_boxed_str(),
+            false => Box::default(),
+        };
+        let link = self.shared.serving.register(connect.keep_alive);
         let watched = identity.device().map(|d| {
             self.shared.watch.watch(
                 &d.tenant_id,
                 &d.device_id,
-                crate::watch::Revoked(revoked.clone()),
+                crate::watch::Revoked(Arc::clone(link.link())),
             )
         });
         Ok(Connected {
@@ -190,13 +217,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
             shared: self.shared,
             peer: self.peer,
             identity,
-            client_id: connect.client_id.into_boxed_str(),
-            keep_alive: connect.keep_alive,
+            client_id,
             error_subscriptions: Box::default(),
             in_flight,
             _permit: Some(permit),
             _tenant: tenant,
-            revoked,
+            link,
             _watched: watched,
         })
     }
@@ -208,6 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
             peer: self.peer,
             reason,
             connected: None,
+            _permit: self.permit,
         }
     }
 

@@ -13,6 +13,7 @@ use super::{InFlight, Outcome, Shared, connection_event};
 use crate::error::{PublishError, Refusal};
 use crate::packet::{Outbound, Transport, TransportError};
 use crate::publish::Identity;
+use crate::serving::End;
 
 /// Longest time forwards in flight may take to finish when a connection closes.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -68,6 +69,16 @@ pub(crate) enum CloseReason {
     Shutdown,
 }
 
+impl From<End> for CloseReason {
+    fn from(end: End) -> Self {
+        match end {
+            End::Shutdown => CloseReason::Shutdown,
+            End::Revoked => CloseReason::Revoked,
+            End::KeepAliveTimeout => CloseReason::KeepAliveTimeout,
+        }
+    }
+}
+
 impl CloseReason {
     /// The MQTT 5 DISCONNECT reason, if the client should be told.
     fn disconnect_code(&self) -> Option<DisconnectReasonCode> {
@@ -113,6 +124,9 @@ pub(crate) struct Closing<S> {
     pub(super) reason: CloseReason,
     /// Set once the CONNACK accepted the connection.
     pub(super) connected: Option<(Identity, Box<str>, InFlight)>,
+    /// The place under the connection limit (or among the refusals) of a connection that was
+    /// not accepted, held until it is closed.
+    pub(super) _permit: Option<super::Permit>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
@@ -124,6 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Closing<S> {
             peer,
             reason,
             connected,
+            _permit,
         } = self;
         let device = connected
             .as_ref()

@@ -3,26 +3,36 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use rmqtt_codec::error::DecodeError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{CloseReason, Closing, InFlight, Outcome, Shared};
 use crate::error::PublishError;
 use crate::limits::TenantGuard;
 use crate::packet::{Inbound, Outbound, PublishIn, Transport, TransportError};
 use crate::publish::{self, Identity};
+use crate::serving::{End, Registered};
 use crate::topic::ErrorSubscription;
 use crate::watch::Watched;
 
 /// Longest time a write may wait for a client that does not read: its connection is closed
 /// instead of holding a connection slot forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a serving connection waited for.
+enum Event {
+    /// It has to end.
+    End(End),
+    /// The oldest forward in flight finished.
+    Forwarded(Outcome),
+    /// Bytes arrived (0: the end of the stream), or reading failed.
+    Read(std::io::Result<usize>),
+}
 
 /// Phase 2: connected and serving.
 pub(crate) struct Connected<S> {
@@ -31,19 +41,16 @@ pub(crate) struct Connected<S> {
     /// The client's address (log lines carry it: the connection's span is DEBUG only).
     pub(super) peer: SocketAddr,
     pub(super) identity: Identity,
+    /// The client id, for the `disconnected` event (empty when connection events are off).
     pub(super) client_id: Box<str>,
-    /// The client's keep-alive interval in seconds (0: none); the connection is closed after
-    /// 1.5 times that without a packet.
-    pub(super) keep_alive: u16,
     /// A boxed slice, not a `Vec`: 8 bytes less in every connection, and subscriptions change
     /// rarely (a SUBSCRIBE or UNSUBSCRIBE rebuilds it).
     pub(super) error_subscriptions: Box<[ErrorSubscription]>,
     pub(super) in_flight: InFlight,
     pub(super) _permit: Option<OwnedSemaphorePermit>,
     pub(super) _tenant: Option<TenantGuard>,
-    /// Cancelled when a registry change revoked the connection (`watch.rs`); a child of the
-    /// shutdown token.
-    pub(super) revoked: CancellationToken,
+    /// Ends the connection from outside: keep-alive, shutdown, registry changes (`serving.rs`).
+    pub(super) link: Registered,
     pub(super) _watched: Option<Watched>,
 }
 
@@ -66,28 +73,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
                 peer: self.peer,
                 reason,
                 connected: Some((self.identity, self.client_id, self.in_flight)),
+                _permit: None,
             }
         }
     }
 
-    /// 1.5 times the client's keep-alive interval (a day when it has none: the timer is then
-    /// not awaited).
-    fn idle_timeout(&self) -> Duration {
-        match self.keep_alive {
-            0 => Duration::from_secs(86_400),
-            secs => Duration::from_millis(u64::from(secs) * 1500),
-        }
-    }
-
     async fn serve_loop(&mut self) -> CloseReason {
-        // Waiting on cancellation is set up once, not on every turn of the loop; `revoked` is
-        // a child of the shutdown token, so one waiter covers both.
-        let ended = self.revoked.clone().cancelled_owned();
-        tokio::pin!(ended);
-        // `max` and the idle timeout are read where used, not kept in locals: every local
-        // alive at an `.await` takes room in each idle connection's state.
-        let idle = tokio::time::sleep(self.idle_timeout());
-        tokio::pin!(idle);
         loop {
             while self.in_flight.len() < self.shared.max_in_flight {
                 match self.transport.decode() {
@@ -107,29 +98,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
                     Err(e) => return e.into(),
                 }
             }
-            if self.transport.has_pending_writes() {
-                let flushed = tokio::select! {
-                    () = &mut ended => return self.end_reason(),
-                    // Boxed: the write timeout's timer would otherwise enlarge the idle state.
-                    flushed = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush())) => flushed,
-                };
-                match flushed {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return TransportError::Io(e).into(),
-                    Err(_) => return CloseReason::WriteTimeout,
-                }
+            if self.transport.has_pending_writes()
+                && let Err(reason) = self.flush().await
+            {
+                return reason;
             }
             if self.in_flight.is_empty() {
                 self.transport.release_read_buffer();
                 self.in_flight.release();
             }
-            tokio::select! {
-                biased;
-                () = &mut ended => return self.end_reason(),
-                Some(outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+            // One poll of everything the connection waits for: no timer, read or waiter
+            // future is kept in an idle connection's state.
+            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+                Event::End(end) => return end.into(),
+                Event::Forwarded(outcome) => {
                     // Not reading while the in-flight window is full is our doing, not the
                     // client's: it must not count as idle time.
-                    idle.as_mut().reset(Instant::now() + self.idle_timeout());
+                    self.shared.serving.touch(&self.link);
                     if let Err(reason) = self.complete(outcome) {
                         return reason;
                     }
@@ -140,22 +125,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
                         }
                     }
                 }
-                read = self.transport.fill(), if self.in_flight.len() < self.shared.max_in_flight => match read {
-                    Ok(0) => return CloseReason::PeerClosed,
-                    Ok(_) => idle.as_mut().reset(Instant::now() + self.idle_timeout()),
-                    Err(e) => return TransportError::Io(e).into(),
-                },
-                () = &mut idle, if self.keep_alive > 0 => return CloseReason::KeepAliveTimeout,
+                Event::Read(Ok(0)) => return CloseReason::PeerClosed,
+                Event::Read(Ok(_)) => self.shared.serving.touch(&self.link),
+                Event::Read(Err(e)) => return TransportError::Io(e).into(),
             }
         }
     }
 
-    /// Why the cancellation token fired: shutdown, or a registry change (`watch.rs`).
-    fn end_reason(&self) -> CloseReason {
-        if self.shared.ctx.shutdown.is_cancelled() {
-            CloseReason::Shutdown
-        } else {
-            CloseReason::Revoked
+    /// What happened first: the link ended the connection, the oldest forward finished, or
+    /// bytes arrived (read only while the in-flight window has room: backpressure).
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Poll::Ready(end) = self.link.poll_end(cx) {
+            return Poll::Ready(Event::End(end));
+        }
+        if let Poll::Ready(Some(outcome)) = self.in_flight.poll_next(cx) {
+            return Poll::Ready(Event::Forwarded(outcome));
+        }
+        if self.in_flight.len() < self.shared.max_in_flight
+            && let Poll::Ready(read) = self.transport.poll_fill(cx)
+        {
+            return Poll::Ready(Event::Read(read));
+        }
+        Poll::Pending
+    }
+
+    /// Writes the packets waiting in the write buffer, within the write timeout, unless the
+    /// link ends the connection first.
+    async fn flush(&mut self) -> Result<(), CloseReason> {
+        let link = &self.link;
+        // Boxed: the write timeout's timer would otherwise enlarge the idle state.
+        let mut flush = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, self.transport.flush()));
+        let flushed = std::future::poll_fn(|cx| match link.poll_end(cx) {
+            Poll::Ready(end) => Poll::Ready(Err(end)),
+            Poll::Pending => flush.as_mut().poll(cx).map(Ok),
+        })
+        .await;
+        match flushed {
+            Err(end) => Err(end.into()),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(TransportError::Io(e).into()),
+            Ok(Err(_)) => Err(CloseReason::WriteTimeout),
         }
     }
 

@@ -3,6 +3,8 @@
 //! The queue is allocated with its first forward and given back once it is empty
 //! ([`InFlight::release`]), so an idle connection holds none.
 
+use std::task::{Context, Poll};
+
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
@@ -32,9 +34,14 @@ impl InFlight {
 
     /// The outcome of the oldest forward once it is done; `None` when none is in flight.
     pub(crate) async fn next(&mut self) -> Option<Outcome> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// The outcome of the oldest forward if it is done; `Ready(None)` when none is in flight.
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outcome>> {
         match &mut self.0 {
-            Some(queue) => queue.next().await,
-            None => None,
+            Some(queue) => queue.poll_next_unpin(cx),
+            None => Poll::Ready(None),
         }
     }
 

@@ -55,6 +55,7 @@ fn shared(
         max_in_flight: 2,
         tenants: Arc::new(TenantConnections::default()),
         watch,
+        serving: Arc::new(ServingConnections::new()),
     })
 }
 
@@ -79,15 +80,17 @@ impl Harness {
             true => Some(Arc::new(Semaphore::new(1)).try_acquire_owned()?),
             false => None,
         };
+        let shared = shared(
+            Arc::clone(&registry),
+            Arc::clone(&northbound),
+            shutdown.clone(),
+        );
+        tokio::spawn(Arc::clone(&shared.serving).sweep(shutdown.clone()));
         let awaiting = AwaitingConnect {
             transport: Transport::new(server, 1024),
-            shared: shared(
-                Arc::clone(&registry),
-                Arc::clone(&northbound),
-                shutdown.clone(),
-            ),
+            shared,
             peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-            permit,
+            permit: permit.map(Permit::Within),
             tls_peer,
         };
         Ok(Self {
@@ -261,6 +264,20 @@ async fn timeouts_close_the_connection() -> R {
         idle >= Duration::from_secs(15) && idle < Duration::from_secs(16),
         "{idle:?}"
     );
+    // Keep-alive 10 s and a PINGREQ every 9 s: still open after a minute; then silent, closed
+    // 15 s after the last PINGREQ.
+    let mut h = Harness::start(true)?;
+    h.send(&connect(4, 10, "d@t", "pw")).await?;
+    assert_eq!(h.connack().await?, 0);
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        h.send(&[0xC0, 0x00]).await?;
+        assert_eq!(h.next().await?, Some(v3::Packet::PingResponse));
+    }
+    let last = tokio::time::Instant::now();
+    assert_eq!(h.next().await?, None);
+    // The sweeper wakes at the earliest deadline: closed at 15 s, not up to a sweep later.
+    assert_eq!(last.elapsed(), Duration::from_secs(15));
     Ok(())
 }
 
