@@ -1,8 +1,8 @@
 //! The sessions of a connection by channel (AMQP 1.0 §2.5), for servers that answer each `begin`
 //! on the channel the peer chose: the checks of a `begin`, the lookup of a frame's session, and
-//! the answering `begin`.
+//! the answering `begin`; and the checks of an `attach`'s handle.
 
-use fe2o3_amqp::types::definitions::{AmqpError, Error as ErrorBody, Handle};
+use fe2o3_amqp::types::definitions::{AmqpError, Error as ErrorBody, Handle, SessionError};
 use fe2o3_amqp::types::performatives::Begin;
 
 /// Sessions by channel, the same number on both sides.
@@ -104,6 +104,26 @@ pub fn answer(channel: u16, incoming_window: u32, outgoing_window: u32, handle_m
     }
 }
 
+/// Checks an `attach` on `handle`: within the `handle_max` we announced, and not `in_use` by a
+/// link of the session (§2.6.2); the error ends the connection.
+pub fn check_new_handle(handle: u32, handle_max: u32, in_use: bool) -> Result<(), ErrorBody> {
+    if handle > handle_max {
+        return Err(ErrorBody::new(
+            AmqpError::NotAllowed,
+            format!("handle {handle} exceeds the handle-max {handle_max}"),
+            None,
+        ));
+    }
+    if in_use {
+        return Err(ErrorBody::new(
+            SessionError::HandleInUse,
+            format!("handle {handle} is in use"),
+            None,
+        ));
+    }
+    Ok(())
+}
+
 fn no_session(channel: u16) -> ErrorBody {
     ErrorBody::new(
         AmqpError::NotAllowed,
@@ -121,6 +141,21 @@ mod tests {
             remote_channel,
             ..answer(0, 10, 10, 1)
         }
+    }
+
+    #[test]
+    fn new_handles_must_be_within_handle_max_and_free() {
+        assert!(check_new_handle(3, 3, false).is_ok());
+        let over = check_new_handle(4, 3, false).err();
+        assert_eq!(
+            over.map(|e| e.condition),
+            Some(AmqpError::NotAllowed.into())
+        );
+        let taken = check_new_handle(1, 3, true).err();
+        assert_eq!(
+            taken.map(|e| e.condition),
+            Some(SessionError::HandleInUse.into())
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use fe2o3_amqp::types::definitions::{
-    AmqpError, Error as ErrorBody, Handle, ReceiverSettleMode, Role, SenderSettleMode, SessionError,
+    AmqpError, Error as ErrorBody, Handle, ReceiverSettleMode, Role, SenderSettleMode,
 };
 use fe2o3_amqp::types::messaging::{DeliveryState, Outcome, TargetArchetype};
 use fe2o3_amqp::types::performatives::{Attach, Begin, Detach, Disposition, Flow};
@@ -102,20 +102,7 @@ impl Session {
         cx: &mut Context<'_>,
     ) -> Result<Option<(TenantId, Arc<Notify>)>, ErrorBody> {
         let handle = attach.handle.0;
-        if handle > MAX_HANDLE {
-            return Err(ErrorBody::new(
-                AmqpError::NotAllowed,
-                format!("handle {handle} exceeds the handle-max {MAX_HANDLE}"),
-                None,
-            ));
-        }
-        if self.link_mut(handle).is_some() {
-            return Err(ErrorBody::new(
-                SessionError::HandleInUse,
-                format!("handle {handle} is in use"),
-                None,
-            ));
-        }
+        channels::check_new_handle(handle, MAX_HANDLE, self.link_mut(handle).is_some())?;
         let node = match attach.role {
             Role::Receiver => {
                 let address = attach

@@ -79,20 +79,7 @@ impl Session {
         out: &mut BytesMut,
     ) -> Result<(), ErrorBody> {
         let handle = attach.handle.0;
-        if handle > MAX_HANDLE {
-            return Err(ErrorBody::new(
-                AmqpError::NotAllowed,
-                format!("handle {handle} exceeds the handle-max {MAX_HANDLE}"),
-                None,
-            ));
-        }
-        if self.link_mut(handle).is_some() {
-            return Err(ErrorBody::new(
-                SessionError::HandleInUse,
-                format!("handle {handle} is in use"),
-                None,
-            ));
-        }
+        channels::check_new_handle(handle, MAX_HANDLE, self.link_mut(handle).is_some())?;
         let refusal = refusal(&attach);
         let presettled = attach.snd_settle_mode == SenderSettleMode::Settled;
         let kind = if refusal.is_some() {
