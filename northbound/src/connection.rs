@@ -135,7 +135,9 @@ impl Connection {
         loop {
             self.engine.send_queued();
             if !self.engine.output().is_empty() {
-                if self.write().await.is_err() {
+                if let Err(error) = self.write().await {
+                    // Timed out: the application stopped reading what it asked for.
+                    tracing::info!(%error, "cannot write to the application, dropping it");
                     return End::Gone;
                 }
                 last_sent = Instant::now();
