@@ -14,7 +14,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 use fe2o3_amqp::frames::amqp::{Frame, FrameBody, FrameDecoder};
-use fe2o3_amqp::types::definitions::{DeliveryTag, Handle};
+use fe2o3_amqp::types::definitions::{ConnectionError, DeliveryTag, Error as ErrorBody, Handle};
 use fe2o3_amqp::types::performatives::Transfer;
 use serde::Serialize;
 use tokio_util::codec::Decoder;
@@ -52,6 +52,12 @@ pub enum FramingError {
     /// The frame body is not a performative fe2o3 can decode.
     #[error("undecodable frame body: {0}")]
     Body(String),
+}
+
+/// The error a connection closes with when a peer's bytes are not frames
+/// (`amqp:connection:framing-error`), with `description` saying why.
+pub fn framing_error(description: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(ConnectionError::FramingError, description.to_string(), None)
 }
 
 /// Cuts the next complete frame off the front of `received` and decodes it; `Ok(None)` until a

@@ -14,5 +14,7 @@ pub mod message;
 pub mod sasl;
 
 pub use channels::Channels;
-pub use frame::{FramingError, check_performative, encode, encode_or_log, next_frame};
+pub use frame::{
+    FramingError, check_performative, encode, encode_or_log, framing_error, next_frame,
+};
 pub use sasl::{encode_sasl, next_sasl_frame};

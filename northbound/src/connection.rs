@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::FrameBody;
-use fe2o3_amqp::types::definitions::{AmqpError, ConnectionError, Error as ErrorBody};
+use fe2o3_amqp::types::definitions::{AmqpError, Error as ErrorBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -205,9 +205,7 @@ impl Connection {
                 Ok(None) => return None,
                 Err(error) => {
                     tracing::info!(%error, "framing error");
-                    let body =
-                        ErrorBody::new(ConnectionError::FramingError, error.to_string(), None);
-                    return Some(End::Close(Some(body)));
+                    return Some(End::Close(Some(ferry_amqp_wire::framing_error(error))));
                 }
             };
             match self.engine.on_frame(frame) {

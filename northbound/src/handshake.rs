@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use fe2o3_amqp::frames::amqp::FrameBody;
 use fe2o3_amqp::frames::sasl::Frame as SaslFrame;
-use fe2o3_amqp::types::definitions::{ConnectionError, Error as ErrorBody};
 use fe2o3_amqp::types::performatives::{ChannelMax, Close, MaxFrameSize, Open};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslMechanisms, SaslOutcome};
 use ferry_amqp_wire::frame::{self, FramingError, encode_or_log};
@@ -146,11 +145,7 @@ where
         Ok(open) => open,
         Err(error) => {
             let close = Close {
-                error: Some(ErrorBody::new(
-                    ConnectionError::FramingError,
-                    error.to_string(),
-                    None,
-                )),
+                error: Some(ferry_amqp_wire::framing_error(&error)),
             };
             out.clear();
             encode_or_log(&mut out, 0, &close);

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::FrameBody;
-use fe2o3_amqp::types::definitions::{ConnectionError, Error as ErrorBody};
 use fe2o3_amqp::types::performatives::{ChannelMax, Close, MaxFrameSize, Open};
 use fe2o3_amqp::types::primitives::{Array, Symbol};
 use ferry_adapter_core::AuthenticatedDevice;
@@ -188,11 +187,7 @@ where
     };
     if let Err(error) = &outcome {
         let close = Close {
-            error: Some(ErrorBody::new(
-                ConnectionError::FramingError,
-                error.to_string(),
-                None,
-            )),
+            error: Some(ferry_amqp_wire::framing_error(error)),
         };
         let mut out = BytesMut::new();
         encode_or_log(&mut out, 0, &close);

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fe2o3_amqp::frames::amqp::FrameBody;
-use fe2o3_amqp::types::definitions::{AmqpError, ConnectionError, Error as ErrorBody};
+use fe2o3_amqp::types::definitions::{AmqpError, Error as ErrorBody};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -226,9 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Served<S> {
                 Ok(None) => return None,
                 Err(error) => {
                     tracing::info!(%error, "framing error");
-                    let body =
-                        ErrorBody::new(ConnectionError::FramingError, error.to_string(), None);
-                    return Some(End::Close(Some(body)));
+                    return Some(End::Close(Some(ferry_amqp_wire::framing_error(error))));
                 }
             };
             match self.engine.on_frame(frame) {
