@@ -15,7 +15,7 @@ pub enum AmqpError {
     Tls(std::io::Error),
     /// Reading or writing failed.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer closed the stream.
     #[error("the peer closed the stream")]
     Eof,
@@ -40,6 +40,25 @@ pub enum AmqpError {
     /// The peer detached (or refused) the link.
     #[error("the peer detached the link ({})", describe(.0))]
     Detached(Option<ErrorBody>),
+}
+
+impl From<std::io::Error> for AmqpError {
+    fn from(error: std::io::Error) -> Self {
+        if crate::net::wire::is_eof(&error) {
+            AmqpError::Eof
+        } else {
+            AmqpError::Io(error)
+        }
+    }
+}
+
+impl From<crate::net::DialError> for AmqpError {
+    fn from(error: crate::net::DialError) -> Self {
+        match error {
+            crate::net::DialError::Connect(e) => AmqpError::Connect(e),
+            crate::net::DialError::Tls(e) => AmqpError::Tls(e),
+        }
+    }
 }
 
 fn describe(error: &Option<ErrorBody>) -> String {

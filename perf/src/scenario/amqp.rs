@@ -22,11 +22,10 @@ use super::pacer::Pacer;
 use super::{BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
 use crate::amqp::message::DeviceMessage;
-use crate::amqp::{
-    self, AmqpError, ConnectOptions, Connection, Heartbeat, Mechanism, Outcome, Sender, Stream,
-};
+use crate::amqp::{AmqpError, ConnectOptions, Connection, Mechanism, Outcome, Sender};
 use crate::config::{Address, RunConfig, Target, TransportKind};
-use crate::stats::{Recorder, histogram};
+use crate::net::{self, Heartbeat, Stream};
+use crate::stats::{Recorder, histogram, record_since};
 
 /// Unsettled deliveries a device may have outstanding.
 pub const WINDOW: usize = 100;
@@ -67,7 +66,7 @@ impl AmqpTransport {
         let address = ferry.amqp.clone();
         config.require_tls_for_x509(&address, TransportKind::Amqp, "amqps")?;
         let tls = if address.tls {
-            let config = super::mqtt::tls_config(config.ca_file.as_deref())?;
+            let config = crate::tls::anonymous_config(config.ca_file.as_deref())?;
             let name = ServerName::try_from(address.host.clone())
                 .map_err(|e| PerfError::Config(format!("{}: {e}", address.host)))?;
             Some((config, name))
@@ -102,7 +101,7 @@ impl AmqpTransport {
                 },
             ),
         };
-        let stream = amqp::dial(&self.address.host, self.address.port, tls).await?;
+        let stream = net::dial(&self.address.host, self.address.port, tls).await?;
         let options = ConnectOptions {
             container_id: &device.client_id,
             hostname: Some(&self.address.host),
@@ -310,7 +309,7 @@ impl Upload<'_> {
         self.sender.connection().write().await?;
         for sent in self.unwritten.drain(..) {
             self.recorder.acked();
-            record(&mut self.acks, sent);
+            record_since(&mut self.acks, sent);
         }
         Ok(())
     }
@@ -320,7 +319,7 @@ impl Upload<'_> {
         self.sender.process(|sent, outcome| match outcome {
             Outcome::Accepted => {
                 recorder.acked();
-                record(acks, sent);
+                record_since(acks, sent);
             }
             Outcome::Released => recorder.error("amqp released"),
             Outcome::Rejected(error) => recorder.error(format!(
@@ -330,10 +329,6 @@ impl Upload<'_> {
             Outcome::Modified | Outcome::Other => recorder.error("amqp other outcome"),
         })
     }
-}
-
-fn record(acks: &mut Histogram<u64>, sent: Instant) {
-    acks.saturating_record(sent.elapsed().as_micros().max(1) as u64);
 }
 
 async fn close(sender: Sender<Stream>) {

@@ -1,0 +1,329 @@
+//! One MQTT connection of a simulated device, run by the task that uses it: CONNECT and its
+//! CONNACK, then publishes encoded into one buffer that the task writes at once (one write and
+//! one TLS flush for every publish that was due), PUBACKs decoded in place from the read buffer
+//! and matched to their send times, keep-alive PINGREQs, and DISCONNECT.
+//!
+//! QoS 1 publishes take packet ids from a window of free ones (at most the window, or the MQTT
+//! 5 server's Receive Maximum if lower, are unacknowledged); a PUBACK frees its id at once, so
+//! acknowledgements may come in any order.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::codec::{self, Connect, Packet};
+use super::error::{MqttError, puback_accepted};
+use crate::config::MqttVersion;
+use crate::net::wire::Wire;
+
+/// How a connection is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct Options<'a> {
+    /// MQTT 3.1.1 or 5.
+    pub version: MqttVersion,
+    /// The client id.
+    pub client_id: &'a str,
+    /// Username and password; `None` when the client authenticates with its certificate.
+    pub credentials: Option<(&'a str, &'a str)>,
+    /// The keep-alive the client announces (whole seconds, at most 65,535).
+    pub keep_alive: Duration,
+    /// The largest packet the client accepts, bytes.
+    pub max_packet: usize,
+    /// QoS 1 publishes that may be unacknowledged at once.
+    pub window: u16,
+}
+
+/// The outcome of a QoS 1 publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// PUBACK with success (or MQTT 5 "no matching subscribers").
+    Accepted,
+    /// MQTT 5 PUBACK with this failure reason code.
+    Refused(u8),
+}
+
+/// A connected client (after an accepted CONNACK).
+#[derive(Debug)]
+pub struct Connection<S> {
+    wire: Wire<S>,
+    version: MqttVersion,
+    max_packet: usize,
+    keep_alive: Duration,
+    /// Something was written since the last [`Connection::keep_alive`].
+    written: bool,
+    /// Send time of the publish in flight under each packet id (index 0 is never used).
+    in_flight: Vec<Option<Instant>>,
+    /// Packet ids free for the next QoS 1 publishes.
+    free: Vec<u16>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Sends CONNECT on a fresh stream and waits for the CONNACK (the caller bounds how long):
+    /// a refusal is [`MqttError::Refused`] with its code.
+    pub async fn connect(stream: S, options: &Options<'_>) -> Result<Self, MqttError> {
+        let mut wire = Wire::new(stream);
+        codec::connect(
+            &mut wire.out,
+            &Connect {
+                version: options.version,
+                client_id: options.client_id,
+                credentials: options.credentials,
+                keep_alive: u16::try_from(options.keep_alive.as_secs()).unwrap_or(u16::MAX),
+                max_packet: u32::try_from(options.max_packet).unwrap_or(u32::MAX),
+            },
+        );
+        wire.write().await?;
+        loop {
+            let packet =
+                codec::next_packet(&mut wire.received, options.version, options.max_packet)?;
+            match packet {
+                None => wire.read().await?,
+                Some(Packet::ConnAck {
+                    code: 0,
+                    receive_maximum,
+                }) => {
+                    let window = receive_maximum.map_or(options.window, |r| r.min(options.window));
+                    return Ok(Self::connected(wire, options, window));
+                }
+                Some(Packet::ConnAck { code, .. }) => {
+                    return Err(MqttError::Refused(options.version, code));
+                }
+                Some(Packet::Disconnect { reason }) => return Err(MqttError::Disconnected(reason)),
+                Some(Packet::Unexpected(kind)) => return Err(MqttError::Unexpected(kind)),
+                Some(Packet::PubAck { .. } | Packet::PingResp) => {
+                    return Err(MqttError::Protocol("a packet before the CONNACK"));
+                }
+            }
+        }
+    }
+
+    fn connected(wire: Wire<S>, options: &Options<'_>, window: u16) -> Self {
+        let window = window.max(1);
+        Self {
+            wire,
+            version: options.version,
+            max_packet: options.max_packet,
+            keep_alive: options.keep_alive,
+            written: true,
+            in_flight: vec![None; usize::from(window) + 1],
+            free: (1..=window).rev().collect(),
+        }
+    }
+
+    /// Whether a publish at `qos` may be encoded now (QoS 1 needs a free packet id).
+    pub fn can_publish(&self, qos: u8) -> bool {
+        qos == 0 || !self.free.is_empty()
+    }
+
+    /// QoS 1 publishes not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len() - 1 - self.free.len()
+    }
+
+    /// Encodes a PUBLISH of `payload` to `topic` for the next write; at QoS 1 its PUBACK will be
+    /// matched to `sent`. False (nothing encoded) if QoS 1 has no free packet id.
+    pub fn publish(&mut self, topic: &str, qos: u8, payload: &[u8], sent: Instant) -> bool {
+        let packet_id = if qos == 0 {
+            0
+        } else {
+            let Some(id) = self.free.pop() else {
+                return false;
+            };
+            self.in_flight[usize::from(id)] = Some(sent);
+            id
+        };
+        codec::publish(
+            &mut self.wire.out,
+            self.version,
+            topic,
+            qos,
+            packet_id,
+            payload,
+        );
+        true
+    }
+
+    /// Handles the packets received so far: each PUBACK of a publish in flight goes to `acked`
+    /// with its send time. A DISCONNECT, a malformed or unexpected packet ends the connection.
+    pub fn process(&mut self, mut acked: impl FnMut(Instant, Ack)) -> Result<(), MqttError> {
+        while let Some(packet) =
+            codec::next_packet(&mut self.wire.received, self.version, self.max_packet)?
+        {
+            match packet {
+                Packet::PubAck { packet_id, reason } => {
+                    // A PUBACK of an id not in flight (a duplicate) has nothing to settle.
+                    let slot = self.in_flight.get_mut(usize::from(packet_id));
+                    if packet_id != 0
+                        && let Some(sent) = slot.and_then(Option::take)
+                    {
+                        self.free.push(packet_id);
+                        let ack = if puback_accepted(reason) {
+                            Ack::Accepted
+                        } else {
+                            Ack::Refused(reason)
+                        };
+                        acked(sent, ack);
+                    }
+                }
+                Packet::PingResp => {}
+                Packet::Disconnect { reason } => return Err(MqttError::Disconnected(reason)),
+                Packet::ConnAck { .. } => return Err(MqttError::Protocol("a second CONNACK")),
+                Packet::Unexpected(kind) => return Err(MqttError::Unexpected(kind)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether packets wait to be written.
+    pub fn has_output(&self) -> bool {
+        !self.wire.out.is_empty()
+    }
+
+    /// Writes (and flushes) everything encoded so far, in one write.
+    pub async fn write(&mut self) -> Result<(), MqttError> {
+        self.written = true;
+        Ok(self.wire.write().await?)
+    }
+
+    /// Reads what the server sent next (cancel safe); the end of the stream is an error.
+    pub async fn read(&mut self) -> Result<(), MqttError> {
+        Ok(self.wire.read().await?)
+    }
+
+    /// How often [`Connection::keep_alive`] should be called: half the keep-alive, so that no
+    /// keep-alive passes without a packet.
+    pub fn keep_alive_interval(&self) -> Duration {
+        self.keep_alive / 2
+    }
+
+    /// Encodes a PINGREQ if nothing was written since the last call (the caller writes it).
+    pub fn keep_alive(&mut self) {
+        if !std::mem::replace(&mut self.written, false) && self.wire.out.is_empty() {
+            codec::pingreq(&mut self.wire.out);
+        }
+    }
+
+    /// Sends DISCONNECT and shuts the stream down (TLS `close_notify`, TCP FIN); the caller
+    /// bounds how long it may take.
+    pub async fn disconnect(mut self) {
+        codec::disconnect(&mut self.wire.out);
+        if self.wire.write().await.is_ok() {
+            self.wire.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+    fn options(version: MqttVersion) -> Options<'static> {
+        Options {
+            version,
+            client_id: "dev",
+            credentials: Some(("u", "pw")),
+            keep_alive: Duration::from_secs(30),
+            max_packet: 1024,
+            window: 100,
+        }
+    }
+
+    /// Connects over an in-memory stream whose server answers the CONNECT with `connack`.
+    async fn connect(
+        version: MqttVersion,
+        connack: &[u8],
+    ) -> (Result<Connection<DuplexStream>, MqttError>, DuplexStream) {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut connect = [0u8; 64];
+        let answer = async {
+            let n = server.read(&mut connect).await.unwrap_or(0);
+            assert!(
+                n > 2 && connect[0] == 0x10,
+                "no CONNECT: {:?}",
+                &connect[..n]
+            );
+            let _ = server.write_all(connack).await;
+        };
+        let options = options(version);
+        let (connection, ()) = tokio::join!(Connection::connect(client, &options), answer);
+        (connection, server)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connack_is_an_error_with_its_code() {
+        let (refused, _) = connect(MqttVersion::V311, &[0x20, 2, 0, 5]).await;
+        assert_eq!(
+            refused.map(|_| ()).map_err(|e| e.kind()),
+            Err("mqtt connack NotAuthorized".to_owned())
+        );
+        let (refused, _) = connect(MqttVersion::V5, &[0x20, 3, 0, 0x86, 0]).await;
+        assert_eq!(
+            refused.map(|_| ()).map_err(|e| e.kind()),
+            Err("mqtt connack BadUserNamePassword".to_owned())
+        );
+        let (garbage, _) = connect(MqttVersion::V311, &[0x20, 3, 0, 0, 0]).await;
+        assert_eq!(
+            garbage.map(|_| ()).map_err(|e| e.kind()),
+            Err("mqtt malformed packet".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn publishes_due_together_go_out_in_one_write_and_pubacks_find_their_send_times()
+    -> Result<(), MqttError> {
+        // The server allows 2 unacknowledged publishes (Receive Maximum).
+        let (connection, mut server) =
+            connect(MqttVersion::V5, &[0x20, 6, 0, 0, 3, 0x21, 0, 2]).await;
+        let mut connection = connection?;
+        let (t1, t2) = (Instant::now(), Instant::now() + Duration::from_millis(1));
+        assert!(connection.publish("telemetry", 1, b"a", t1));
+        assert!(connection.publish("telemetry", 1, b"b", t2));
+        assert!(!connection.can_publish(1) && connection.can_publish(0));
+        assert!(!connection.publish("telemetry", 1, b"c", t2));
+        connection.write().await?;
+        let mut written = [0u8; 64];
+        let n = server.read(&mut written).await?;
+        // Two PUBLISH packets of 17 bytes each (packet ids 1 and 2) in the one write.
+        assert_eq!((n, written[0], written[17]), (34, 0x32, 0x32));
+        assert_eq!((written[14], written[17 + 14]), (1, 2));
+        // Acknowledged out of order; the second one refused (quota exceeded).
+        server
+            .write_all(&[0x40, 3, 0, 2, 0x97, 0x40, 2, 0, 1])
+            .await?;
+        let mut acks = Vec::new();
+        while acks.len() < 2 {
+            connection.read().await?;
+            connection.process(|sent, ack| acks.push((sent, ack)))?;
+        }
+        assert_eq!(acks, [(t2, Ack::Refused(0x97)), (t1, Ack::Accepted)]);
+        assert_eq!(connection.in_flight(), 0);
+        // A server's DISCONNECT ends the connection with its reason.
+        server.write_all(&[0xE0, 1, 0x8B]).await?;
+        connection.read().await?;
+        let ended = connection.process(|_, _| {});
+        assert_eq!(
+            ended.map_err(|e| e.kind()),
+            Err("mqtt disconnect ServerShuttingDown".to_owned())
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn keep_alive_pings_only_a_silent_connection_and_disconnect_says_goodbye()
+    -> Result<(), MqttError> {
+        let (connection, mut server) = connect(MqttVersion::V311, &[0x20, 2, 0, 0]).await;
+        let mut connection = connection?;
+        assert_eq!(connection.keep_alive_interval(), Duration::from_secs(15));
+        // The CONNECT was written just now: no ping at the first tick, one at the second.
+        connection.keep_alive();
+        assert!(!connection.has_output());
+        connection.keep_alive();
+        connection.write().await?;
+        connection.disconnect().await;
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await?;
+        assert_eq!(rest, [0xC0, 0, 0xE0, 0]);
+        Ok(())
+    }
+}
