@@ -4,15 +4,14 @@ use fe2o3_amqp::types::definitions::Error as ErrorBody;
 use fe2o3_amqp::types::sasl::SaslCode;
 use ferry_amqp_wire::FramingError;
 
+use crate::net::DialError;
+
 /// Why a connection, its session or its link failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
-    /// The TCP connection could not be made.
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    /// The TLS handshake failed.
-    #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
+    /// The TCP connection or the TLS handshake failed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
     /// Reading or writing failed.
     #[error("I/O error: {0}")]
     Io(std::io::Error),
@@ -52,15 +51,6 @@ impl From<std::io::Error> for AmqpError {
     }
 }
 
-impl From<crate::net::DialError> for AmqpError {
-    fn from(error: crate::net::DialError) -> Self {
-        match error {
-            crate::net::DialError::Connect(e) => AmqpError::Connect(e),
-            crate::net::DialError::Tls(e) => AmqpError::Tls(e),
-        }
-    }
-}
-
 fn describe(error: &Option<ErrorBody>) -> String {
     match error {
         None => "no error".to_owned(),
@@ -80,8 +70,8 @@ impl AmqpError {
                 .map_or_else(String::new, |e| format!(" {:?}", e.condition))
         };
         match self {
-            AmqpError::Connect(_) => "amqp connect".to_owned(),
-            AmqpError::Tls(_) => "amqp tls".to_owned(),
+            AmqpError::Dial(DialError::Connect(_)) => "amqp connect".to_owned(),
+            AmqpError::Dial(DialError::Tls(_)) => "amqp tls".to_owned(),
             AmqpError::Io(_) | AmqpError::Eof => "amqp connection lost".to_owned(),
             AmqpError::Framing(_) | AmqpError::Protocol(_) => "amqp protocol".to_owned(),
             AmqpError::Sasl(code) => format!("amqp sasl {code:?}"),

@@ -16,23 +16,6 @@ use super::error::{MqttError, puback_accepted};
 use crate::config::MqttVersion;
 use crate::net::wire::Wire;
 
-/// How a connection is opened.
-#[derive(Clone, Copy, Debug)]
-pub struct Options<'a> {
-    /// MQTT 3.1.1 or 5.
-    pub version: MqttVersion,
-    /// The client id.
-    pub client_id: &'a str,
-    /// Username and password; `None` when the client authenticates with its certificate.
-    pub credentials: Option<(&'a str, &'a str)>,
-    /// The keep-alive the client announces (whole seconds, at most 65,535).
-    pub keep_alive: Duration,
-    /// The largest packet the client accepts, bytes.
-    pub max_packet: usize,
-    /// QoS 1 publishes that may be unacknowledged at once.
-    pub window: u16,
-}
-
 /// The outcome of a QoS 1 publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ack {
@@ -58,35 +41,27 @@ pub struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    /// Sends CONNECT on a fresh stream and waits for the CONNACK (the caller bounds how long):
-    /// a refusal is [`MqttError::Refused`] with its code.
-    pub async fn connect(stream: S, options: &Options<'_>) -> Result<Self, MqttError> {
+    /// Sends `connect` on a fresh stream and waits for the CONNACK (the caller bounds how long):
+    /// a refusal is [`MqttError::Refused`] with its code. At most `window` QoS 1 publishes (or
+    /// the MQTT 5 server's Receive Maximum, if lower) will be unacknowledged at once.
+    pub async fn connect(stream: S, connect: &Connect<'_>, window: u16) -> Result<Self, MqttError> {
         let mut wire = Wire::new(stream);
-        codec::connect(
-            &mut wire.out,
-            &Connect {
-                version: options.version,
-                client_id: options.client_id,
-                credentials: options.credentials,
-                keep_alive: u16::try_from(options.keep_alive.as_secs()).unwrap_or(u16::MAX),
-                max_packet: u32::try_from(options.max_packet).unwrap_or(u32::MAX),
-            },
-        );
+        codec::connect(&mut wire.out, connect);
         wire.write().await?;
+        let max_packet = connect.max_packet as usize;
         loop {
-            let packet =
-                codec::next_packet(&mut wire.received, options.version, options.max_packet)?;
+            let packet = codec::next_packet(&mut wire.received, connect.version, max_packet)?;
             match packet {
                 None => wire.read().await?,
                 Some(Packet::ConnAck {
                     code: 0,
                     receive_maximum,
                 }) => {
-                    let window = receive_maximum.map_or(options.window, |r| r.min(options.window));
-                    return Ok(Self::connected(wire, options, window));
+                    let window = receive_maximum.map_or(window, |r| r.min(window));
+                    return Ok(Self::connected(wire, connect, window));
                 }
                 Some(Packet::ConnAck { code, .. }) => {
-                    return Err(MqttError::Refused(options.version, code));
+                    return Err(MqttError::Refused(connect.version, code));
                 }
                 Some(Packet::Disconnect { reason }) => return Err(MqttError::Disconnected(reason)),
                 Some(Packet::Unexpected(kind)) => return Err(MqttError::Unexpected(kind)),
@@ -97,13 +72,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    fn connected(wire: Wire<S>, options: &Options<'_>, window: u16) -> Self {
+    fn connected(wire: Wire<S>, connect: &Connect<'_>, window: u16) -> Self {
         let window = window.max(1);
         Self {
             wire,
-            version: options.version,
-            max_packet: options.max_packet,
-            keep_alive: options.keep_alive,
+            version: connect.version,
+            max_packet: connect.max_packet as usize,
+            keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
             written: true,
             in_flight: vec![None; usize::from(window) + 1],
             free: (1..=window).rev().collect(),
@@ -218,14 +193,13 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
-    fn options(version: MqttVersion) -> Options<'static> {
-        Options {
+    fn options(version: MqttVersion) -> Connect<'static> {
+        Connect {
             version,
             client_id: "dev",
             credentials: Some(("u", "pw")),
-            keep_alive: Duration::from_secs(30),
+            keep_alive: 30,
             max_packet: 1024,
-            window: 100,
         }
     }
 
@@ -246,7 +220,7 @@ mod tests {
             let _ = server.write_all(connack).await;
         };
         let options = options(version);
-        let (connection, ()) = tokio::join!(Connection::connect(client, &options), answer);
+        let (connection, ()) = tokio::join!(Connection::connect(client, &options, 100), answer);
         (connection, server)
     }
 

@@ -8,12 +8,9 @@ use crate::net::DialError;
 /// Why a connection failed or ended.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    /// The TCP connection could not be made.
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    /// The TLS handshake failed.
-    #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
+    /// The TCP connection or the TLS handshake failed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
     /// Reading or writing failed.
     #[error("I/O error: {0}")]
     Io(std::io::Error),
@@ -47,22 +44,13 @@ impl From<std::io::Error> for MqttError {
     }
 }
 
-impl From<DialError> for MqttError {
-    fn from(error: DialError) -> Self {
-        match error {
-            DialError::Connect(e) => MqttError::Connect(e),
-            DialError::Tls(e) => MqttError::Tls(e),
-        }
-    }
-}
-
 impl MqttError {
     /// The error's kind as the run's error counts show it (`mqtt connack BadUserNamePassword`,
     /// `mqtt disconnect`, …).
     pub fn kind(&self) -> String {
         match self {
-            MqttError::Connect(_) => "mqtt connect".to_owned(),
-            MqttError::Tls(_) => "mqtt tls".to_owned(),
+            MqttError::Dial(DialError::Connect(_)) => "mqtt connect".to_owned(),
+            MqttError::Dial(DialError::Tls(_)) => "mqtt tls".to_owned(),
             MqttError::Io(_) => "mqtt io".to_owned(),
             MqttError::Eof => "mqtt disconnect".to_owned(),
             MqttError::Decode(DecodeError::Malformed(_)) => "mqtt malformed packet".to_owned(),

@@ -18,5 +18,6 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 
-pub use connection::{Ack, Connection, Options};
+pub use codec::Connect;
+pub use connection::{Ack, Connection};
 pub use error::MqttError;

@@ -3,34 +3,32 @@
 //! provider, the CA from `--ca`), where a device may authenticate with its client certificate
 //! instead (CONNECT without username and password).
 //!
-//! Each device is one task that paces, encodes, writes and reads its PUBACKs itself. At QoS 1 up
-//! to [`WINDOW`] publishes are unacknowledged (fewer if an MQTT 5 server's Receive Maximum says
-//! so); each PUBACK records its latency from the send, and an MQTT 5 PUBACK with a failure reason
-//! counts as an error of that reason. Publishes that are due together (rate `max`, a device
+//! Each device is one task ([`super::link`]) that paces, encodes, writes and reads its PUBACKs
+//! itself. At QoS 1 up to [`WINDOW`] publishes are unacknowledged (fewer if an MQTT 5 server's
+//! Receive Maximum says so); each PUBACK records its latency from the send, and an MQTT 5 PUBACK
+//! with a failure reason counts as an error of that reason. Publishes that are due together (rate `max`, a device
 //! catching up, slots that fell due during a write) go out in one write. At QoS 0 a message
 //! counts as acknowledged once it was written. The topic is Hono's `telemetry` / `event`; against
 //! a plain broker the consumer subscribes to the same topic.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
-use hdrhistogram::Histogram;
 use rustls_pki_types::ServerName;
 
-use super::pacer::Pacer;
-use super::{ACK_TIMEOUT, BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
+use super::link::{self, Link};
+use super::{ACK_TIMEOUT, BoxFuture, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
 use crate::config::{Address, MqttVersion, RunConfig, Target, TransportKind};
 use crate::mqtt::error::puback_kind;
-use crate::mqtt::{Ack, Connection, MqttError, Options};
-use crate::net::{self, Heartbeat, Stream};
-use crate::stats::{Recorder, histogram, record_since};
+use crate::mqtt::{Ack, Connect, Connection, MqttError};
+use crate::net::{self, Stream};
 
 /// QoS 1 publishes a device may have unacknowledged.
 pub const WINDOW: u16 = 100;
-/// Keep-alive of device connections.
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Keep-alive of device connections, seconds.
+const KEEP_ALIVE_SECS: u16 = 30;
 /// How long closing a connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -41,7 +39,7 @@ pub struct MqttTransport {
     /// The TLS configuration without a client certificate and the server's name (`mqtts://`).
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     topic: &'static str,
-    max_packet: usize,
+    max_packet: u32,
 }
 
 impl std::fmt::Debug for MqttTransport {
@@ -80,7 +78,7 @@ impl MqttTransport {
             version: config.mqtt_version,
             tls,
             topic: endpoint.as_str(),
-            max_packet: config.payload_size + 1024,
+            max_packet: u32::try_from(config.payload_size + 1024).unwrap_or(u32::MAX),
         })
     }
 
@@ -94,17 +92,16 @@ impl MqttTransport {
                 Some((device.username.as_str(), device.password.as_str())),
             ),
         };
-        let options = Options {
+        let packet = Connect {
             version: self.version,
             client_id: &device.client_id,
             credentials,
-            keep_alive: KEEP_ALIVE,
+            keep_alive: KEEP_ALIVE_SECS,
             max_packet: self.max_packet,
-            window: WINDOW,
         };
         let connect = async {
             let stream = net::dial(&self.address.host, self.address.port, tls).await?;
-            Connection::connect(stream, &options).await
+            Connection::connect(stream, &packet, WINDOW).await
         };
         match tokio::time::timeout(ACK_TIMEOUT, connect).await {
             Ok(connected) => connected.map_err(|e: MqttError| e.kind()),
@@ -144,36 +141,13 @@ impl MqttTransport {
         }
         let _ = load.ready.send(connected.is_ok()).await;
         let Ok(connection) = connected else { return };
-        let mut upload = Upload {
-            keep_alive: Heartbeat::new(Some(connection.keep_alive_interval())),
+        let mut link = MqttLink {
             connection,
             topic: self.topic,
             qos: load.effective_qos(),
-            recorder: &recorder,
-            acks: histogram(),
-            unwritten: Vec::new(),
         };
-        let Some(start) = load.wait_start().await else {
-            close(upload.connection).await;
-            return;
-        };
-        let mut pacer = load.pacer(start);
-        let sent = upload.send_all(&load, &mut pacer).await;
-        let drained = match sent {
-            Ok(()) => tokio::time::timeout(DRAIN, upload.drain()).await,
-            Err(error) => Ok(Err(error)),
-        };
-        match drained {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => recorder.error(error.kind()),
-            Err(_) => {
-                for _ in 0..upload.connection.in_flight() {
-                    recorder.error("timeout");
-                }
-            }
-        }
-        recorder.merge_ack_latency(&upload.acks);
-        close(upload.connection).await;
+        link::upload(&mut link, &mut load).await;
+        close(link.connection).await;
     }
 
     async fn hold_connection(self: Arc<Self>, device: Device, hold: Hold) {
@@ -182,142 +156,81 @@ impl MqttTransport {
             hold.recorder.error(kind.clone());
         }
         let _ = hold.opened.send(connected.is_ok()).await;
-        let Ok(mut connection) = connected else {
-            return;
+        let Ok(connection) = connected else { return };
+        let mut link = MqttLink {
+            connection,
+            topic: self.topic,
+            qos: 0,
         };
-        let mut keep_alive = Heartbeat::new(Some(connection.keep_alive_interval()));
-        let idle = async {
-            loop {
-                if connection.has_output() {
-                    connection.write().await?;
-                }
-                tokio::select! {
-                    read = connection.read() => {
-                        read?;
-                        connection.process(|_, _| {})?;
-                    }
-                    () = keep_alive.tick() => connection.keep_alive(),
-                }
-            }
-        };
-        let outcome: Result<(), MqttError> = tokio::select! {
-            () = hold.stop.cancelled() => Ok(()),
-            outcome = idle => outcome,
-        };
-        if let Err(error) = outcome {
-            hold.recorder.error(error.kind());
-        }
-        close(connection).await;
+        link::idle(&mut link, &hold.recorder, &hold.stop).await;
+        close(link.connection).await;
     }
 }
 
-/// One device's sending: its connection and what it recorded.
-struct Upload<'a> {
+/// A device's connection as the sending loop drives it.
+struct MqttLink {
     connection: Connection<Stream>,
     topic: &'static str,
     qos: u8,
-    recorder: &'a Recorder,
-    /// Acknowledgement latencies (µs).
-    acks: Histogram<u64>,
-    /// Send times of QoS 0 publishes not yet written.
-    unwritten: Vec<Instant>,
-    keep_alive: Heartbeat,
 }
 
-/// What woke a sending device.
-enum Step {
-    Read(Result<(), MqttError>),
-    Slot(bool),
-    KeepAlive,
-}
+impl Link for MqttLink {
+    type Error = MqttError;
 
-impl Upload<'_> {
-    /// Sends on the pacer's schedule until the run stops.
-    async fn send_all(&mut self, load: &Load, pacer: &mut Pacer) -> Result<(), MqttError> {
-        loop {
-            self.write().await?;
-            let can_send = self.connection.can_publish(self.qos);
-            let step = tokio::select! {
-                biased;
-                read = self.connection.read() => Step::Read(read),
-                more = pacer.next(), if can_send => Step::Slot(more),
-                () = self.keep_alive.tick() => Step::KeepAlive,
-            };
-            match step {
-                Step::Read(read) => {
-                    read?;
-                    self.process()?;
-                }
-                Step::Slot(false) => return Ok(()),
-                Step::Slot(true) => {
-                    self.send(load);
-                    // Slots already due go out in the same write.
-                    while self.connection.can_publish(self.qos) {
-                        match pacer.next().now_or_never() {
-                            Some(true) => self.send(load),
-                            Some(false) => return Ok(()),
-                            None => break,
-                        }
-                    }
-                }
-                Step::KeepAlive => self.connection.keep_alive(),
-            }
-        }
+    fn kind(error: &MqttError) -> String {
+        error.kind()
     }
 
-    /// Waits for the PUBACKs of the publishes still in flight.
-    async fn drain(&mut self) -> Result<(), MqttError> {
-        loop {
-            self.write().await?;
-            if self.connection.in_flight() == 0 {
-                return Ok(());
-            }
-            tokio::select! {
-                read = self.connection.read() => {
-                    read?;
-                    self.process()?;
-                }
-                () = self.keep_alive.tick() => self.connection.keep_alive(),
-            }
-        }
+    fn has_output(&mut self) -> bool {
+        self.connection.has_output()
     }
 
-    fn send(&mut self, load: &Load) {
-        let payload = load.next_payload();
-        let sent = Instant::now();
-        if self
-            .connection
-            .publish(self.topic, self.qos, &payload, sent)
-        {
-            self.recorder.sent();
-            if self.qos == 0 {
-                self.unwritten.push(sent);
-            }
-        }
+    fn write(&mut self) -> impl Future<Output = Result<(), MqttError>> + Send {
+        self.connection.write()
     }
 
-    /// Writes what was encoded; QoS 0 publishes count as acknowledged once written.
-    async fn write(&mut self) -> Result<(), MqttError> {
-        if !self.connection.has_output() {
-            return Ok(());
-        }
-        self.connection.write().await?;
-        for sent in self.unwritten.drain(..) {
-            self.recorder.acked();
-            record_since(&mut self.acks, sent);
-        }
-        Ok(())
+    fn read(&mut self) -> impl Future<Output = Result<(), MqttError>> + Send {
+        self.connection.read()
     }
 
-    fn process(&mut self) -> Result<(), MqttError> {
-        let (recorder, acks) = (self.recorder, &mut self.acks);
-        self.connection.process(|sent, ack| match ack {
-            Ack::Accepted => {
-                recorder.acked();
-                record_since(acks, sent);
-            }
-            Ack::Refused(reason) => recorder.error(puback_kind(reason)),
+    fn process(
+        &mut self,
+        mut outcome: impl FnMut(Instant, Result<(), String>),
+    ) -> Result<(), MqttError> {
+        self.connection.process(|sent, ack| {
+            outcome(
+                sent,
+                match ack {
+                    Ack::Accepted => Ok(()),
+                    Ack::Refused(reason) => Err(puback_kind(reason)),
+                },
+            );
         })
+    }
+
+    fn can_send(&self) -> bool {
+        self.connection.can_publish(self.qos)
+    }
+
+    fn send(&mut self, payload: &[u8], sent: Instant) {
+        // The loop asked `can_send` first, so a QoS 1 publish has its packet id.
+        let _ = self.connection.publish(self.topic, self.qos, payload, sent);
+    }
+
+    fn acknowledged_when_written(&self) -> bool {
+        self.qos == 0
+    }
+
+    fn outstanding(&self) -> usize {
+        self.connection.in_flight()
+    }
+
+    fn heartbeat_interval(&mut self) -> Option<Duration> {
+        Some(self.connection.keep_alive_interval())
+    }
+
+    fn heartbeat(&mut self) {
+        self.connection.keep_alive();
     }
 }
 
