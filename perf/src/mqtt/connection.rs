@@ -16,6 +16,10 @@ use super::error::{MqttError, puback_accepted};
 use crate::config::MqttVersion;
 use crate::net::wire::Wire;
 
+/// Encoded bytes beyond which no further publish is taken before the next write, so a QoS 0
+/// publisher at rate `max` waits for the socket instead of filling memory.
+const MAX_UNWRITTEN: usize = 64 * 1024;
+
 /// The outcome of a QoS 1 publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ack {
@@ -85,9 +89,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Whether a publish at `qos` may be encoded now (QoS 1 needs a free packet id).
+    /// Whether a publish at `qos` may be encoded now: QoS 1 needs a free packet id, and no more
+    /// than 64 KiB may wait for the next write.
     pub fn can_publish(&self, qos: u8) -> bool {
-        qos == 0 || !self.free.is_empty()
+        self.wire.out.len() < MAX_UNWRITTEN && (qos == 0 || !self.free.is_empty())
     }
 
     /// QoS 1 publishes not yet acknowledged.
@@ -279,6 +284,32 @@ mod tests {
         assert_eq!(
             ended.map_err(|e| e.kind()),
             Err("mqtt disconnect ServerShuttingDown".to_owned())
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn qos_0_publishes_wait_for_the_write_once_64_kib_are_encoded() -> Result<(), MqttError> {
+        let (connection, mut server) = connect(MqttVersion::V311, &[0x20, 2, 0, 0]).await;
+        let mut connection = connection?;
+        let mut encoded = 0;
+        while connection.can_publish(0) {
+            assert!(connection.publish("telemetry", 0, &[0; 1000], Instant::now()));
+            encoded += 1;
+        }
+        // Each PUBLISH: 1 + 2 (Remaining Length 1,011) + 2 + 9 (topic) + 1,000 bytes.
+        const PACKET: usize = 1014;
+        assert_eq!(encoded, 64 * 1024 / PACKET + 1);
+        let writing = tokio::spawn(async move {
+            connection.write().await?;
+            Ok::<_, MqttError>(connection.can_publish(0))
+        });
+        let mut written = vec![0; encoded * PACKET];
+        server.read_exact(&mut written).await?;
+        assert!(writing.await.map_err(std::io::Error::other)??);
+        assert_eq!(
+            &written[(encoded - 1) * PACKET..][..5],
+            &[0x30, 0xF3, 0x07, 0, 9]
         );
         Ok(())
     }
