@@ -6,10 +6,10 @@
 //! Each device is one task ([`super::link`]) that paces, encodes, writes and reads its PUBACKs
 //! itself. At QoS 1 up to [`WINDOW`] publishes are unacknowledged (fewer if an MQTT 5 server's
 //! Receive Maximum says so); each PUBACK records its latency from the send, and an MQTT 5 PUBACK
-//! with a failure reason counts as an error of that reason. Publishes that are due together (rate `max`, a device
-//! catching up, slots that fell due during a write) go out in one write. At QoS 0 a message
-//! counts as acknowledged once it was written. The topic is Hono's `telemetry` / `event`; against
-//! a plain broker the consumer subscribes to the same topic.
+//! with a failure reason counts as an error of that reason. Publishes that are due together (rate
+//! `max`, a device catching up, slots that fell due during a write) go out in one write. At QoS 0
+//! a message counts as acknowledged once it was written. The topic is Hono's `telemetry` /
+//! `event`; against a plain broker the consumer subscribes to the same topic.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -82,8 +82,8 @@ impl MqttTransport {
         })
     }
 
-    /// Connects and sends CONNECT: a device with a certificate presents it (over `mqtts://`)
-    /// and sends no credentials. Bounded by [`ACK_TIMEOUT`].
+    /// Connects, sends CONNECT and waits for the CONNACK: a device with a certificate presents
+    /// it (over `mqtts://`) and sends no credentials. Bounded by [`ACK_TIMEOUT`].
     async fn connect(&self, device: &Device) -> Result<Connection<Stream>, String> {
         let (tls, credentials) = match (&self.tls, &device.tls) {
             (Some((_, name)), Some(own)) => (Some((own.clone(), name.clone())), None),
