@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side: the same ferry-perf scenarios against Ferry and against its peers on this machine.
 #
-#   HTTP telemetry   Ferry's HTTP adapter (northbound consumer attached)  vs  nginx answering 202
+#   HTTP telemetry   Ferry's HTTP adapter (northbound consumer attached)  vs  nginx answering 202,
+#                    with one worker each, then with one worker per CPU each
 #   MQTT telemetry   Ferry's MQTT adapter (QoS 0 and 1, 1 over TLS, 1 with MQTT 5)  vs  Mosquitto
 #                    (subscriber), and over TLS with client certificates (QoS 0 and 1) from one test
 #                    CA for both
@@ -48,6 +49,7 @@ FERRY_MQTT=$(port 183) FERRY_MQTTS=$(port 883) COAP=$(port 683) COAPS=$(port 684
 NGINX=$(port 90) MOSQ=$(port 283) MOSQ_TLS=$(port 284) MOSQ_X509=$(port 285)
 
 FERRY_PID= MOSQ_PID= NGINX_WORKER=
+FERRY_SETTINGS=() # extra `--set` arguments for the next start of Ferry
 cleanup() {
   stop_ferry
   stop_mosquitto
@@ -105,7 +107,7 @@ start_ferry() {
     --set "mqtt.bind=\"127.0.0.1:$FERRY_MQTT\"" --set "mqtt.tls_bind=\"127.0.0.1:$FERRY_MQTTS\"" \
     --set "amqp.bind=\"127.0.0.1:$AMQP\"" --set "amqp.tls_bind=\"127.0.0.1:$AMQPS\"" \
     --set "coap.bind=\"127.0.0.1:$COAP\"" --set "coap.dtls_bind=\"127.0.0.1:$COAPS\"" \
-    >>"$WORK/ferry.log" 2>&1 &
+    ${FERRY_SETTINGS[@]+"${FERRY_SETTINGS[@]}"} >>"$WORK/ferry.log" 2>&1 &
   FERRY_PID=$!
   for p in "$MGMT" "$HTTP" "$FERRY_MQTT" "$FERRY_MQTTS"; do wait_port "$p"; done
 }
@@ -124,10 +126,10 @@ restart_ferry() {
 say "starting Ferry"
 start_ferry
 
-say "starting nginx (one worker, return 202)"
 mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
+nginx_config() { # workers: nginx.conf with that many worker processes, answering 202
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes $1;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 events { worker_connections 20000; }
@@ -146,6 +148,9 @@ http {
     }
 }
 EOF
+}
+say "starting nginx (one worker, return 202)"
+nginx_config 1
 start_nginx() {
   nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
   wait_port "$NGINX"
@@ -290,9 +295,22 @@ if ! skip connections; then
 fi
 
 if ! skip http; then
-  run ferry-http-telemetry "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport http "${COMMON[@]}" telemetry
-  run nginx-http-telemetry --target "http://127.0.0.1:$NGINX" --pid "$NGINX_WORKER" --transport http "${COMMON[@]}" telemetry
-  COMPARISONS+=("load|HTTP telemetry QoS 0|ferry-http-telemetry|nginx-http-telemetry|nginx")
+  # Twice: one worker each (Ferry `worker_threads = 1`, nginx `worker_processes 1`), then one
+  # worker per CPU each (Ferry's default). nginx's CPU is read from its one worker only, so the
+  # second run shows none for it.
+  WORKER_COUNTS=(1)
+  if [ "$(nproc)" -gt 1 ]; then WORKER_COUNTS+=("$(nproc)"); fi
+  for workers in "${WORKER_COUNTS[@]}"; do
+    if [ "$workers" = 1 ]; then FERRY_SETTINGS=(--set worker_threads=1); else FERRY_SETTINGS=(); fi
+    restart_ferry
+    nginx_config "$workers"
+    restart_nginx
+    nginx_pid=()
+    if [ "$workers" = 1 ]; then nginx_pid=(--pid "$NGINX_WORKER"); fi
+    run "ferry-http-telemetry-w$workers" "${FERRY_ARGS[@]}" --no-setup --pid "$FERRY_PID" --transport http "${COMMON[@]}" telemetry
+    run "nginx-http-telemetry-w$workers" --target "http://127.0.0.1:$NGINX" ${nginx_pid[@]+"${nginx_pid[@]}"} --transport http "${COMMON[@]}" telemetry
+    COMPARISONS+=("load|HTTP telemetry QoS 0, $workers worker(s) each|ferry-http-telemetry-w$workers|nginx-http-telemetry-w$workers|nginx")
+  done
 fi
 
 if ! skip mqtt; then

@@ -7,6 +7,7 @@
 //! strings otherwise.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ use ferry_registry::RegistryConfig;
 pub struct Config {
     /// Directory for the registry database, the event store and generated certificates.
     pub data_dir: PathBuf,
+    /// Threads that run the adapters (the async runtime's workers); `None`: one per CPU.
+    pub worker_threads: Option<NonZeroUsize>,
     /// The server certificate used by every TLS listener.
     pub tls: TlsConfig,
     /// The device registry and its storage.
@@ -53,6 +56,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+            worker_threads: None,
             tls: TlsConfig::default(),
             registry: RegistryConfig::default(),
             management: ManagementConfig::default(),
@@ -275,6 +279,15 @@ mod tests {
         assert_eq!(c.amqp.max_payload_size, 100);
         assert!(!c.amqp.authentication_required);
         assert!(Config::load(None, Vec::new(), &["amqp.nope=1".to_owned()]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_cpu_and_refuse_zero() -> anyhow::Result<()> {
+        assert_eq!(Config::load(None, Vec::new(), &[])?.worker_threads, None);
+        let c = Config::load(None, Vec::new(), &["worker_threads=1".to_owned()])?;
+        assert_eq!(c.worker_threads.map(NonZeroUsize::get), Some(1));
+        assert!(Config::load(None, Vec::new(), &["worker_threads=0".to_owned()]).is_err());
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The `ferry` command: runs the gateway, or talks to a running one.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -97,62 +98,69 @@ fn main() -> anyhow::Result<()> {
     // asks for the process default on the same provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let mut settings = cli.settings;
+            if let Some(dir) = cli.data_dir {
+                settings.insert(0, format!("data_dir={:?}", dir.display().to_string()));
+            }
+            let config = Config::load(cli.config.as_deref(), std::env::vars(), &settings)?;
+            runtime(config.worker_threads)?.block_on(run(config))
+        }
+        Command::Consume {
+            tenant,
+            northbound,
+            user,
+            password,
+        } => {
+            let credentials = user.map(|u| (u, password.unwrap_or_default()));
+            runtime(None)?.block_on(ferry::consume::run(northbound, &tenant, credentials))
+        }
+        Command::Pki {
+            out,
+            devices,
+            ca_name,
+            prefix,
+        } => {
+            let written = ferry::pki::run(&out, &ca_name, &prefix, devices)?;
+            println!(
+                "Wrote {} and {} device certificates to {}; tenant.json trusts the CA \
+                 (auto-provisioning on), devices.csv is ready for `ferry provision`.",
+                written.ca_cert.display(),
+                written.devices.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Provision {
+            tenant,
+            file,
+            management,
+            user,
+            password,
+        } => {
+            let target = ferry::provision::Target {
+                base: management,
+                user: user.map(|u| (u, password.unwrap_or_default())),
+            };
+            let summary =
+                runtime(None)?.block_on(ferry::provision::run(&target, &tenant, &file, true))?;
+            ferry::provision::print(&summary);
+            Ok(())
+        }
+    }
+}
+
+/// The async runtime: `workers` threads, or one per CPU.
+fn runtime(workers: Option<NonZeroUsize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers.get());
+    }
+    builder
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Run) {
-            Command::Run => {
-                let mut settings = cli.settings;
-                if let Some(dir) = cli.data_dir {
-                    settings.insert(0, format!("data_dir={:?}", dir.display().to_string()));
-                }
-                let config = Config::load(cli.config.as_deref(), std::env::vars(), &settings)?;
-                run(config).await
-            }
-            Command::Consume {
-                tenant,
-                northbound,
-                user,
-                password,
-            } => {
-                let credentials = user.map(|u| (u, password.unwrap_or_default()));
-                ferry::consume::run(northbound, &tenant, credentials).await
-            }
-            Command::Pki {
-                out,
-                devices,
-                ca_name,
-                prefix,
-            } => {
-                let written = ferry::pki::run(&out, &ca_name, &prefix, devices)?;
-                println!(
-                    "Wrote {} and {} device certificates to {}; tenant.json trusts the CA \
-                     (auto-provisioning on), devices.csv is ready for `ferry provision`.",
-                    written.ca_cert.display(),
-                    written.devices.len(),
-                    out.display()
-                );
-                Ok(())
-            }
-            Command::Provision {
-                tenant,
-                file,
-                management,
-                user,
-                password,
-            } => {
-                let target = ferry::provision::Target {
-                    base: management,
-                    user: user.map(|u| (u, password.unwrap_or_default())),
-                };
-                let summary = ferry::provision::run(&target, &tenant, &file, true).await?;
-                ferry::provision::print(&summary);
-                Ok(())
-            }
-        }
-    })
+        .context("cannot start the async runtime")
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
