@@ -15,14 +15,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::PerfError;
-use crate::amqp::{ConnectOptions, Connection, Heartbeat, Mechanism, Receiver};
+use crate::amqp::{ConnectOptions, Connection, Mechanism, Receiver};
 use crate::config::{AuthKind, RunConfig, ScenarioKind, Target};
+use crate::net::Heartbeat;
 use crate::payload::now_us;
 use crate::scenario::Endpoint;
-use crate::scenario::mqtt::client::{self as mqtt_client, ClientOptions, Polled};
-use crate::scenario::mqtt::tls_config;
 use crate::setup;
 use crate::stats::Recorder;
+use crate::subscriber::{self, ClientOptions, Polled};
 
 /// Starts the consumer for `config`'s target; `None` when the target has none (a plain HTTP
 /// server, or the `connections` scenario against a broker).
@@ -53,20 +53,19 @@ pub async fn start(
             let (tls, credentials) = match (address.tls, config.auth) {
                 (false, _) => (None, Some((username.as_str(), config.password.as_str()))),
                 (true, AuthKind::Password) => (
-                    Some(tls_config(config.ca_file.as_deref())?),
+                    Some(crate::tls::anonymous_config(config.ca_file.as_deref())?),
                     Some((username.as_str(), config.password.as_str())),
                 ),
                 (true, AuthKind::X509) => (Some(subscriber_identity(config)?), None),
             };
             let client_id = format!("ferry-perf-consumer-{}", recorder.run());
-            let (client, mut events) = mqtt_client::new(&ClientOptions {
+            let (client, mut events) = subscriber::new(&ClientOptions {
                 version: config.mqtt_version,
                 address,
                 tls: tls.as_ref(),
                 client_id: &client_id,
                 credentials,
                 max_packet: config.payload_size + 1024,
-                inflight: 100,
                 channel: 16,
                 connect_timeout: Duration::from_secs(10),
             });

@@ -154,7 +154,7 @@ async fn issue_certificates(
             Ok(response) => {
                 // The certificate is part of the answer: read it before stopping the clock.
                 let _ = response.bytes().await;
-                latencies.saturating_record(t0.elapsed().as_micros().max(1) as u64);
+                crate::stats::record_since(&mut latencies, t0);
             }
             Err(SetupError::Refused { status, .. }) => {
                 *errors.entry(format!("http {status}")).or_insert(0) += 1;

@@ -24,6 +24,8 @@ pub mod amqp;
 pub mod config;
 pub mod consumer;
 pub mod issuance;
+pub mod mqtt;
+pub mod net;
 pub mod payload;
 pub mod pki;
 pub mod plot;
@@ -33,6 +35,7 @@ pub mod report;
 pub mod scenario;
 pub mod setup;
 pub mod stats;
+pub mod subscriber;
 pub mod tls;
 
 pub use scenario::run;

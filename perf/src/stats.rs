@@ -27,6 +27,11 @@ pub fn histogram() -> Histogram<u64> {
     }
 }
 
+/// Records the time since `since` in `h` (microseconds, at least 1).
+pub fn record_since(h: &mut Histogram<u64>, since: std::time::Instant) {
+    h.saturating_record(since.elapsed().as_micros().max(1) as u64);
+}
+
 /// Latency percentiles of one histogram, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {

@@ -35,6 +35,12 @@ pub fn roots(ca_file: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, PerfE
     Ok(Arc::new(roots))
 }
 
+/// A client configuration (without a client certificate) trusting the CA certificates in
+/// `ca_file`.
+pub fn anonymous_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, PerfError> {
+    client_config(&roots(ca_file)?, None)
+}
+
 /// A client configuration trusting `roots`, presenting `identity` when given, without session
 /// resumption.
 pub fn client_config(

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::error::AmqpError;
 use super::sasl::{self, Mechanism};
-use super::wire::Wire;
+use crate::net::wire::Wire;
 
 /// `AMQP` + protocol id 0 + version 1.0.0.
 const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
@@ -105,7 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         frame::encode_or_log(&mut wire.out, CHANNEL, &open);
         wire.write().await?;
-        wire.expect_header(AMQP_HEADER).await?;
+        super::expect_header(&mut wire, AMQP_HEADER).await?;
         let mut connection = Self {
             wire,
             peer_max_frame: MAX_FRAME_SIZE,
@@ -339,12 +339,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Writes the frames encoded so far.
     pub async fn write(&mut self) -> Result<(), AmqpError> {
         self.written = true;
-        self.wire.write().await
+        Ok(self.wire.write().await?)
     }
 
     /// Reads what the peer sent next (cancel safe); the end of the stream is an error.
     pub async fn read(&mut self) -> Result<(), AmqpError> {
-        self.wire.read().await
+        Ok(self.wire.read().await?)
     }
 
     /// How often [`Connection::heartbeat`] should be called: a quarter of the peer's idle

@@ -4,18 +4,17 @@ use fe2o3_amqp::types::definitions::Error as ErrorBody;
 use fe2o3_amqp::types::sasl::SaslCode;
 use ferry_amqp_wire::FramingError;
 
+use crate::net::DialError;
+
 /// Why a connection, its session or its link failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
-    /// The TCP connection could not be made.
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    /// The TLS handshake failed.
-    #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
+    /// The TCP connection or the TLS handshake failed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
     /// Reading or writing failed.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer closed the stream.
     #[error("the peer closed the stream")]
     Eof,
@@ -42,6 +41,16 @@ pub enum AmqpError {
     Detached(Option<ErrorBody>),
 }
 
+impl From<std::io::Error> for AmqpError {
+    fn from(error: std::io::Error) -> Self {
+        if crate::net::wire::is_eof(&error) {
+            AmqpError::Eof
+        } else {
+            AmqpError::Io(error)
+        }
+    }
+}
+
 fn describe(error: &Option<ErrorBody>) -> String {
     match error {
         None => "no error".to_owned(),
@@ -61,8 +70,8 @@ impl AmqpError {
                 .map_or_else(String::new, |e| format!(" {:?}", e.condition))
         };
         match self {
-            AmqpError::Connect(_) => "amqp connect".to_owned(),
-            AmqpError::Tls(_) => "amqp tls".to_owned(),
+            AmqpError::Dial(DialError::Connect(_)) => "amqp connect".to_owned(),
+            AmqpError::Dial(DialError::Tls(_)) => "amqp tls".to_owned(),
             AmqpError::Io(_) | AmqpError::Eof => "amqp connection lost".to_owned(),
             AmqpError::Framing(_) | AmqpError::Protocol(_) => "amqp protocol".to_owned(),
             AmqpError::Sasl(code) => format!("amqp sasl {code:?}"),

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::error::AmqpError;
-use super::wire::Wire;
+use crate::net::wire::Wire;
 
 /// `AMQP` + protocol id 3 (SASL) + version 1.0.0.
 const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
@@ -89,7 +89,7 @@ where
 {
     wire.out.extend_from_slice(&SASL_HEADER);
     wire.write().await?;
-    wire.expect_header(SASL_HEADER).await?;
+    super::expect_header(wire, SASL_HEADER).await?;
     let Frame::Mechanisms(offered) = read_frame(wire).await? else {
         return Err(AmqpError::Protocol("expected sasl-mechanisms".to_owned()));
     };

@@ -4,29 +4,27 @@
 //! Devices authenticate with SASL PLAIN, or with their client certificate and SASL EXTERNAL
 //! (`--auth x509`, `amqps://` only).
 //!
-//! Each device is one task that paces, encodes, writes and reads its outcomes itself. Unsettled
-//! telemetry (QoS 1) and events keep up to [`WINDOW`] deliveries outstanding (the adapter's link
-//! credit bounds it further); each `accepted` records its latency from the send. When slots are
-//! due together (rate `max`, or a device catching up) the transfers go out in one write.
-//! Pre-settled telemetry (QoS 0) counts as acknowledged once written. Each message's `to` is
-//! `telemetry` or `event`.
+//! Each device is one task ([`super::link`]) that paces, encodes, writes and reads its outcomes
+//! itself. Unsettled telemetry (QoS 1) and events keep up to [`WINDOW`] deliveries outstanding
+//! (the adapter's link credit bounds it further); each `accepted` records its latency from the
+//! send. When slots are due together (rate `max`, or a device catching up) the transfers go out
+//! in one write. Pre-settled telemetry (QoS 0) counts as acknowledged once written. Each
+//! message's `to` is `telemetry` or `event`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
-use hdrhistogram::Histogram;
 use rustls_pki_types::ServerName;
 
-use super::pacer::Pacer;
-use super::{BoxFuture, DRAIN, Device, Endpoint, Hold, Load, Transport};
+use super::link::{self, Link};
+use super::{BoxFuture, Device, Endpoint, Hold, Load, Transport};
 use crate::PerfError;
 use crate::amqp::message::DeviceMessage;
-use crate::amqp::{
-    self, AmqpError, ConnectOptions, Connection, Heartbeat, Mechanism, Outcome, Sender, Stream,
-};
+use crate::amqp::{AmqpError, ConnectOptions, Connection, Mechanism, Outcome, Sender};
 use crate::config::{Address, RunConfig, Target, TransportKind};
-use crate::stats::{Recorder, histogram};
+use crate::net::{self, Stream};
+use crate::stats::Recorder;
 
 /// Unsettled deliveries a device may have outstanding.
 pub const WINDOW: usize = 100;
@@ -67,7 +65,7 @@ impl AmqpTransport {
         let address = ferry.amqp.clone();
         config.require_tls_for_x509(&address, TransportKind::Amqp, "amqps")?;
         let tls = if address.tls {
-            let config = super::mqtt::tls_config(config.ca_file.as_deref())?;
+            let config = crate::tls::anonymous_config(config.ca_file.as_deref())?;
             let name = ServerName::try_from(address.host.clone())
                 .map_err(|e| PerfError::Config(format!("{}: {e}", address.host)))?;
             Some((config, name))
@@ -102,7 +100,7 @@ impl AmqpTransport {
                 },
             ),
         };
-        let stream = amqp::dial(&self.address.host, self.address.port, tls).await?;
+        let stream = net::dial(&self.address.host, self.address.port, tls).await?;
         let options = ConnectOptions {
             container_id: &device.client_id,
             hostname: Some(&self.address.host),
@@ -137,48 +135,29 @@ impl AmqpTransport {
         }
     }
 
+    /// The sending loop's view of `sender`; `presettled`: QoS 0 telemetry.
+    fn link(&self, sender: Sender<Stream>, presettled: bool, payload: usize) -> AmqpLink<'_> {
+        AmqpLink {
+            sender,
+            message: &self.message,
+            buffer: Vec::new(),
+            len: payload + MESSAGE_OVERHEAD,
+            presettled,
+        }
+    }
+
     async fn drive_device(self: Arc<Self>, device: Device, mut load: Load) {
         let recorder = load.recorder.clone();
         let presettled = load.effective_qos() == 0;
-        let sender = match self.open(&device, presettled, &recorder).await {
-            Ok(sender) => Some(sender),
-            Err(kind) => {
-                recorder.error(kind);
-                None
-            }
-        };
-        let _ = load.ready.send(sender.is_some()).await;
-        let Some(mut sender) = sender else { return };
-        let mut upload = Upload {
-            heartbeat: Heartbeat::new(sender.connection().heartbeat_interval()),
-            sender,
-            recorder: &recorder,
-            presettled,
-            acks: histogram(),
-            unwritten: Vec::new(),
-            buffer: Vec::new(),
-        };
-        let Some(start) = load.wait_start().await else {
-            close(upload.sender).await;
-            return;
-        };
-        let mut pacer = load.pacer(start);
-        let sent = upload.send_all(&self.message, &load, &mut pacer).await;
-        let drained = match sent {
-            Ok(()) => tokio::time::timeout(DRAIN, upload.drain()).await,
-            Err(error) => Ok(Err(error)),
-        };
-        match drained {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => recorder.error(error.kind()),
-            Err(_) => {
-                for _ in 0..upload.sender.unsettled() {
-                    recorder.error("timeout");
-                }
-            }
+        let sender = self.open(&device, presettled, &recorder).await;
+        if let Err(kind) = &sender {
+            recorder.error(kind.clone());
         }
-        recorder.merge_ack_latency(&upload.acks);
-        close(upload.sender).await;
+        let _ = load.ready.send(sender.is_ok()).await;
+        let Ok(sender) = sender else { return };
+        let mut link = self.link(sender, presettled, load.payload.size());
+        link::upload(&mut link, &mut load).await;
+        close(link.sender).await;
     }
 
     async fn hold_connection(self: Arc<Self>, device: Device, hold: Hold) {
@@ -187,153 +166,87 @@ impl AmqpTransport {
             hold.recorder.error(kind.clone());
         }
         let _ = hold.opened.send(sender.is_ok()).await;
-        let Ok(mut sender) = sender else { return };
-        let mut heartbeat = Heartbeat::new(sender.connection().heartbeat_interval());
-        let idle = async {
-            loop {
-                if sender.connection().has_output() {
-                    sender.connection().write().await?;
-                }
-                tokio::select! {
-                    read = sender.connection().read() => {
-                        read?;
-                        sender.process(|_, _| {})?;
-                    }
-                    () = heartbeat.tick() => sender.connection().heartbeat(),
-                }
-            }
-        };
-        let outcome: Result<(), AmqpError> = tokio::select! {
-            () = hold.stop.cancelled() => Ok(()),
-            outcome = idle => outcome,
-        };
-        if let Err(error) = outcome {
-            hold.recorder.error(error.kind());
-        }
-        close(sender).await;
+        let Ok(sender) = sender else { return };
+        let mut link = self.link(sender, false, 0);
+        link::idle(&mut link, &hold.recorder, &hold.stop).await;
+        close(link.sender).await;
     }
 }
 
-/// One device's sending: its link and what it recorded.
-struct Upload<'a> {
+/// A device's upload link as the sending loop drives it.
+struct AmqpLink<'a> {
     sender: Sender<Stream>,
-    recorder: &'a Recorder,
-    presettled: bool,
-    /// Acknowledgement latencies (µs).
-    acks: Histogram<u64>,
-    /// Send times of pre-settled deliveries not yet written.
-    unwritten: Vec<Instant>,
+    message: &'a DeviceMessage,
     /// The message being encoded.
     buffer: Vec<u8>,
-    heartbeat: Heartbeat,
+    /// Room one message takes, for the session window check.
+    len: usize,
+    presettled: bool,
 }
 
-/// What woke a sending device.
-enum Step {
-    Read(Result<(), AmqpError>),
-    Slot(bool),
-    Heartbeat,
-}
+impl Link for AmqpLink<'_> {
+    type Error = AmqpError;
 
-impl Upload<'_> {
-    /// Sends on the pacer's schedule until the run stops.
-    async fn send_all(
+    fn kind(error: &AmqpError) -> String {
+        error.kind()
+    }
+
+    fn has_output(&mut self) -> bool {
+        self.sender.connection().has_output()
+    }
+
+    fn write(&mut self) -> impl Future<Output = Result<(), AmqpError>> + Send {
+        self.sender.connection().write()
+    }
+
+    fn read(&mut self) -> impl Future<Output = Result<(), AmqpError>> + Send {
+        self.sender.connection().read()
+    }
+
+    fn process(
         &mut self,
-        message: &DeviceMessage,
-        load: &Load,
-        pacer: &mut Pacer,
+        mut outcome: impl FnMut(Instant, Result<(), String>),
     ) -> Result<(), AmqpError> {
-        let len = load.payload.size() + MESSAGE_OVERHEAD;
-        loop {
-            self.write().await?;
-            let can_send = self.sender.can_send(len);
-            let step = tokio::select! {
-                biased;
-                read = self.sender.connection().read() => Step::Read(read),
-                more = pacer.next(), if can_send => Step::Slot(more),
-                () = self.heartbeat.tick() => Step::Heartbeat,
-            };
-            match step {
-                Step::Read(read) => {
-                    read?;
-                    self.process()?;
-                }
-                Step::Slot(false) => return Ok(()),
-                Step::Slot(true) => {
-                    self.send(message, load);
-                    // Slots already due go out in the same write.
-                    while self.sender.can_send(len) {
-                        match pacer.next().now_or_never() {
-                            Some(true) => self.send(message, load),
-                            Some(false) => return Ok(()),
-                            None => break,
-                        }
-                    }
-                }
-                Step::Heartbeat => self.sender.connection().heartbeat(),
-            }
-        }
-    }
-
-    /// Waits for the outcomes of the deliveries still unsettled.
-    async fn drain(&mut self) -> Result<(), AmqpError> {
-        loop {
-            self.write().await?;
-            if self.sender.unsettled() == 0 {
-                return Ok(());
-            }
-            tokio::select! {
-                read = self.sender.connection().read() => {
-                    read?;
-                    self.process()?;
-                }
-                () = self.heartbeat.tick() => self.sender.connection().heartbeat(),
-            }
-        }
-    }
-
-    fn send(&mut self, message: &DeviceMessage, load: &Load) {
-        message.write(&load.next_payload(), &mut self.buffer);
-        let sent = Instant::now();
-        self.sender.send(&self.buffer, sent);
-        self.recorder.sent();
-        if self.presettled {
-            self.unwritten.push(sent);
-        }
-    }
-
-    /// Writes what was encoded; pre-settled deliveries count as acknowledged once written.
-    async fn write(&mut self) -> Result<(), AmqpError> {
-        if !self.sender.connection().has_output() {
-            return Ok(());
-        }
-        self.sender.connection().write().await?;
-        for sent in self.unwritten.drain(..) {
-            self.recorder.acked();
-            record(&mut self.acks, sent);
-        }
-        Ok(())
-    }
-
-    fn process(&mut self) -> Result<(), AmqpError> {
-        let (recorder, acks) = (self.recorder, &mut self.acks);
-        self.sender.process(|sent, outcome| match outcome {
-            Outcome::Accepted => {
-                recorder.acked();
-                record(acks, sent);
-            }
-            Outcome::Released => recorder.error("amqp released"),
-            Outcome::Rejected(error) => recorder.error(format!(
-                "amqp rejected {}",
-                error.map_or_else(|| "-".to_owned(), |e| format!("{:?}", e.condition))
-            )),
-            Outcome::Modified | Outcome::Other => recorder.error("amqp other outcome"),
+        self.sender.process(|sent, settled| {
+            outcome(
+                sent,
+                match settled {
+                    Outcome::Accepted => Ok(()),
+                    Outcome::Released => Err("amqp released".to_owned()),
+                    Outcome::Rejected(error) => Err(format!(
+                        "amqp rejected {}",
+                        error.map_or_else(|| "-".to_owned(), |e| format!("{:?}", e.condition))
+                    )),
+                    Outcome::Modified | Outcome::Other => Err("amqp other outcome".to_owned()),
+                },
+            );
         })
     }
-}
 
-fn record(acks: &mut Histogram<u64>, sent: Instant) {
-    acks.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+    fn can_send(&self) -> bool {
+        self.sender.can_send(self.len)
+    }
+
+    fn send(&mut self, payload: &[u8], sent: Instant) {
+        self.message.write(payload, &mut self.buffer);
+        self.sender.send(&self.buffer, sent);
+    }
+
+    fn acknowledged_when_written(&self) -> bool {
+        self.presettled
+    }
+
+    fn outstanding(&self) -> usize {
+        self.sender.unsettled()
+    }
+
+    fn heartbeat_interval(&mut self) -> Option<Duration> {
+        self.sender.connection().heartbeat_interval()
+    }
+
+    fn heartbeat(&mut self) {
+        self.sender.connection().heartbeat();
+    }
 }
 
 async fn close(sender: Sender<Stream>) {

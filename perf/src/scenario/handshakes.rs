@@ -80,7 +80,7 @@ impl Handshakes {
             match self.once.send(&device, qos, payload).await {
                 Ok(()) => {
                     recorder.acked();
-                    latencies.saturating_record(t0.elapsed().as_micros().max(1) as u64);
+                    crate::stats::record_since(&mut latencies, t0);
                 }
                 Err(kind) => recorder.error(kind),
             }

@@ -10,6 +10,7 @@ pub mod amqp;
 pub mod coap;
 mod handshakes;
 pub mod http;
+mod link;
 pub mod mqtt;
 pub mod pacer;
 mod requests;

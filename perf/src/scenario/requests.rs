@@ -91,7 +91,7 @@ pub(crate) async fn drive<D: RequestResponse>(device: &D, mut load: Load) {
             match device.request(c, body).await {
                 Answer::Ack => {
                     recorder.acked();
-                    acks.saturating_record(t0.elapsed().as_micros().max(1) as u64);
+                    crate::stats::record_since(&mut acks, t0);
                 }
                 Answer::Refused(kind) => recorder.error(kind),
                 Answer::Broken(kind) => {

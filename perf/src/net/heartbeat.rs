@@ -1,6 +1,7 @@
-//! The timer of a connection's heartbeats (AMQP 1.0 §2.4.5): when the peer announced an idle
-//! timeout, the task calls [`super::Connection::heartbeat`] on every tick, which sends an empty
-//! frame if nothing else was written since the tick before.
+//! The timer of a connection's heartbeats: AMQP 1.0's empty frames (§2.4.5) when the peer
+//! announced an idle timeout ([`crate::amqp::Connection::heartbeat`]), MQTT's PINGREQ within the
+//! keep-alive ([`crate::mqtt::Connection::keep_alive`]). On every tick the task calls its
+//! connection, which sends something only if nothing else was written since the tick before.
 
 use std::time::Duration;
 

@@ -1,8 +1,10 @@
-//! One MQTT client over rumqttc's two APIs: 3.1.1 (`rumqttc`) and 5 (`rumqttc::v5`).
+//! The consumer's MQTT subscriber against a plain broker (`--target mqtt://…`), over rumqttc's
+//! two APIs: 3.1.1 (`rumqttc`) and 5 (`rumqttc::v5`). (The devices use the harness's own client,
+//! [`crate::mqtt`]; one subscriber costs little.)
 //!
-//! The two have their own option, client, event-loop, packet and error types. The harness needs
-//! only a few things from them (connect, publish, subscribe, disconnect, and the events that
-//! carry packet ids, acknowledgements and received payloads), so [`Client`] and [`Events`] wrap
+//! The two APIs have their own option, client, event-loop, packet and error types. The
+//! subscriber needs only a few things from them (connect, subscribe, disconnect, and the events
+//! that carry the CONNACK, the SUBACK and received payloads), so [`Client`] and [`Events`] wrap
 //! either API and [`Polled`] is what both event loops report, in one vocabulary.
 
 use std::sync::Arc;
@@ -10,12 +12,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
-use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
-use rumqttc::{Outgoing, Packet as Packet4, QoS as QoS4, TlsConfiguration};
+use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
+use rumqttc::{Packet as Packet4, QoS as QoS4, TlsConfiguration};
 
 use crate::config::{Address, MqttVersion};
 
-/// Keep-alive interval of device connections.
+/// Keep-alive interval of the subscriber's connection.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// How one client connects.
@@ -33,8 +35,6 @@ pub struct ClientOptions<'a> {
     pub credentials: Option<(&'a str, &'a str)>,
     /// Largest packet sent or accepted, bytes.
     pub max_packet: usize,
-    /// Publishes that may be unacknowledged at once.
-    pub inflight: u16,
     /// Requests queued between the client handle and its event loop.
     pub channel: usize,
     /// How long connecting (TCP, TLS, CONNACK) may take.
@@ -46,21 +46,15 @@ pub struct ClientOptions<'a> {
 pub enum Polled {
     /// The CONNACK of a successful connect.
     Connected,
-    /// A PUBLISH with this packet id was written (0 at QoS 0).
-    Written(u16),
-    /// The PUBACK of this packet id, successful.
-    Acknowledged(u16),
-    /// The PUBACK of this packet id with an MQTT 5 failure reason (the error kind).
-    Refused(u16, String),
     /// A SUBACK.
     Subscribed,
     /// An incoming PUBLISH's payload.
     Message(Bytes),
-    /// Anything else (pings, other acknowledgements).
+    /// Anything else (pings, outgoing packets).
     Other,
 }
 
-/// The client handle: publishes and subscribes through its event loop.
+/// The client handle: subscribes through its event loop.
 #[derive(Clone, Debug)]
 pub enum Client {
     /// MQTT 3.1.1.
@@ -91,7 +85,6 @@ pub fn new(o: &ClientOptions<'_>) -> (Client, Events) {
             }
             m.set_keep_alive(KEEP_ALIVE)
                 .set_clean_session(true)
-                .set_inflight(o.inflight)
                 .set_max_packet_size(o.max_packet, o.max_packet);
             if let Some(t) = transport {
                 m.set_transport(t);
@@ -109,7 +102,6 @@ pub fn new(o: &ClientOptions<'_>) -> (Client, Events) {
             }
             m.set_keep_alive(KEEP_ALIVE)
                 .set_clean_start(true)
-                .set_outgoing_inflight_upper_limit(o.inflight)
                 .set_max_packet_size(u32::try_from(o.max_packet).ok())
                 .set_connection_timeout(o.connect_timeout.as_secs());
             if let Some(t) = transport {
@@ -122,20 +114,6 @@ pub fn new(o: &ClientOptions<'_>) -> (Client, Events) {
 }
 
 impl Client {
-    /// Hands a PUBLISH to the event loop; `false` if the event loop is gone.
-    pub async fn publish(&self, topic: &str, qos: u8, payload: Bytes) -> bool {
-        match self {
-            Client::V311(c) => c
-                .publish_bytes(topic, qos4(qos), false, payload)
-                .await
-                .is_ok(),
-            Client::V5(c) => c
-                .publish_bytes(topic, qos5(qos), false, payload)
-                .await
-                .is_ok(),
-        }
-    }
-
     /// Hands a SUBSCRIBE to the event loop; `false` if the event loop is gone.
     pub async fn subscribe(&self, topic: &str, qos: u8) -> bool {
         match self {
@@ -175,12 +153,12 @@ impl Events {
         match self {
             Events::V311(e) => match e.poll().await {
                 Ok(rumqttc::Event::Incoming(p)) => Ok(incoming4(p)),
-                Ok(rumqttc::Event::Outgoing(o)) => Ok(outgoing(&o)),
+                Ok(rumqttc::Event::Outgoing(_)) => Ok(Polled::Other),
                 Err(e) => Err(error_kind4(&e)),
             },
             Events::V5(e) => match e.poll().await {
                 Ok(rumqttc::v5::Event::Incoming(p)) => Ok(incoming5(p)),
-                Ok(rumqttc::v5::Event::Outgoing(o)) => Ok(outgoing(&o)),
+                Ok(rumqttc::v5::Event::Outgoing(_)) => Ok(Polled::Other),
                 Err(e) => Err(error_kind5(&e)),
             },
         }
@@ -201,7 +179,6 @@ impl Events {
         let wait = async {
             loop {
                 match self.poll().await {
-                    Ok(Polled::Refused(_, kind)) => return Err(kind),
                     Ok(p) if done(&p) => return Ok(()),
                     Ok(_) => {}
                     Err(kind) => return Err(kind),
@@ -214,17 +191,9 @@ impl Events {
     }
 }
 
-fn outgoing(o: &Outgoing) -> Polled {
-    match o {
-        Outgoing::Publish(pkid) => Polled::Written(*pkid),
-        _ => Polled::Other,
-    }
-}
-
 fn incoming4(p: Packet4) -> Polled {
     match p {
         Packet4::ConnAck(_) => Polled::Connected,
-        Packet4::PubAck(ack) => Polled::Acknowledged(ack.pkid),
         Packet4::SubAck(_) => Polled::Subscribed,
         Packet4::Publish(p) => Polled::Message(p.payload),
         _ => Polled::Other,
@@ -234,12 +203,6 @@ fn incoming4(p: Packet4) -> Polled {
 fn incoming5(p: Packet5) -> Polled {
     match p {
         Packet5::ConnAck(_) => Polled::Connected,
-        Packet5::PubAck(ack) => match ack.reason {
-            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
-                Polled::Acknowledged(ack.pkid)
-            }
-            reason => Polled::Refused(ack.pkid, format!("mqtt puback {reason:?}")),
-        },
         Packet5::SubAck(_) => Polled::Subscribed,
         Packet5::Publish(p) => Polled::Message(p.payload),
         _ => Polled::Other,
@@ -273,7 +236,6 @@ fn error_kind5(e: &rumqttc::v5::ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::v5::mqttbytes::v5::PubAck;
     use tokio::io::AsyncReadExt as _;
 
     /// The protocol level byte of the CONNECT a client of `version` sends (4: 3.1.1, 5: 5).
@@ -288,7 +250,6 @@ mod tests {
             client_id: "level",
             credentials: Some(("user", "secret")),
             max_packet: 1024,
-            inflight: 10,
             channel: 4,
             connect_timeout: Duration::from_secs(5),
         });
@@ -310,28 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn mqtt5_pubacks_with_a_failure_reason_are_refusals() {
-        let ok = incoming5(Packet5::PubAck(PubAck::new(7, None)));
-        assert!(matches!(ok, Polled::Acknowledged(7)), "{ok:?}");
-        let mut ack = PubAck::new(8, None);
-        ack.reason = PubAckReason::NoMatchingSubscribers;
-        assert!(matches!(
-            incoming5(Packet5::PubAck(ack.clone())),
-            Polled::Acknowledged(8)
-        ));
-        ack.reason = PubAckReason::QuotaExceeded;
-        match incoming5(Packet5::PubAck(ack)) {
-            Polled::Refused(8, kind) => assert_eq!(kind, "mqtt puback QuotaExceeded"),
-            other => panic!("not a refusal: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn both_versions_report_written_publishes_and_payloads_alike() {
-        assert!(matches!(
-            outgoing(&Outgoing::Publish(3)),
-            Polled::Written(3)
-        ));
+    fn both_versions_report_payloads_alike() {
         let p4 = rumqttc::Publish::new("telemetry", QoS4::AtLeastOnce, "a");
         let p5 =
             rumqttc::v5::mqttbytes::v5::Publish::new("telemetry", QoS5::AtLeastOnce, "a", None);
