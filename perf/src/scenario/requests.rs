@@ -12,7 +12,7 @@ use super::Load;
 use crate::stats::histogram;
 
 /// How long to wait before reconnecting after a connection failed.
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+pub(super) const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
 /// What one message came to.
 pub(crate) enum Answer {
