@@ -26,9 +26,24 @@ fn request_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= head + length).then_some(head + length)
 }
 
-/// Answers the requests with `statuses` in turn and a chunked body; every `close_every`th
-/// response on a connection says `Connection: close` and the connection ends.
-async fn serve(mut stream: TcpStream, statuses: &'static [&'static str], close_every: usize) {
+/// How the server answers.
+#[derive(Clone, Copy)]
+struct Answers {
+    /// The statuses of the responses, in turn.
+    statuses: &'static [&'static str],
+    /// Every so many responses on a connection say `Connection: close`, and it ends.
+    close_every: usize,
+    /// Each response but a connection's first is sent this often.
+    repeat: usize,
+}
+
+/// Answers the requests as `answers` says, with chunked bodies.
+async fn serve(mut stream: TcpStream, answers: Answers) {
+    let Answers {
+        statuses,
+        close_every,
+        repeat,
+    } = answers;
     let mut buf = Vec::new();
     let mut answered = 0;
     loop {
@@ -41,7 +56,13 @@ async fn serve(mut stream: TcpStream, statuses: &'static [&'static str], close_e
                 "HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n{}\r\n2\r\nok\r\n0\r\n\r\n",
                 if close { "Connection: close\r\n" } else { "" }
             );
-            if stream.write_all(response.as_bytes()).await.is_err() || close {
+            let times = if answered == 1 { 1 } else { repeat };
+            if stream
+                .write_all(response.repeat(times).as_bytes())
+                .await
+                .is_err()
+                || close
+            {
                 return;
             }
         }
@@ -53,11 +74,8 @@ async fn serve(mut stream: TcpStream, statuses: &'static [&'static str], close_e
     }
 }
 
-/// Starts the server; returns its address and the count of connections it accepted.
-async fn start(
-    statuses: &'static [&'static str],
-    close_every: usize,
-) -> std::io::Result<(String, Arc<AtomicUsize>)> {
+/// Starts a server answering as `answers` says; returns its address and the count of connections it accepted.
+async fn start(answers: Answers) -> std::io::Result<(String, Arc<AtomicUsize>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = format!("http://{}", listener.local_addr()?);
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -65,7 +83,7 @@ async fn start(
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(serve(stream, statuses, close_every));
+            tokio::spawn(serve(stream, answers));
         }
     });
     Ok((address, accepted))
@@ -83,7 +101,12 @@ fn config(address: &str) -> Result<RunConfig, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_answers_and_connection_close_lose_nothing() -> TestResult {
-    let (address, accepted) = start(&["202 Accepted"], 7).await?;
+    let (address, accepted) = start(Answers {
+        statuses: &["202 Accepted"],
+        close_every: 7,
+        repeat: 1,
+    })
+    .await?;
     let r = ferry_perf::run(&config(&address)?).await?;
     assert!(r.sent >= 100, "{r:?}");
     assert_eq!(r.acked, r.sent, "{r:?}");
@@ -100,12 +123,44 @@ async fn chunked_answers_and_connection_close_lose_nothing() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_counted_by_status() -> TestResult {
     // The warm-up is accepted, then every other request refused.
-    let (address, _) = start(&["202 Accepted", "503 Service Unavailable"], usize::MAX).await?;
+    let (address, _) = start(Answers {
+        statuses: &["202 Accepted", "503 Service Unavailable"],
+        close_every: usize::MAX,
+        repeat: 1,
+    })
+    .await?;
     let r = ferry_perf::run(&config(&address)?).await?;
     assert!(r.sent >= 100, "{r:?}");
     let refused = r.errors.get("http 503").copied().unwrap_or(0);
     assert_eq!(r.acked + refused, r.sent, "{r:?}");
     assert!(r.acked.abs_diff(refused) <= 3, "{r:?}");
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_nobody_asked_for_breaks_the_connection() -> TestResult {
+    // Every response but a connection's first comes twice: the second is not taken as the next
+    // request's answer, the connection is replaced instead.
+    let (address, accepted) = start(Answers {
+        statuses: &["202 Accepted"],
+        close_every: usize::MAX,
+        repeat: 2,
+    })
+    .await?;
+    let r = ferry_perf::run(&config(&address)?).await?;
+    assert!(r.sent >= 100, "{r:?}");
+    assert_eq!(r.acked, r.sent, "{r:?}");
+    let unexpected = r
+        .errors
+        .get("http unexpected response")
+        .copied()
+        .unwrap_or(0);
+    assert!(unexpected * 2 + 6 >= r.sent, "{r:?}");
+    assert!(
+        accepted.load(Ordering::Relaxed) as u64 >= unexpected,
+        "{r:?}"
+    );
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     Ok(())
 }

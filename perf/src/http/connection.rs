@@ -85,11 +85,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Sends one request and waits for its response's status (the caller bounds how long).
+    /// Anything after the response is an error.
     pub async fn exchange(&mut self, head: &RequestHead, payload: &[u8]) -> Result<u16, HttpError> {
         self.send(head, payload, Instant::now());
         self.write().await?;
         loop {
             if let Some((_, status)) = self.process()? {
+                if !self.wire.received.is_empty() {
+                    return Err(HttpError::Unexpected);
+                }
                 return Ok(status);
             }
             self.read().await?;

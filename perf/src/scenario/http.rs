@@ -304,9 +304,10 @@ impl Link for HttpLink<'_> {
         &mut self,
         mut report: impl FnMut(Instant, Result<(), String>),
     ) -> Result<(), Infallible> {
-        if let Some(conn) = self.conn.as_mut() {
+        // One response is expected; one more is an error, not the answer to the next request.
+        while let Some(conn) = self.conn.as_mut() {
             match conn.process() {
-                Ok(None) => {}
+                Ok(None) => break,
                 Ok(Some((sent, status))) => {
                     report(sent, outcome(status));
                     if conn.ended() {
