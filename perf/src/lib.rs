@@ -23,6 +23,7 @@
 pub mod amqp;
 pub mod config;
 pub mod consumer;
+pub mod http;
 pub mod issuance;
 pub mod mqtt;
 pub mod net;

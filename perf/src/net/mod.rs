@@ -1,7 +1,7 @@
-//! The byte streams of the harness's own protocol clients ([`crate::amqp`], [`crate::mqtt`]):
-//! connecting over plain TCP or TLS from the first byte ([`dial`]), the buffered stream that
-//! batches writes and reads in place (`Wire`), and the timer that keeps an idle connection alive
-//! ([`Heartbeat`]).
+//! The byte streams of the harness's own protocol clients ([`crate::amqp`], [`crate::http`],
+//! [`crate::mqtt`]): connecting over plain TCP or TLS from the first byte ([`dial`]), the
+//! buffered stream that batches writes and reads in place (`Wire`), and the timer that keeps an
+//! idle connection alive ([`Heartbeat`]).
 
 mod heartbeat;
 pub(crate) mod wire;
@@ -16,7 +16,7 @@ use tokio_util::either::Either;
 
 pub use heartbeat::Heartbeat;
 
-/// A client's stream: plain TCP or TLS from the first byte (`amqps://`, `mqtts://`).
+/// A client's stream: plain TCP or TLS from the first byte (`amqps://`, `https://`, `mqtts://`).
 pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// Why [`dial`] failed.

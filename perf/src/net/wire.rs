@@ -1,5 +1,5 @@
 //! A connection's byte stream (TCP or TLS) with its receive and send buffers, shared by the
-//! harness's own AMQP and MQTT clients.
+//! harness's own AMQP, HTTP and MQTT clients.
 //!
 //! Everything the client sends between two writes is encoded into one buffer and written at
 //! once (one TLS record for many frames or packets), and reads append to one buffer that frames

@@ -1,56 +1,47 @@
-//! HTTP devices: HTTP/1.1 keep-alive with basic auth or, over TLS (`https://`), with the device's
-//! client certificate; one connection per device, one request in flight per connection (as a
-//! device does), on hyper's low-level client to keep the load generator's own cost small.
+//! HTTP devices on the harness's own client ([`crate::http`]): HTTP/1.1 keep-alive with basic
+//! auth or, over TLS (`https://`, ring provider, the CA from `--ca`), with the device's client
+//! certificate; one connection per device, one request in flight per connection (as a device
+//! does).
+//!
+//! Each device is one task ([`super::link`]) that paces, encodes its request from a head built
+//! once (path, `Host`, `Authorization`, `Content-Type`, `qos-level` for QoS 1 telemetry), writes
+//! it and reads the response in place; a 2xx records its latency from the send, another status
+//! counts as the error `http <status>`. A connection that fails, or that the server ends
+//! (`Connection: close`), is replaced for the next message, as a device would do; the request it
+//! carried counts as an error of the failure's kind.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use http::{HeaderValue, Request};
-use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use std::pin::Pin;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-use tokio_util::either::Either;
 
-use super::requests::{self, Answer, RequestResponse};
+use super::link::{self, Link};
+use super::requests::RECONNECT_DELAY;
 use super::{ACK_TIMEOUT, BoxFuture, Device, Endpoint, Hold, Load, Transport, warmup_payload};
 use crate::PerfError;
 use crate::config::{Address, RunConfig, Target, TransportKind};
+use crate::http::{Connection, HttpError, RequestHead};
+use crate::net::{self, Stream};
 
 /// The HTTP device protocol (Hono's HTTP adapter API, or any server answering 2xx).
-#[derive(Debug)]
 pub struct HttpTransport {
     address: Address,
-    host: HeaderValue,
-    path: &'static str,
+    authority: String,
+    endpoint: Endpoint,
     /// For `https://`: the configuration of devices without a certificate, and the server name.
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
-/// A plain or a TLS connection.
-type Stream = Either<TcpStream, TlsStream<TcpStream>>;
-
-/// One keep-alive connection. Its driver is polled by the device task itself, only while a request
-/// is in flight: one task per device instead of two saves a wake-up per request.
-struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    driver: Pin<Box<http1::Connection<TokioIo<Stream>, Full<Bytes>>>>,
-}
-
-/// The outcome of one request.
-enum Outcome {
-    /// 2xx.
-    Accepted,
-    /// Another status.
-    Status(u16),
-    /// The connection failed (it must be replaced).
-    Broken(&'static str),
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTransport")
+            .field("address", &self.address)
+            .field("endpoint", &self.endpoint)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpTransport {
@@ -69,217 +60,297 @@ impl HttpTransport {
         let tls = if address.tls {
             let name = ServerName::try_from(address.host.clone())
                 .map_err(|e| PerfError::Config(format!("bad TLS server name: {e}")))?;
-            let roots = crate::tls::roots(config.ca_file.as_deref())?;
-            Some((crate::tls::client_config(&roots, None)?, name))
+            Some((
+                crate::tls::anonymous_config(config.ca_file.as_deref())?,
+                name,
+            ))
         } else {
             None
         };
-        let host = HeaderValue::from_str(&address.authority())
-            .map_err(|e| PerfError::Config(format!("bad HTTP host: {e}")))?;
-        let path = match endpoint {
-            Endpoint::Telemetry => "/telemetry",
-            Endpoint::Event => "/event",
-        };
         Ok(Self {
+            authority: address.authority(),
             address,
-            host,
-            path,
+            endpoint,
             tls,
         })
     }
 
-    /// Connects (over TLS with the device's certificate, if it has one).
-    async fn connect(&self, device: &Device) -> Result<Conn, &'static str> {
-        let stream = tokio::time::timeout(
-            ACK_TIMEOUT,
-            TcpStream::connect((self.address.host.as_str(), self.address.port)),
-        )
-        .await
-        .map_err(|_| "timeout")?
-        .map_err(|_| "http connect")?;
-        let _ = stream.set_nodelay(true);
-        let stream = match &self.tls {
-            None => Either::Left(stream),
-            Some((config, name)) => {
-                let config = device.tls.clone().unwrap_or_else(|| config.clone());
-                let tls = TlsConnector::from(config).connect(name.clone(), stream);
-                Either::Right(
-                    tokio::time::timeout(ACK_TIMEOUT, tls)
-                        .await
-                        .map_err(|_| "timeout")?
-                        .map_err(|_| "tls handshake")?,
-                )
-            }
+    /// The head of `device`'s requests: basic auth unless it has a certificate, and
+    /// `qos-level: 1` for QoS 1 telemetry.
+    fn head(&self, device: &Device, qos: u8) -> RequestHead {
+        let credentials = device
+            .tls
+            .is_none()
+            .then_some((device.username.as_str(), device.password.as_str()));
+        let qos_1: &[(&str, &str)] = match (self.endpoint, qos) {
+            (Endpoint::Telemetry, 1) => &[("qos-level", "1")],
+            _ => &[],
         };
-        let (sender, driver) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| "http connect")?;
-        Ok(Conn {
-            sender,
-            driver: Box::pin(driver),
-        })
+        let path = match self.endpoint {
+            Endpoint::Telemetry => "/telemetry",
+            Endpoint::Event => "/event",
+        };
+        RequestHead::post(path, &self.authority, credentials, qos_1)
     }
 
-    async fn send(
-        &self,
-        conn: &mut Conn,
-        auth: Option<&HeaderValue>,
-        qos: u8,
-        body: Bytes,
-    ) -> Outcome {
-        let mut request = Request::post(self.path)
-            .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, "application/octet-stream");
-        if let Some(auth) = auth {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        if qos == 1 && self.path == "/telemetry" {
-            request = request.header("qos-level", "1");
-        }
-        let Ok(request) = request.body(Full::new(body)) else {
-            return Outcome::Broken("http request");
-        };
-        let Conn { sender, driver } = conn;
-        let exchange = async {
-            sender.ready().await.map_err(|_| "http connection")?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|_| "http connection")?;
-            let status = response.status();
-            response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|_| "http connection")?;
-            Ok::<_, &'static str>(status)
-        };
-        let driven = async {
-            tokio::select! {
-                biased;
-                status = exchange => status,
-                _ = driver.as_mut() => Err("http connection"),
-            }
-        };
-        match tokio::time::timeout(ACK_TIMEOUT, driven).await {
-            Err(_) => Outcome::Broken("timeout"),
-            Ok(Err(kind)) => Outcome::Broken(kind),
-            Ok(Ok(status)) if status.is_success() => Outcome::Accepted,
-            Ok(Ok(status)) => Outcome::Status(status.as_u16()),
+    /// Connects (over TLS with the device's certificate, if it has one) within [`ACK_TIMEOUT`];
+    /// the error kind if that failed.
+    async fn connect(&self, device: &Device) -> Result<Connection<Stream>, &'static str> {
+        let tls = self.tls.as_ref().map(|(config, name)| {
+            (
+                device.tls.clone().unwrap_or_else(|| config.clone()),
+                name.clone(),
+            )
+        });
+        let dial = net::dial(&self.address.host, self.address.port, tls);
+        match tokio::time::timeout(ACK_TIMEOUT, dial).await {
+            Ok(Ok(stream)) => Ok(Connection::new(stream)),
+            Ok(Err(error)) => Err(HttpError::from(error).kind()),
+            Err(_) => Err("timeout"),
         }
     }
-}
 
-/// The `authorization` header of a password device (`Ok(None)` for a certificate device).
-fn basic_auth(device: &Device) -> Result<Option<HeaderValue>, &'static str> {
-    if device.tls.is_some() {
-        return Ok(None);
-    }
-    let token = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", device.username, device.password));
-    HeaderValue::from_str(&format!("Basic {token}"))
-        .map(Some)
-        .map_err(|_| "http bad credentials")
-}
-
-impl HttpTransport {
     /// One new connection (a full TLS handshake for `https://`), one request, closed: the outcome
     /// as an error kind.
     pub async fn send_once(&self, device: &Device, qos: u8, body: Bytes) -> Result<(), String> {
-        let auth = basic_auth(device)?;
         let mut conn = self.connect(device).await?;
-        match self.send(&mut conn, auth.as_ref(), qos, body).await {
-            Outcome::Accepted => Ok(()),
-            Outcome::Status(code) => Err(format!("http {code}")),
-            Outcome::Broken(kind) => Err(kind.to_owned()),
-        }
+        exchange(&mut conn, &self.head(device, qos), &body).await
     }
 
-    async fn drive_device(self: Arc<Self>, device: Device, load: Load) {
-        let auth = match basic_auth(&device) {
-            Ok(auth) => auth,
+    /// Connects and sends the warm-up request: whether it was accepted, and the connection if
+    /// it stays usable. Failures go to `recorder`, the answer's with `suffix`.
+    async fn open(
+        &self,
+        device: &Device,
+        head: &RequestHead,
+        payload: Bytes,
+        (recorder, suffix): (&crate::stats::Recorder, &str),
+    ) -> (bool, Option<Connection<Stream>>) {
+        let mut conn = match self.connect(device).await {
+            Ok(conn) => conn,
             Err(kind) => {
-                load.recorder.error(kind);
-                let _ = load.ready.send(false).await;
-                return;
+                recorder.error(kind);
+                return (false, None);
             }
         };
-        let qos = load.effective_qos();
-        let http = HttpDevice {
+        let answer = exchange(&mut conn, head, &payload).await;
+        if let Err(kind) = &answer {
+            recorder.error(format!("{kind}{suffix}"));
+        }
+        let usable = conn.can_send().then_some(conn);
+        (answer.is_ok(), usable)
+    }
+
+    async fn drive_device(self: Arc<Self>, device: Device, mut load: Load) {
+        let head = self.head(&device, load.effective_qos());
+        let recorder = load.recorder.clone();
+        let (ok, conn) = self
+            .open(
+                &device,
+                &head,
+                load.warmup_payload(),
+                (&recorder, " (warm-up)"),
+            )
+            .await;
+        let _ = load.ready.send(ok).await;
+        let mut link = HttpLink {
             transport: &self,
             device: &device,
-            auth,
-            qos,
+            head: &head,
+            conn,
+            queued: None,
+            failed: Vec::new(),
+            retry_at: Instant::now(),
         };
-        requests::drive(&http, load).await;
+        link::upload(&mut link, &mut load).await;
     }
 
     async fn hold_connection(self: Arc<Self>, device: Device, hold: Hold) {
-        let Ok(auth) = basic_auth(&device) else {
-            let _ = hold.opened.send(false).await;
-            return;
-        };
-        let mut sender = match self.connect(&device).await {
-            Ok(s) => s,
-            Err(kind) => {
-                hold.recorder.error(kind);
-                let _ = hold.opened.send(false).await;
-                return;
-            }
-        };
+        let head = self.head(&device, 0);
         let payload = warmup_payload(&hold.payload, &hold.recorder);
-        let ok = match self.send(&mut sender, auth.as_ref(), 0, payload).await {
-            Outcome::Accepted => true,
-            Outcome::Status(code) => {
-                hold.recorder.error(format!("http {code}"));
-                false
-            }
-            Outcome::Broken(kind) => {
-                hold.recorder.error(kind);
-                false
-            }
-        };
+        let (ok, conn) = self
+            .open(&device, &head, payload, (&hold.recorder, ""))
+            .await;
         let _ = hold.opened.send(ok).await;
         if ok {
             hold.stop.cancelled().await;
         }
-        drop(sender);
+        drop(conn);
     }
 }
 
-/// One device on its keep-alive connection.
-struct HttpDevice<'a> {
+/// Sends one request on `conn` and waits (up to [`ACK_TIMEOUT`]) for a 2xx; the error kind
+/// otherwise (`http <status>` for another status).
+async fn exchange(
+    conn: &mut Connection<Stream>,
+    head: &RequestHead,
+    payload: &[u8],
+) -> Result<(), String> {
+    match tokio::time::timeout(ACK_TIMEOUT, conn.exchange(head, payload)).await {
+        Ok(Ok(status)) => outcome(status),
+        Ok(Err(error)) => Err(error.kind().to_owned()),
+        Err(_) => Err("timeout".to_owned()),
+    }
+}
+
+/// A response's status as an outcome: 2xx is accepted, another status the error `http <status>`.
+fn outcome(status: u16) -> Result<(), String> {
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("http {status}"))
+    }
+}
+
+/// A device's connection as the sending loop drives it: failures never end the loop, they
+/// become the outcome of the request they hit and the connection is replaced.
+struct HttpLink<'a> {
     transport: &'a HttpTransport,
     device: &'a Device,
-    auth: Option<HeaderValue>,
-    qos: u8,
+    head: &'a RequestHead,
+    conn: Option<Connection<Stream>>,
+    /// A request encoded while no connection was open (payload, send time): the next write
+    /// connects first.
+    queued: Option<(Vec<u8>, Instant)>,
+    /// Failures for the next [`Link::process`]: the send time of the request each hit (or when
+    /// it happened) and its kind.
+    failed: Vec<(Instant, String)>,
+    /// No new connection before this (after a failed attempt).
+    retry_at: Instant,
 }
 
-impl RequestResponse for HttpDevice<'_> {
-    type Conn = Conn;
-
-    async fn connect(&self) -> Result<Conn, String> {
-        self.transport
-            .connect(self.device)
-            .await
-            .map_err(str::to_owned)
-    }
-
-    async fn request(&self, conn: &mut Conn, payload: Bytes) -> Answer {
-        match self
-            .transport
-            .send(conn, self.auth.as_ref(), self.qos, payload)
-            .await
-        {
-            Outcome::Accepted => Answer::Ack,
-            Outcome::Status(code) => Answer::Refused(format!("http {code}")),
-            Outcome::Broken(kind) => Answer::Broken(kind.to_owned()),
+impl HttpLink<'_> {
+    /// Drops the connection after `kind` of failure; the request in flight fails with it.
+    fn broken(&mut self, kind: &'static str) {
+        if let Some(conn) = self.conn.take() {
+            let sent = conn.in_flight().unwrap_or_else(Instant::now);
+            self.failed.push((sent, kind.to_owned()));
         }
     }
 
-    async fn close(&self, conn: Conn) {
-        drop(conn);
+    /// Connects and moves the queued request onto the new connection.
+    async fn reconnect(&mut self) {
+        let Some((payload, sent)) = self.queued.take() else {
+            return;
+        };
+        match self.transport.connect(self.device).await {
+            Ok(mut conn) => {
+                conn.send(self.head, &payload, sent);
+                self.conn = Some(conn);
+            }
+            Err(kind) => {
+                self.failed.push((sent, kind.to_owned()));
+                self.retry_at = Instant::now() + RECONNECT_DELAY;
+            }
+        }
     }
+}
+
+impl Link for HttpLink<'_> {
+    type Error = Infallible;
+
+    fn kind(error: &Infallible) -> String {
+        match *error {}
+    }
+
+    fn has_output(&mut self) -> bool {
+        self.queued.is_some() || self.conn.as_ref().is_some_and(Connection::has_output)
+    }
+
+    async fn write(&mut self) -> Result<(), Infallible> {
+        if self.conn.is_none() {
+            self.reconnect().await;
+        }
+        if let Some(conn) = self.conn.as_mut().filter(|c| c.has_output()) {
+            let kind = match tokio::time::timeout(ACK_TIMEOUT, conn.write()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) => error.kind(),
+                Err(_) => "timeout",
+            };
+            self.broken(kind);
+        }
+        Ok(())
+    }
+
+    async fn read(&mut self) -> Result<(), Infallible> {
+        if !self.failed.is_empty() {
+            return Ok(());
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            if Instant::now() < self.retry_at {
+                tokio::time::sleep_until(self.retry_at.into()).await;
+                return Ok(());
+            }
+            return std::future::pending().await;
+        };
+        let read = match conn.in_flight() {
+            Some(sent) => {
+                let deadline = (sent + ACK_TIMEOUT).into();
+                tokio::time::timeout_at(deadline, conn.read()).await
+            }
+            None => Ok(conn.read().await),
+        };
+        match read {
+            Ok(Ok(())) => {}
+            // An idle connection the server closed is just replaced.
+            Ok(Err(error)) if error.is_closed() && conn.in_flight().is_none() => self.conn = None,
+            Ok(Err(error)) => self.broken(error.kind()),
+            Err(_) => self.broken("timeout"),
+        }
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        mut report: impl FnMut(Instant, Result<(), String>),
+    ) -> Result<(), Infallible> {
+        // One response is expected; one more is an error, not the answer to the next request.
+        while let Some(conn) = self.conn.as_mut() {
+            match conn.process() {
+                Ok(None) => break,
+                Ok(Some((sent, status))) => {
+                    report(sent, outcome(status));
+                    if conn.ended() {
+                        self.conn = None;
+                    }
+                }
+                Err(error) => self.broken(error.kind()),
+            }
+        }
+        for (sent, kind) in self.failed.drain(..) {
+            report(sent, Err(kind));
+        }
+        Ok(())
+    }
+
+    fn can_send(&self) -> bool {
+        match &self.conn {
+            Some(conn) => conn.can_send(),
+            None => self.queued.is_none() && Instant::now() >= self.retry_at,
+        }
+    }
+
+    fn send(&mut self, payload: &[u8], sent: Instant) {
+        match self.conn.as_mut() {
+            Some(conn) => conn.send(self.head, payload, sent),
+            None => self.queued = Some((payload.to_vec(), sent)),
+        }
+    }
+
+    fn acknowledged_when_written(&self) -> bool {
+        false
+    }
+
+    fn outstanding(&self) -> usize {
+        let in_flight = self.conn.as_ref().and_then(Connection::in_flight);
+        usize::from(in_flight.is_some()) + usize::from(self.queued.is_some()) + self.failed.len()
+    }
+
+    fn heartbeat_interval(&mut self) -> Option<Duration> {
+        None
+    }
+
+    fn heartbeat(&mut self) {}
 }
 
 impl Transport for HttpTransport {

@@ -1,4 +1,4 @@
-//! What the devices on the harness's own clients (AMQP, MQTT) share: one task per connection
+//! What the devices on the harness's own clients (AMQP, HTTP, MQTT) share: one task per connection
 //! that paces, encodes, writes and reads the outcomes itself.
 //!
 //! A transport wraps its connection as a [`Link`]; [`upload`] then sends on the device's schedule

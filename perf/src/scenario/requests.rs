@@ -1,5 +1,5 @@
-//! The drive loop of devices that send one message at a time and wait for its answer (HTTP,
-//! CoAP): connect and warm up, report readiness, then one message per slot of the schedule,
+//! The drive loop of devices that send one message at a time and wait for its answer (CoAP;
+//! HTTP devices use [`super::link`] with the same reconnect delay): connect and warm up, report readiness, then one message per slot of the schedule,
 //! reconnecting after a broken connection, with acknowledgements, their latency and errors
 //! recorded. Each protocol only says how to connect, send and close ([`RequestResponse`]).
 
@@ -12,11 +12,11 @@ use super::Load;
 use crate::stats::histogram;
 
 /// How long to wait before reconnecting after a connection failed.
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+pub(super) const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
 /// What one message came to.
 pub(crate) enum Answer {
-    /// Acknowledged (HTTP 2xx, CoAP 2.xx, or sent at most once).
+    /// Acknowledged (CoAP 2.xx, or sent at most once).
     Ack,
     /// Refused with this error kind; the connection stays usable.
     Refused(String),
