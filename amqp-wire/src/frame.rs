@@ -7,15 +7,19 @@
 //! `max-frame-size`, its data offset is below 2 or beyond the frame, or its type is not AMQP; the
 //! connection then closes with `amqp:connection:framing-error`. An extended header is skipped.
 //! Plain `transfer` frames, nearly all a receiver gets, are read in place instead (their few
-//! fields, with the payload sharing the received bytes); anything unusual goes to fe2o3.
+//! fields, with the payload sharing the received bytes), and so are `disposition` frames with no
+//! state, `accepted` or `released`, nearly all a sender gets; anything unusual goes to fe2o3.
 //!
 //! Sent frames are encoded with serde_amqp into one output buffer (fe2o3's encoder cannot be
 //! built outside its crate).
 
 use bytes::{Buf, BufMut, BytesMut};
 use fe2o3_amqp::frames::amqp::{Frame, FrameBody, FrameDecoder};
-use fe2o3_amqp::types::definitions::{ConnectionError, DeliveryTag, Error as ErrorBody, Handle};
-use fe2o3_amqp::types::performatives::Transfer;
+use fe2o3_amqp::types::definitions::{
+    ConnectionError, DeliveryTag, Error as ErrorBody, Handle, Role,
+};
+use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, Released};
+use fe2o3_amqp::types::performatives::{Disposition, Transfer};
 use serde::Serialize;
 use tokio_util::codec::Decoder;
 
@@ -101,6 +105,10 @@ pub fn next_frame(
         };
         return Ok(Some(Frame::new(u16::from_be_bytes(channel), body)));
     }
+    if let Some(disposition) = frame.get(4..).and_then(read_disposition) {
+        let body = FrameBody::Disposition(disposition);
+        return Ok(Some(Frame::new(u16::from_be_bytes(channel), body)));
+    }
     if let Some(body) = frame.get(4..).filter(|body| !body.is_empty()) {
         check_performative(body)?;
     }
@@ -155,6 +163,60 @@ fn read_transfer(body: &[u8]) -> Option<(Transfer, usize)> {
         batchable: batchable.unwrap_or(false),
     };
     Some((transfer, 3 + list.len()))
+}
+
+/// Reads a frame body that is a `disposition` settling with no state, `accepted` or `released`
+/// (nearly every disposition a sender gets); `None` leaves anything else, and a disposition
+/// followed by more bytes, to fe2o3's decoder.
+fn read_disposition(body: &[u8]) -> Option<Disposition> {
+    let rest = body.strip_prefix(&[0x00, 0x53, 0x15])?;
+    let mut reader = Reader(rest);
+    let list = reader.value().ok()?;
+    if !reader.0.is_empty() {
+        return None;
+    }
+    let mut fields = Fields::of(list).ok()?;
+    let mut next = || fields.nth(0).ok();
+    let role = boolean(next()??).ok()??;
+    let first = uint(next()??).ok()??;
+    let last = optional(next()?, uint)?;
+    let settled = optional(next()?, boolean)?;
+    let state = match next()? {
+        None | Some([0x40]) => None,
+        Some(state) => Some(plain_outcome(state)?),
+    };
+    let batchable = optional(next()?, boolean)?;
+    if next()?.is_some() {
+        return None;
+    }
+    Some(Disposition {
+        role: if role { Role::Receiver } else { Role::Sender },
+        first,
+        last,
+        settled: settled.unwrap_or(false),
+        state,
+        batchable: batchable.unwrap_or(false),
+    })
+}
+
+/// An `accepted` or `released` outcome without fields; `None` for any other state.
+fn plain_outcome(value: &[u8]) -> Option<DeliveryState> {
+    let (code, fields) = match value {
+        [0x00, 0x53, code, fields @ ..] => (*code, fields),
+        _ => return None,
+    };
+    // The empty list in each of its encodings.
+    if !matches!(
+        fields,
+        [0x45] | [0xc0, 1, 0] | [0xd0, 0, 0, 0, 4, 0, 0, 0, 0]
+    ) {
+        return None;
+    }
+    match code {
+        0x24 => Some(Accepted {}.into()),
+        0x26 => Some(Released {}.into()),
+        _ => None,
+    }
 }
 
 /// Checks the performative at the start of `body` (a frame body after its header) down to every
@@ -368,6 +430,94 @@ mod tests {
             next_frame(&mut garbage, 4096),
             Err(FramingError::Body(_))
         ));
+        Ok(())
+    }
+
+    fn disposition(state: Option<DeliveryState>, last: Option<u32>) -> Disposition {
+        Disposition {
+            role: Role::Receiver,
+            first: 70_000,
+            last,
+            settled: true,
+            state,
+            batchable: false,
+        }
+    }
+
+    /// One disposition frame on channel 1.
+    fn disposition_frame(performative: &Disposition) -> Result<BytesMut, serde_amqp::Error> {
+        let mut wire = BytesMut::new();
+        encode(&mut wire, 1, Some(performative))?;
+        Ok(wire)
+    }
+
+    #[test]
+    fn plain_dispositions_are_read_in_place_as_fe2o3_reads_them() -> TestResult {
+        let states: [Option<DeliveryState>; 3] =
+            [None, Some(Accepted {}.into()), Some(Released {}.into())];
+        for state in states {
+            for last in [None, Some(70_005)] {
+                let performative = disposition(state.clone(), last);
+                let wire = disposition_frame(&performative)?;
+                let fast = read_disposition(&wire[8..]).ok_or("not read in place")?;
+                assert_eq!(fast, performative);
+                let expected = fe2o3_decode(wire.clone())?.ok_or("fe2o3 read nothing")?;
+                let frame = next_frame(&mut wire.clone(), 4096)?.ok_or("incomplete")?;
+                assert_eq!(frame.channel, 1);
+                match (frame.body, expected.body) {
+                    (FrameBody::Disposition(a), FrameBody::Disposition(b)) => assert_eq!(a, b),
+                    other => return Err(format!("{other:?}").into()),
+                }
+            }
+        }
+        // The empty list of an outcome in its longer encodings.
+        for fields in [&[0xc0, 1, 0][..], &[0xd0, 0, 0, 0, 4, 0, 0, 0, 0]] {
+            let mut state = vec![0x00, 0x53, 0x24];
+            state.extend_from_slice(fields);
+            assert!(matches!(
+                plain_outcome(&state),
+                Some(DeliveryState::Accepted(_))
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn other_dispositions_go_to_fe2o3() -> TestResult {
+        let rejected = disposition(
+            Some(fe2o3_amqp::types::messaging::Rejected { error: None }.into()),
+            None,
+        );
+        let modified = disposition(
+            Some(
+                fe2o3_amqp::types::messaging::Modified {
+                    delivery_failed: Some(true),
+                    undeliverable_here: None,
+                    message_annotations: None,
+                }
+                .into(),
+            ),
+            None,
+        );
+        for performative in [rejected, modified] {
+            let wire = disposition_frame(&performative)?;
+            assert!(read_disposition(&wire[8..]).is_none(), "{performative:?}");
+            let frame = next_frame(&mut wire.clone(), 4096)?.ok_or("incomplete")?;
+            assert!(matches!(&frame.body, FrameBody::Disposition(d) if *d == performative));
+        }
+        // Bytes after the performative: fe2o3 decides what the frame is.
+        let wire = disposition_frame(&disposition(None, None))?;
+        let mut longer = wire.to_vec();
+        longer.push(0x40);
+        assert!(read_disposition(&longer[8..]).is_none());
+        // A field of the wrong type is not read in place.
+        let mut garbage = wire.to_vec();
+        // Header (8), descriptor (3), list8 constructor, size and count (3), then the role.
+        let role = 14;
+        assert_eq!(garbage[11], 0xc0);
+        assert_eq!(garbage[role], 0x41);
+        garbage[role] = 0xa1;
+        assert!(read_disposition(&garbage[8..]).is_none());
         Ok(())
     }
 
