@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use fe2o3_amqp::types::messaging::Outcome;
-use ferry_adapter_core::{DownstreamMessage, Endpoint};
+use ferry_adapter_core::{DownstreamMessage, Endpoint, Qos};
 use ferry_registry_client::TenantId;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -42,6 +42,26 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
+    /// A telemetry message to hand over, and where its outcome arrives when its QoS asks for one
+    /// (QoS 1; QoS 0 telemetry has none).
+    pub(crate) fn telemetry(
+        message: DownstreamMessage,
+    ) -> (Self, Option<oneshot::Receiver<Reply>>) {
+        let (reply, outcome) = match message.qos {
+            Qos::AtMostOnce => (None, None),
+            Qos::AtLeastOnce => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+        };
+        let item = Self {
+            message: Box::new(message),
+            message_id: None,
+            reply,
+        };
+        (item, outcome)
+    }
+
     /// Whether the sender stopped waiting for the outcome (it timed out): the message is then
     /// not sent, as its sender was told it failed.
     pub(crate) fn abandoned(&self) -> bool {

@@ -316,19 +316,7 @@ mod tests {
     fn outgoing(qos: Qos, payload: &'static [u8]) -> Result<Queued, Box<dyn std::error::Error>> {
         let mut message = crate::transfer::tests::message(payload.to_vec())?;
         message.qos = qos;
-        let (reply, outcome) = match qos {
-            Qos::AtMostOnce => (None, None),
-            Qos::AtLeastOnce => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-        };
-        let item = Outgoing {
-            message: Box::new(message),
-            message_id: None,
-            reply,
-        };
-        Ok((item, outcome))
+        Ok(Outgoing::telemetry(message))
     }
 
     /// Queues a message for `node` and returns the receiver of its outcome (QoS 1).

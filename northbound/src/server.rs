@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fe2o3_amqp::types::messaging::Outcome;
-use ferry_adapter_core::{DownstreamMessage, Endpoint, Northbound, NorthboundError, Qos};
+use ferry_adapter_core::{DownstreamMessage, Endpoint, Northbound, NorthboundError};
 use ferry_registry_client::TenantId;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore, oneshot};
+use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -160,18 +160,7 @@ impl EmbeddedNorthbound {
         };
         let timeout = self.shared.config.send_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let (reply, outcome) = match message.qos {
-            Qos::AtMostOnce => (None, None),
-            Qos::AtLeastOnce => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-        };
-        let item = Outgoing {
-            message: Box::new(message),
-            message_id: None,
-            reply,
-        };
+        let (item, outcome) = Outgoing::telemetry(message);
         hand_over(&self.shared.registry, &node, item, deadline)
             .await
             .map_err(|e| match e {
