@@ -206,17 +206,17 @@ where
         expect_continue,
         prepared,
     } = request;
-    io.set_deadline(shared.body_timeout);
+    let (max, timeout) = (shared.max_payload_size, shared.body_timeout);
     let outcome = match prepared {
         Ok(pending) => {
             let continued = !expect_continue || framing == Framing::Empty || {
                 // A body over the limit is refused without asking for it.
-                let too_large =
-                    matches!(framing, Framing::Length(n) if n > shared.max_payload_size as u64);
+                let too_large = matches!(framing, Framing::Length(n) if n > max as u64);
+                io.set_deadline(timeout);
                 !too_large && io.send_continue().await.is_ok()
             };
             let body = if continued {
-                io.read_body(framing, shared.max_payload_size).await
+                io.read_body(framing, max, timeout).await
             } else {
                 Err(BodyError::TooLarge)
             };
@@ -225,15 +225,14 @@ where
                 Err(e) => {
                     // The rest of the stream cannot be framed: answer and close.
                     keep_alive = false;
-                    Err(pending.refuse(body_error(e, shared.max_payload_size)))
+                    Err(pending.refuse(body_error(e, max)))
                 }
             }
         }
         // A refusal before the body: read it past (not when the client waits to be asked).
         Err(refusal) => {
             let passed = framing == Framing::Empty
-                || (!expect_continue
-                    && io.read_body(framing, shared.max_payload_size).await.is_ok());
+                || (!expect_continue && io.read_body(framing, max, timeout).await.is_ok());
             keep_alive &= passed;
             Err(refusal)
         }

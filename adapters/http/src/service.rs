@@ -288,7 +288,8 @@ async fn sender(
     let peer = connection.peer.as_ref().filter(|p| p.has_certificate());
     let device = match (BasicCredentials::from_header(authorization)?, peer) {
         (Some(credentials), _) => {
-            let device = Arc::new(authenticate(shared, credentials, who).await?);
+            // Boxed: checks are rare (the memo answers), and their futures are large.
+            let device = Arc::new(Box::pin(authenticate(shared, credentials, who)).await?);
             if let Some(authorization) = authorization {
                 memo.remember(authorization.into(), Arc::clone(&device), generation);
             }
@@ -300,7 +301,7 @@ async fn sender(
                 return Ok(Some(device));
             }
             let generation = memo.generation();
-            let device = Arc::new(authenticate_certificate(shared, peer, who).await?);
+            let device = Arc::new(Box::pin(authenticate_certificate(shared, peer, who)).await?);
             memo.remember((), Arc::clone(&device), generation);
             device
         }

@@ -186,12 +186,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
         self.flush().await
     }
 
-    /// Reads a body of at most `max` bytes.
+    /// Reads a body of at most `max` bytes; waiting for its bytes ends `timeout` after the first
+    /// wait begins (a body that arrived with its head needs no clock).
     pub(crate) async fn read_body(
         &mut self,
         framing: Framing,
         max: usize,
+        timeout: Duration,
     ) -> Result<Bytes, BodyError> {
+        let mut waiting = false;
         match framing {
             Framing::Empty => Ok(Bytes::new()),
             Framing::Length(n) if n > max as u64 => Err(BodyError::TooLarge),
@@ -199,7 +202,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
                 let n = usize::try_from(n).map_err(|_| BodyError::TooLarge)?;
                 while self.read.len() < n {
                     self.read.reserve(n - self.read.len());
-                    self.fill(false).await.map_err(BodyError::Interrupted)?;
+                    self.fill_body(&mut waiting, timeout).await?;
                 }
                 let body = Bytes::copy_from_slice(&self.read[..n]);
                 self.read.advance(n);
@@ -215,11 +218,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
                         ChunkedError::Malformed(why) => BodyError::Malformed(why),
                     })?
                 {
-                    self.fill(false).await.map_err(BodyError::Interrupted)?;
+                    self.fill_body(&mut waiting, timeout).await?;
                 }
                 Ok(body.freeze())
             }
         }
+    }
+
+    /// Reads more of a body, starting its deadline on the first wait.
+    async fn fill_body(&mut self, waiting: &mut bool, timeout: Duration) -> Result<(), BodyError> {
+        if !*waiting {
+            self.set_deadline(timeout);
+            *waiting = true;
+        }
+        self.fill(false).await.map_err(BodyError::Interrupted)
     }
 
     /// Writes what is buffered and closes. With `linger`, reads and drops what the client still
