@@ -169,7 +169,11 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        if let Some(head) = head::parse(io.buffered()).map_err(End::Refused)? {
+        let head = match io.buffered() {
+            [] => None,
+            buffered => head::parse(buffered).map_err(End::Refused)?,
+        };
+        if let Some(head) = head {
             let len = head.len;
             let request = Request {
                 framing: head.framing,
