@@ -199,6 +199,8 @@ struct Request {
     framing: Framing,
     keep_alive: bool,
     http10: bool,
+    /// A `HEAD` request: its answer has no body.
+    head_only: bool,
     expect_continue: bool,
     prepared: Result<Pending, Refusal>,
 }
@@ -219,6 +221,7 @@ where
                 framing: head.framing,
                 keep_alive: head.keep_alive,
                 http10: head.http10,
+                head_only: head.method == "HEAD",
                 expect_continue: head.expect_continue,
                 prepared: service::prepare(&head, state).await,
             };
@@ -247,6 +250,7 @@ where
         framing,
         mut keep_alive,
         http10,
+        head_only,
         expect_continue,
         prepared,
     } = request;
@@ -289,7 +293,13 @@ where
     };
     match &outcome {
         Ok(()) => io.respond(&ACCEPTED, persistence),
-        Err(refusal) => io.respond(&refusal.response(), persistence),
+        Err(refusal) => {
+            let mut response = refusal.response();
+            if head_only {
+                response.body = b"";
+            }
+            io.respond(&response, persistence);
+        }
     }
     keep_alive
 }

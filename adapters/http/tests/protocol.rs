@@ -267,3 +267,20 @@ async fn absolute_form_targets_are_routed_by_their_path() -> TestResult {
     );
     h.stop().await
 }
+
+#[tokio::test]
+async fn head_requests_are_answered_without_a_body() -> TestResult {
+    let h = start().await?;
+    let mut stream = TcpStream::connect(h.addr.ok_or("no port")?).await?;
+    let head = "HEAD /telemetry HTTP/1.1\r\nhost: x\r\n\r\n";
+    let response = raw_exchange(&mut stream, head.as_bytes()).await?;
+    assert_eq!(
+        (response.status, header(&response, "allow")),
+        (405, Some("POST"))
+    );
+    assert!(response.body.is_empty());
+    // Had a body followed, it would be read as the next response's status line.
+    let response = raw_exchange(&mut stream, telemetry("after", "").as_bytes()).await?;
+    assert_eq!(response.status, 202);
+    h.stop().await
+}
