@@ -2,9 +2,8 @@
 //! buffer responses are encoded into, and the deadline every wait for the client runs under.
 //!
 //! Responses are written when the connection is about to wait for the client, so the answers
-//! to pipelined requests leave in one write. The deadline is one timer per connection that is
-//! only re-armed when it fires early: moving the deadline (once per request) costs a clock
-//! read, not a timer-wheel update.
+//! to pipelined requests leave in one write. The deadline is a [`LazyDeadline`]: moving it
+//! (once per request) costs a clock read, not a timer-wheel update.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -12,8 +11,9 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use ferry_adapter_core::deadline::LazyDeadline;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::Framing;
@@ -65,8 +65,7 @@ pub(crate) struct Io<I> {
     read: BytesMut,
     write: Vec<u8>,
     date: DateCache,
-    timer: Pin<Box<Sleep>>,
-    deadline: Instant,
+    deadline: LazyDeadline,
     shutdown: Shutdown,
 }
 
@@ -81,14 +80,12 @@ struct Shutdown {
 impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
     /// Buffers for `io`, with `idle_timeout` to the first request head.
     pub(crate) fn new(io: I, shutdown: &CancellationToken, idle_timeout: Duration) -> Self {
-        let deadline = Instant::now() + idle_timeout;
         Self {
             io,
             read: BytesMut::with_capacity(READ_CHUNK),
             write: Vec::new(),
             date: DateCache::new(),
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
-            deadline,
+            deadline: LazyDeadline::new(Instant::now() + idle_timeout),
             shutdown: Shutdown {
                 token: shutdown.clone(),
                 cancelled: Box::pin(shutdown.clone().cancelled_owned()),
@@ -114,10 +111,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
 
     /// The next wait for the client ends `timeout` from now.
     pub(crate) fn set_deadline(&mut self, timeout: Duration) {
-        self.deadline = Instant::now() + timeout;
-        if self.deadline < self.timer.deadline() {
-            self.timer.as_mut().reset(self.deadline);
-        }
+        self.deadline.set(Instant::now() + timeout);
     }
 
     /// Writes what is buffered, then reads more; `idle` lets shutdown interrupt the wait.
@@ -130,18 +124,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
         let Io {
             io,
             read,
-            timer,
             deadline,
             shutdown,
             ..
         } = self;
-        let n = wait(
-            io.read_buf(read),
-            timer,
-            *deadline,
-            idle.then_some(shutdown),
-        )
-        .await?;
+        let n = wait(io.read_buf(read), deadline, idle.then_some(shutdown)).await?;
         match n {
             Ok(0) => Err(Interrupted::Closed),
             Ok(_) => Ok(()),
@@ -157,7 +144,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
         let Io {
             io,
             write,
-            timer,
             deadline,
             ..
         } = self;
@@ -166,8 +152,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
                 io.write_all(write).await?;
                 io.flush().await
             },
-            timer,
-            *deadline,
+            deadline,
             None,
         )
         .await?;
@@ -259,8 +244,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
 /// down.
 async fn wait<F: Future>(
     io: F,
-    timer: &mut Pin<Box<Sleep>>,
-    deadline: Instant,
+    deadline: &mut LazyDeadline,
     mut shutdown: Option<&mut Shutdown>,
 ) -> Result<F::Output, Interrupted> {
     let mut io = std::pin::pin!(io);
@@ -283,13 +267,9 @@ async fn wait<F: Future>(
                 shutdown.registered = Some(cx.waker().clone());
             }
         }
-        while timer.as_mut().poll(cx).is_ready() {
-            if timer.deadline() >= deadline {
-                return Poll::Ready(Err(Interrupted::TimedOut));
-            }
-            timer.as_mut().reset(deadline);
-        }
-        Poll::Pending
+        deadline
+            .poll_passed(cx)
+            .map(|()| Err(Interrupted::TimedOut))
     })
     .await
 }
