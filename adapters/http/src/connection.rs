@@ -228,10 +228,12 @@ where
             io.consume(len);
             return Ok(request);
         }
-        let idle = io.buffered().is_empty();
-        match io.fill(idle).await {
+        // Shutdown ends the wait for a head, even a partly received one: no request has
+        // started yet.
+        let partial = !io.buffered().is_empty();
+        match io.fill(true).await {
             Ok(()) => {}
-            Err(Interrupted::TimedOut) if !idle => {
+            Err(Interrupted::TimedOut) if partial => {
                 return Err(End::Refused(ProtocolError::HeadTimeout));
             }
             Err(e) => return Err(End::Quiet(e)),

@@ -40,7 +40,7 @@ pub(crate) enum Interrupted {
     /// The deadline passed.
     #[error("timed out")]
     TimedOut,
-    /// The adapter shuts down (only while the connection is idle).
+    /// The adapter shuts down (only while the connection waits for a request).
     #[error("the adapter shuts down")]
     Shutdown,
     /// The socket failed.
@@ -114,8 +114,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
         self.deadline.set(Instant::now() + timeout);
     }
 
-    /// Writes what is buffered, then reads more; `idle` lets shutdown interrupt the wait.
-    pub(crate) async fn fill(&mut self, idle: bool) -> Result<(), Interrupted> {
+    /// Writes what is buffered, then reads more; `interruptible` lets shutdown end the wait.
+    pub(crate) async fn fill(&mut self, interruptible: bool) -> Result<(), Interrupted> {
         self.flush().await?;
         if self.read.is_empty() && self.read.capacity() > KEEP_READ_CAPACITY {
             self.read = BytesMut::with_capacity(READ_CHUNK);
@@ -128,7 +128,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
             shutdown,
             ..
         } = self;
-        let n = wait(io.read_buf(read), deadline, idle.then_some(shutdown)).await?;
+        let n = wait(
+            io.read_buf(read),
+            deadline,
+            interruptible.then_some(shutdown),
+        )
+        .await?;
         match n {
             Ok(0) => Err(Interrupted::Closed),
             Ok(_) => Ok(()),
