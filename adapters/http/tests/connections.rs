@@ -48,14 +48,7 @@ async fn keep_alive_serves_several_requests_on_one_connection() -> TestResult {
 
 #[tokio::test]
 async fn idle_connections_are_closed() -> TestResult {
-    let h = start_with(
-        ferry_adapter_http::HttpConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..config()
-        },
-        None,
-    )
-    .await?;
+    let h = start_idle(Duration::from_millis(300)).await?;
     let mut stream = TcpStream::connect(h.addr.ok_or("no port")?).await?;
     let response = raw_exchange(&mut stream, telemetry_request("x").as_bytes()).await?;
     assert_eq!(response.status, 202);

@@ -218,14 +218,7 @@ async fn a_refused_request_body_is_read_past() -> TestResult {
 
 #[tokio::test]
 async fn slow_heads_and_bodies_time_out_with_408() -> TestResult {
-    let h = start_with(
-        ferry_adapter_http::HttpConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..config()
-        },
-        None,
-    )
-    .await?;
+    let h = start_idle(Duration::from_millis(300)).await?;
     let addr = h.addr.ok_or("no port")?;
     let request = telemetry("hello", "");
     let (head, body) = request.split_at(request.len() - 5);
