@@ -4,6 +4,7 @@
 //! skipped as `Content-Length` or chunked coding says, or up to the end of the stream.
 
 use std::fmt::Write as _;
+use std::mem::MaybeUninit;
 
 use base64::Engine as _;
 use bytes::BytesMut;
@@ -59,7 +60,8 @@ impl RequestHead {
     pub fn encode(&self, out: &mut BytesMut, payload: &[u8]) {
         out.reserve(self.0.len() + 24 + payload.len());
         out.extend_from_slice(&self.0);
-        let _ = write!(out, "{}\r\n\r\n", payload.len());
+        out.extend_from_slice(itoa::Buffer::new().format(payload.len()).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(payload);
     }
 }
@@ -86,19 +88,21 @@ enum Body {
 /// waited for: the response comes with `close` and the rest of the buffer is dropped.
 pub fn next_response(buf: &mut BytesMut) -> Result<Option<Response>, ResponseError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let head_len = match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
-            Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-                return Err(ResponseError::TooLarge);
-            }
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(ResponseError::TooLarge);
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(ResponseError::Malformed("head")),
-        };
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let head_len =
+            match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
+                Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+                Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+                    return Err(ResponseError::TooLarge);
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                    return Err(ResponseError::TooLarge);
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err(ResponseError::Malformed("head")),
+            };
         let status = parsed.code.ok_or(ResponseError::Malformed("status"))?;
         if (100..200).contains(&status) && status != 101 {
             let _ = buf.split_to(head_len);
