@@ -89,6 +89,18 @@ const SECTION_NAMES: [&[u8]; 9] = [
 
 /// Reads `message`, an encoded AMQP 1.0 message (the payload of its transfers, concatenated).
 pub fn scan(message: &[u8]) -> Result<MessageView<'_>, MessageError> {
+    walk(message, true)
+}
+
+/// Reads only the body of `message`: like [`scan`], with the header, properties and
+/// application properties skipped by their size instead of read (a consumer that wants the
+/// payload alone).
+pub fn body(message: &[u8]) -> Result<Body<'_>, MessageError> {
+    walk(message, false).map(|view| view.body)
+}
+
+/// Walks the sections of `message`; reads the header and properties only when `all`.
+fn walk(message: &[u8], all: bool) -> Result<MessageView<'_>, MessageError> {
     let mut view = MessageView {
         ttl: None,
         to: None,
@@ -104,6 +116,7 @@ pub fn scan(message: &[u8]) -> Result<MessageView<'_>, MessageError> {
         let section = section_code(&mut reader)?;
         let value = reader.value()?;
         match section {
+            code::HEADER | code::PROPERTIES | code::APPLICATION_PROPERTIES if !all => {}
             code::HEADER => view.ttl = header_ttl(value)?,
             code::PROPERTIES => (view.to, view.content_type) = properties(value)?,
             code::APPLICATION_PROPERTIES => {
@@ -235,6 +248,7 @@ mod tests {
             vec![Data(Binary::from(payload.clone()))].into(),
         )))?;
         let view = scan(&bytes)?;
+        assert_eq!(body(&bytes)?, Body::Data(&payload));
         assert_eq!(view.ttl, Some(70_000));
         assert_eq!(view.to, Some("t/DEFAULT_TENANT/4711"));
         assert_eq!(view.content_type, Some("application/json"));
@@ -259,6 +273,9 @@ mod tests {
             vec![Data(Binary::from(vec![1])), Data(Binary::from(vec![2]))].into(),
         )))?;
         assert_eq!(scan(&two)?.body, Body::DataSections);
+        for message in [&string, &binary, &number, &two] {
+            assert_eq!(body(message)?, scan(message)?.body);
+        }
         Ok(())
     }
 

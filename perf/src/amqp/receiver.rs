@@ -2,7 +2,7 @@
 //! generous link credit topped up as deliveries arrive, deliveries assembled from their transfer
 //! frames, and unsettled deliveries accepted in ranges.
 //!
-//! Each complete delivery's body is read with `ferry_amqp_wire::message::scan`, which skips
+//! Each complete delivery's body is read with `ferry_amqp_wire::message::body`, which skips
 //! every section it does not need by its encoded size. After the frames of one read are handled, [`Receiver::process`]
 //! settles the unsettled deliveries among them with one `disposition` per run of consecutive
 //! delivery ids (`accepted`, settled: receiver settle mode `first`), and grants credit again once
@@ -131,7 +131,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Receiver<S> {
             match frame {
                 LinkFrame::Transfer(transfer, payload) => {
                     if let Some((id, settled, message)) = self.on_transfer(&transfer, payload)? {
-                        delivered(message::scan(&message).map(|view| match view.body {
+                        delivered(message::body(&message).map(|body| match body {
                             Body::Data(data) => data,
                             _ => &[],
                         }));
