@@ -26,7 +26,8 @@ use serde_json::{Map, Value};
 use crate::auth::AuthenticatedDevice;
 use crate::error::ForwardError;
 use crate::message::{
-    DEFAULT_CONTENT_TYPE, DownstreamMessage, EMPTY_NOTIFICATION, Endpoint, Qos, Upload,
+    self, AdapterType, DEFAULT_CONTENT_TYPE, DownstreamMessage, EMPTY_NOTIFICATION, Endpoint, Qos,
+    Upload,
 };
 use crate::northbound::Northbound;
 use crate::ttl;
@@ -59,7 +60,7 @@ pub struct Forwarder {
 struct Inner {
     registry: Arc<dyn DeviceRegistry>,
     northbound: Arc<dyn Northbound>,
-    adapter_type: String,
+    adapter_type: AdapterType,
     max_payload_size: usize,
 }
 
@@ -111,7 +112,7 @@ impl Forwarder {
             inner: Arc::new(Inner {
                 registry,
                 northbound,
-                adapter_type: adapter_type.into(),
+                adapter_type: AdapterType::from(adapter_type.into()),
                 max_payload_size,
             }),
         }
@@ -124,7 +125,7 @@ impl Forwarder {
             inner: Arc::new(Inner {
                 registry: Arc::clone(&self.inner.registry),
                 northbound: Arc::clone(&self.inner.northbound),
-                adapter_type: adapter_type.into(),
+                adapter_type: AdapterType::from(adapter_type.into()),
                 max_payload_size: self.inner.max_payload_size,
             }),
         }
@@ -190,9 +191,11 @@ impl Forwarder {
             memo.map(|m| &m.registration),
             |(t, d, g)| t == tenant_id && d == device_id && g.as_ref() == gateway,
             || (tenant_id.clone(), device_id.clone(), gateway.cloned()),
-            self.inner
-                .registry
-                .assert_registration(tenant_id, device_id, gateway),
+            || {
+                self.inner
+                    .registry
+                    .assert_registration(tenant_id, device_id, gateway)
+            },
         )
         .await
         .map_err(|e| match (e, gateway) {
@@ -258,7 +261,7 @@ impl Forwarder {
             memo.map(|m| &m.tenant),
             |t| t == tenant_id,
             || tenant_id.clone(),
-            self.inner.registry.get_tenant(tenant_id),
+            || self.inner.registry.get_tenant(tenant_id),
         )
         .await
         .map_err(|e| tenant_lookup_error(e, tenant_id))?;
@@ -267,7 +270,7 @@ impl Forwarder {
         }
         match tenant.adapter_access(&self.inner.adapter_type) {
             AdapterAccess::Disabled => Err(ForwardError::AdapterDisabled {
-                adapter: self.inner.adapter_type.clone(),
+                adapter: self.inner.adapter_type.to_string(),
                 tenant: tenant_id.clone(),
             }),
             AdapterAccess::Enabled {
@@ -321,7 +324,7 @@ impl Forwarder {
             endpoint: upload.endpoint,
             qos,
             content_type,
-            creation_time: chrono::Utc::now().timestamp_millis(),
+            creation_time: message::now_millis(),
             ttl_ms,
             ttd: upload.ttd,
             orig_adapter: self.inner.adapter_type.clone(),

@@ -122,7 +122,14 @@ enum Step {
 
 impl Connection {
     async fn serve(&mut self) -> End {
+        // The shutdown and wake-up futures live across iterations: registering a waiter anew
+        // for every message costs more than the message's transfer.
         let shutdown = self.shared.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let wake = Arc::clone(&self.wake);
+        let queued = wake.notified();
+        tokio::pin!(queued);
         let mut draining: Option<Instant> = None;
         let mut last_sent = Instant::now();
         // Reset only when it fires, not for every write.
@@ -147,9 +154,9 @@ impl Connection {
             }
             let step = tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if draining.is_none() => Step::Shutdown,
+                () = &mut cancelled, if draining.is_none() => Step::Shutdown,
                 read = read_chunk(&mut self.stream, &mut self.received) => Step::Read(read),
-                () = self.wake.notified() => Step::Queued,
+                () = &mut queued => Step::Queued,
                 () = &mut timer, if self.heartbeat.is_some() => Step::Heartbeat,
                 () = sleep_until(draining) => Step::Drained,
             };
@@ -169,7 +176,10 @@ impl Connection {
                 }
                 // Let the tasks that are ready now queue their messages too, so that they
                 // leave in one write rather than one write each.
-                Step::Queued => tokio::task::yield_now().await,
+                Step::Queued => {
+                    queued.set(wake.notified());
+                    tokio::task::yield_now().await;
+                }
                 Step::Heartbeat => {
                     let now = Instant::now();
                     if now >= last_sent + heartbeat {

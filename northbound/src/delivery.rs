@@ -186,16 +186,21 @@ impl Delivery {
             } = event;
             let (reply, outcome) = oneshot::channel();
             let item = Outgoing {
-                message: Box::new(message),
+                message,
                 message_id: Some(message_id),
                 reply: Some(reply),
             };
-            match self.shared.registry.offer(&self.node, item) {
+            let node = &self.node;
+            match self
+                .shared
+                .registry
+                .offer(node.endpoint, &node.tenant, item)
+            {
                 Offer::Queued => {}
                 Offer::Full(item, _) | Offer::NoConsumer(item) => {
                     self.buffer.push_front(StoredEvent {
                         id,
-                        message: *item.message,
+                        message: item.message,
                         message_id: item.message_id.unwrap_or_default(),
                     });
                     return true;

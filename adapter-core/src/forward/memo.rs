@@ -46,19 +46,23 @@ fn reusable<T>(response: &Response<T>) -> bool {
         )
 }
 
-/// The answer `memo` (if any) remembers for a key that `matches`, else what `fetch` gets (then
-/// remembered under `key()` if reusable).
-pub(super) async fn recall_or_fetch<K, V>(
+/// The answer `memo` (if any) remembers for a key that `matches`, else what `fetch()` gets (then
+/// remembered under `key()` if reusable). `fetch` is only called on a miss: the registry's
+/// futures are boxed, so even making one costs an allocation.
+pub(super) async fn recall_or_fetch<K, V, F>(
     memo: Option<&Memo<K, V>>,
     matches: impl FnOnce(&K) -> bool,
     key: impl FnOnce() -> K,
-    fetch: impl Future<Output = Result<Response<V>, RegistryError>>,
-) -> Result<Arc<V>, RegistryError> {
+    fetch: impl FnOnce() -> F,
+) -> Result<Arc<V>, RegistryError>
+where
+    F: Future<Output = Result<Response<V>, RegistryError>>,
+{
     if let Some(value) = memo.and_then(|m| m.recall(matches)) {
         return Ok(value);
     }
     let generation = memo.map(Memo::generation);
-    let response = fetch.await?;
+    let response = fetch().await?;
     if let (Some(memo), Some(generation)) = (memo, generation)
         && reusable(&response)
     {
