@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ferry_registry_client::{
     DeviceId, DeviceRegistry, RegistrationAssertion, RegistryError, TenantId, TenantObject,
@@ -73,12 +74,18 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
-/// True if `content_type`'s media type (without parameters) is `expected`.
+/// True if `content_type`'s media type (without parameters) is `expected` (ASCII): it starts
+/// with `expected` (after white space, in any case), followed by nothing but white space up to
+/// the parameters. Checked for every upload, so a shorter type is refused without scanning it.
 fn is_media_type(content_type: &str, expected: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case(expected))
+    let t = content_type.trim_start();
+    match (t.get(..expected.len()), t.get(expected.len()..)) {
+        (Some(head), Some(rest)) => {
+            head.eq_ignore_ascii_case(expected)
+                && rest.split(';').next().is_some_and(|r| r.trim().is_empty())
+        }
+        _ => false,
+    }
 }
 
 fn check_content(upload: &Upload, max: usize) -> Result<(), ForwardError> {
@@ -183,12 +190,14 @@ impl Forwarder {
                 tenant: tenant_id.clone(),
             });
         }
+        // One clock reading for both memos.
+        let memo = memo.map(|memo| (memo, Instant::now()));
         let tenant = self.tenant(tenant_id, sender.is_some(), memo).await?;
         let gateway = sender
             .map(|s| &s.device_id)
             .filter(|gateway| *gateway != device_id);
         let assertion = recall_or_fetch(
-            memo.map(|m| &m.registration),
+            memo.map(|(m, now)| (&m.registration, now)),
             |(t, d, g)| t == tenant_id && d == device_id && g.as_ref() == gateway,
             || (tenant_id.clone(), device_id.clone(), gateway.cloned()),
             || {
@@ -255,10 +264,10 @@ impl Forwarder {
         &self,
         tenant_id: &TenantId,
         authenticated: bool,
-        memo: Option<&ForwardMemo>,
+        memo: Option<(&ForwardMemo, Instant)>,
     ) -> Result<Arc<TenantObject>, ForwardError> {
         let tenant = recall_or_fetch(
-            memo.map(|m| &m.tenant),
+            memo.map(|(m, now)| (&m.tenant, now)),
             |t| t == tenant_id,
             || tenant_id.clone(),
             || self.inner.registry.get_tenant(tenant_id),

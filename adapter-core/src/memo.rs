@@ -76,10 +76,15 @@ impl<K, V> Memo<K, V> {
 
     /// The remembered answer, if its key `matches` and it is still valid.
     pub fn recall(&self, matches: impl FnOnce(&K) -> bool) -> Option<Arc<V>> {
+        self.recall_at(Instant::now(), matches)
+    }
+
+    /// [`Self::recall`] at `now` (one clock reading serves several memos).
+    pub fn recall_at(&self, now: Instant, matches: impl FnOnce(&K) -> bool) -> Option<Arc<V>> {
         let last = self.last.lock().ok()?;
         let last = last.as_ref()?;
         (last.generation == self.generation.current()
-            && last.at.elapsed() < MEMO_LIFETIME
+            && now.saturating_duration_since(last.at) < MEMO_LIFETIME
             && matches(&last.key))
         .then(|| Arc::clone(&last.value))
     }

@@ -147,7 +147,9 @@ impl Connection {
                     tracing::info!(%error, "cannot write to the application, dropping it");
                     return End::Gone;
                 }
-                last_sent = Instant::now();
+                if self.heartbeat.is_some() {
+                    last_sent = Instant::now();
+                }
             }
             if draining.is_some() && !self.engine.awaits_outcomes() {
                 return self.shut_down();
@@ -239,11 +241,24 @@ impl Connection {
         }
     }
 
-    /// Writes the engine's output in one write; an application that does not read for
-    /// [`WRITE_TIMEOUT`] is given up.
+    /// Writes the engine's output; an application that does not read for [`WRITE_TIMEOUT`] is
+    /// given up. Usually the socket takes it all at once, without the timer.
     async fn write(&mut self) -> std::io::Result<()> {
         let out = self.engine.output();
-        let written = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(out)).await;
+        let sent = match self.stream.try_write(out) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                out.clear();
+                return Err(e);
+            }
+        };
+        if sent == out.len() {
+            out.clear();
+            return Ok(());
+        }
+        let rest = &out[sent..];
+        let written = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(rest)).await;
         out.clear();
         written.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
     }

@@ -186,7 +186,7 @@ impl Delivery {
             } = event;
             let (reply, outcome) = oneshot::channel();
             let item = Outgoing {
-                message,
+                message: Box::new(message),
                 message_id: Some(message_id),
                 reply: Some(reply),
             };
@@ -200,7 +200,7 @@ impl Delivery {
                 Offer::Full(item, _) | Offer::NoConsumer(item) => {
                     self.buffer.push_front(StoredEvent {
                         id,
-                        message: item.message,
+                        message: *item.message,
                         message_id: item.message_id.unwrap_or_default(),
                     });
                     return true;

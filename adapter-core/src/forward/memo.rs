@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_registry_client::{
     CacheDirective, DeviceId, RegistrationAssertion, RegistryError, Response, TenantId,
@@ -46,11 +46,11 @@ fn reusable<T>(response: &Response<T>) -> bool {
         )
 }
 
-/// The answer `memo` (if any) remembers for a key that `matches`, else what `fetch()` gets (then
-/// remembered under `key()` if reusable). `fetch` is only called on a miss: the registry's
-/// futures are boxed, so even making one costs an allocation.
+/// The answer `memo` (if any) remembers at the given instant for a key that `matches`, else what
+/// `fetch()` gets (then remembered under `key()` if reusable). `fetch` is only called on a miss:
+/// the registry's futures are boxed, so even making one costs an allocation.
 pub(super) async fn recall_or_fetch<K, V, F>(
-    memo: Option<&Memo<K, V>>,
+    memo: Option<(&Memo<K, V>, Instant)>,
     matches: impl FnOnce(&K) -> bool,
     key: impl FnOnce() -> K,
     fetch: impl FnOnce() -> F,
@@ -58,9 +58,13 @@ pub(super) async fn recall_or_fetch<K, V, F>(
 where
     F: Future<Output = Result<Response<V>, RegistryError>>,
 {
-    if let Some(value) = memo.and_then(|m| m.recall(matches)) {
-        return Ok(value);
-    }
+    let memo = match memo {
+        Some((memo, now)) => match memo.recall_at(now, matches) {
+            Some(value) => return Ok(value),
+            None => Some(memo),
+        },
+        None => None,
+    };
     let generation = memo.map(Memo::generation);
     let response = fetch().await?;
     if let (Some(memo), Some(generation)) = (memo, generation)

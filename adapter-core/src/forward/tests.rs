@@ -123,6 +123,31 @@ async fn content_rules_are_checked_first() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn media_types_ignore_case_white_space_and_parameters() {
+    let empty = EMPTY_NOTIFICATION;
+    for yes in [
+        empty,
+        "  Application/VND.Eclipse-Hono-Empty-Notification",
+        "application/vnd.eclipse-hono-empty-notification ; charset=utf-8",
+        "application/vnd.eclipse-hono-empty-notification;x=y",
+        "application/vnd.eclipse-hono-empty-notification  ",
+    ] {
+        assert!(is_media_type(yes, empty), "{yes:?}");
+    }
+    for no in [
+        "",
+        "text/plain",
+        "application/vnd.eclipse-hono-empty-notificationx",
+        "application/vnd.eclipse-hono-empty-notification x",
+        "application/vnd.eclipse-hono-empty-notificatio",
+        "x application/vnd.eclipse-hono-empty-notification",
+        "application/vnd.eclipse-hono-empty-notificatiön",
+    ] {
+        assert!(!is_media_type(no, empty), "{no:?}");
+    }
+}
+
 #[tokio::test]
 async fn tenant_checks() -> TestResult {
     let f = fixture()?;
