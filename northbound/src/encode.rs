@@ -280,7 +280,8 @@ fn variable(out: &mut BytesMut, small: u8, large: u8, len: usize) {
 }
 
 fn string(out: &mut BytesMut, value: &str) {
-    strings(out, &[value]);
+    variable(out, 0xa1, 0xb1, value.len());
+    out.put_slice(value.as_bytes());
 }
 
 /// One string made of `parts`.
