@@ -151,12 +151,19 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The async runtime: `workers` threads, or one per CPU.
+/// The async runtime: `workers` threads, or one per CPU. One worker is the thread that starts
+/// the runtime itself (tokio's current-thread scheduler: no work stealing, no cross-thread
+/// wake-ups).
 fn runtime(workers: Option<NonZeroUsize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers.get());
-    }
+    let mut builder = match workers.map(NonZeroUsize::get) {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder
         .enable_all()
         .build()

@@ -5,30 +5,30 @@
 //! the handshake and handed to every request of the connection: a request without
 //! `authorization` authenticates by that certificate.
 //!
-//! On shutdown hyper's graceful shutdown lets a request in flight finish and closes the connection
-//! after its response; idle connections close at once.
+//! Requests are read with the adapter's own HTTP/1.1 layer ([`crate::h1`]) and handled by
+//! [`service`] one after the other. On shutdown a request in flight finishes and its response
+//! closes the connection; idle connections close at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_adapter_core::tls::TlsPeer;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::error::RequestError;
+use crate::h1::Framing;
+use crate::h1::error::ProtocolError;
+use crate::h1::head;
+use crate::h1::io::{BodyError, Interrupted, Io};
+use crate::h1::response::{Persistence, Response};
 use crate::memo::ConnectionMemo;
-use crate::service::{self, PerConnection, Shared};
-
-/// hyper's read buffer limit per connection: bounds the memory a client can make us hold for
-/// request headers and for one piece of body (bodies are further capped at the payload limit).
-const MAX_READ_BUFFER: usize = 64 * 1024;
+use crate::service::{self, Pending, PerConnection, Refusal, Shared};
 
 /// Per-connection settings.
 #[derive(Clone, Debug)]
@@ -72,7 +72,7 @@ impl Connection {
         let shutdown = shared.ctx.shutdown.clone();
         tracing::debug!("accepted");
         match tls {
-            None => serve_http(stream, None, shared, &config, &shutdown).await,
+            None => serve_http(stream, None, shared, &config).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(config.tls_handshake_timeout, acceptor.accept(stream));
@@ -91,7 +91,7 @@ impl Connection {
                             "TLS established"
                         );
                         let peer = peer.has_certificate().then_some(peer);
-                        serve_http(stream, peer, shared, &config, &shutdown).await
+                        serve_http(stream, peer, shared, &config).await
                     }
                     Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::info!("TLS handshake timed out"),
@@ -103,37 +103,167 @@ impl Connection {
     }
 }
 
-async fn serve_http<I>(
-    io: I,
-    peer: Option<TlsPeer>,
-    shared: Arc<Shared>,
-    config: &ConnectionConfig,
-    shutdown: &CancellationToken,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// Serves requests on `io` one after the other until the client or the adapter ends the
+/// connection.
+async fn serve_http<I>(io: I, peer: Option<TlsPeer>, shared: Arc<Shared>, config: &ConnectionConfig)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
 {
-    let state = Arc::new(PerConnection {
+    let state = PerConnection {
         memo: ConnectionMemo::new(&shared.generation),
         shared,
         peer,
-    });
-    let service = service_fn(move |req| service::handle(req, Arc::clone(&state)));
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .max_buf_size(MAX_READ_BUFFER)
-        .header_read_timeout(config.idle_timeout);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    let mut connection = std::pin::pin!(connection);
-    let outcome = tokio::select! {
-        outcome = connection.as_mut() => outcome,
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    };
+    let mut io = Io::new(io, &state.shared.ctx.shutdown, config.idle_timeout);
+    loop {
+        let request = match next_request(&mut io, &state).await {
+            Ok(request) => request,
+            Err(end) => {
+                match &end {
+                    End::Refused(e) => {
+                        tracing::info!(status = e.status().as_u16(), reason = %e, "request refused");
+                        let body = format!("{e}\n");
+                        let response = Response {
+                            status: e.status(),
+                            headers: &[("content-type", "text/plain; charset=utf-8")],
+                            body: body.as_bytes(),
+                        };
+                        io.respond(&response, Persistence::Close);
+                    }
+                    End::Quiet(e) => tracing::debug!(reason = %e, "connection ends"),
+                }
+                io.close(matches!(end, End::Refused(_))).await;
+                return;
+            }
+        };
+        let keep_alive = serve_request(&mut io, request, &state).await;
+        if !keep_alive {
+            io.close(true).await;
+            return;
+        }
+        io.set_deadline(config.idle_timeout);
+    }
+}
+
+/// What ends waiting for a request.
+#[derive(Debug)]
+enum End {
+    /// The client left, idled out or the adapter shuts down: close quietly.
+    Quiet(Interrupted),
+    /// The request cannot be read: answer and close.
+    Refused(ProtocolError),
+}
+
+/// A request whose head was handled, with the parts of the head the connection still needs.
+struct Request {
+    framing: Framing,
+    keep_alive: bool,
+    http10: bool,
+    expect_continue: bool,
+    prepared: Result<Pending, Refusal>,
+}
+
+/// Waits for the next request head and handles it (routing, authentication, parameters).
+async fn next_request<I>(io: &mut Io<I>, state: &PerConnection) -> Result<Request, End>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        if let Some(head) = head::parse(io.buffered()).map_err(End::Refused)? {
+            let len = head.len;
+            let request = Request {
+                framing: head.framing,
+                keep_alive: head.keep_alive,
+                http10: head.http10,
+                expect_continue: head.expect_continue,
+                prepared: service::prepare(&head, state).await,
+            };
+            io.consume(len);
+            return Ok(request);
+        }
+        let idle = io.buffered().is_empty();
+        match io.fill(idle).await {
+            Ok(()) => {}
+            Err(Interrupted::TimedOut) if !idle => {
+                return Err(End::Refused(ProtocolError::HeadTimeout));
+            }
+            Err(e) => return Err(End::Quiet(e)),
+        }
+    }
+}
+
+/// Reads the request's body, forwards it and buffers the response; whether the connection
+/// stays open.
+async fn serve_request<I>(io: &mut Io<I>, request: Request, state: &PerConnection) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let shared = &*state.shared;
+    let Request {
+        framing,
+        mut keep_alive,
+        http10,
+        expect_continue,
+        prepared,
+    } = request;
+    io.set_deadline(shared.body_timeout);
+    let outcome = match prepared {
+        Ok(pending) => {
+            let continued = !expect_continue || framing == Framing::Empty || {
+                // A body over the limit is refused without asking for it.
+                let too_large =
+                    matches!(framing, Framing::Length(n) if n > shared.max_payload_size as u64);
+                !too_large && io.send_continue().await.is_ok()
+            };
+            let body = if continued {
+                io.read_body(framing, shared.max_payload_size).await
+            } else {
+                Err(BodyError::TooLarge)
+            };
+            match body {
+                Ok(payload) => pending.forward(payload, state).await,
+                Err(e) => {
+                    // The rest of the stream cannot be framed: answer and close.
+                    keep_alive = false;
+                    Err(pending.refuse(body_error(e, shared.max_payload_size)))
+                }
+            }
+        }
+        // A refusal before the body: read it past (not when the client waits to be asked).
+        Err(refusal) => {
+            let passed = framing == Framing::Empty
+                || (!expect_continue
+                    && io.read_body(framing, shared.max_payload_size).await.is_ok());
+            keep_alive &= passed;
+            Err(refusal)
         }
     };
-    if let Err(e) = outcome {
-        tracing::debug!(error = %e, "connection ended with an error");
+    keep_alive &= !io.shutting_down();
+    let persistence = match (keep_alive, http10) {
+        (false, _) => Persistence::Close,
+        (true, false) => Persistence::Implied,
+        (true, true) => Persistence::KeepAlive,
+    };
+    match &outcome {
+        Ok(()) => io.respond(&ACCEPTED, persistence),
+        Err(refusal) => io.respond(&refusal.response(), persistence),
+    }
+    keep_alive
+}
+
+/// The answer to a forwarded message.
+const ACCEPTED: Response<'static> = Response {
+    status: StatusCode::ACCEPTED,
+    headers: &[],
+    body: b"",
+};
+
+/// The refusal of a body that could not be read.
+fn body_error(e: BodyError, max: usize) -> RequestError {
+    match e {
+        BodyError::TooLarge => RequestError::PayloadTooLarge { max },
+        BodyError::Malformed(why) => RequestError::Body(why.to_owned()),
+        BodyError::Interrupted(Interrupted::TimedOut) => RequestError::BodyTimeout,
+        BodyError::Interrupted(e) => RequestError::Body(e.to_string()),
     }
 }

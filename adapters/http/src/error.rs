@@ -97,9 +97,12 @@ pub(crate) enum RequestError {
         /// The limit.
         max: usize,
     },
-    /// The body could not be read (the client broke the framing or was too slow).
+    /// The body could not be read (the client broke the framing or left).
     #[error("cannot read the request body: {0}")]
     Body(String),
+    /// The body did not arrive within the idle timeout.
+    #[error("request body not received in time")]
+    BodyTimeout,
 }
 
 impl RequestError {
@@ -121,6 +124,7 @@ impl RequestError {
             | RequestError::BadContentType
             | RequestError::Body(_) => StatusCode::BAD_REQUEST,
             RequestError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

@@ -1,4 +1,4 @@
-//! Ferry's HTTP protocol adapter: Hono's HTTP adapter API on hyper 1.
+//! Ferry's HTTP protocol adapter: Hono's HTTP adapter API on its own HTTP/1.1 server side.
 //!
 //! Devices publish telemetry and events (hono-api.md §2):
 //!
@@ -13,9 +13,10 @@
 //! plain text with the status of [`error`]'s single mapping.
 //!
 //! Structure: [`HttpAdapter`] binds the ports (`listener.rs`), each accepted connection runs as a
-//! task (`connection.rs`: TLS handshake under a timeout, then HTTP/1.1 with keep-alive), and each
-//! request is handled by `service.rs`, which parses with `request.rs` and calls the device
-//! pipeline of `ferry-adapter-core` through the [`ferry_adapter_core::AdapterContext`].
+//! task (`connection.rs`: TLS handshake under a timeout, then HTTP/1.1 with keep-alive through
+//! `h1/`: heads parsed in place, bodies, responses, timeouts), and each request is handled by
+//! `service.rs`, which parses with `request.rs` and calls the device pipeline of
+//! `ferry-adapter-core` through the [`ferry_adapter_core::AdapterContext`].
 //!
 //! ```no_run
 //! # async fn start(ctx: ferry_adapter_core::AdapterContext) -> Result<(), ferry_adapter_http::HttpError> {
@@ -28,6 +29,7 @@
 pub mod config;
 mod connection;
 pub mod error;
+mod h1;
 mod listener;
 mod memo;
 mod request;

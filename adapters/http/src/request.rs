@@ -8,10 +8,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ferry_adapter_core::{Endpoint, Qos};
 use ferry_registry_client::{DeviceId, TenantId};
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, Method};
 
 use crate::error::RequestError;
+use crate::h1::head::{Fields, trim};
 
 /// Who a request sends for.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,7 +38,7 @@ pub(crate) struct Route {
 
 impl Route {
     /// Matches the method and path against the adapter's resources.
-    pub(crate) fn parse(method: &Method, path: &str) -> Result<Self, RequestError> {
+    pub(crate) fn parse(method: &str, path: &str) -> Result<Self, RequestError> {
         let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
         let endpoint = match segments.next() {
             Some("telemetry") => Endpoint::Telemetry,
@@ -48,7 +47,7 @@ impl Route {
         };
         let rest: [Option<&str>; 3] = [segments.next(), segments.next(), segments.next()];
         let (target, allowed) = match rest {
-            [None, None, None] => (Target::Own, Method::POST),
+            [None, None, None] => (Target::Own, "POST"),
             [Some(tenant), Some(device), None] => {
                 let malformed = |e: ferry_registry_client::InvalidId| {
                     RequestError::MalformedPath(e.to_string())
@@ -58,16 +57,11 @@ impl Route {
                     t => Some(TenantId::parse(&percent_decode(t)?).map_err(malformed)?),
                 };
                 let device = DeviceId::parse(&percent_decode(device)?).map_err(malformed)?;
-                (Target::Device { tenant, device }, Method::PUT)
+                (Target::Device { tenant, device }, "PUT")
             }
             _ => return Err(RequestError::UnknownUri),
         };
-        if *method != allowed {
-            let allowed = if allowed == Method::POST {
-                "POST"
-            } else {
-                "PUT"
-            };
+        if method != allowed {
             return Err(RequestError::MethodNotAllowed { allowed });
         }
         Ok(Route { endpoint, target })
@@ -116,13 +110,13 @@ impl std::fmt::Debug for BasicCredentials {
 }
 
 impl BasicCredentials {
-    /// The credentials of the request, `None` without an `authorization` header.
-    pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, RequestError> {
-        let Some(value) = headers.get(AUTHORIZATION) else {
+    /// The credentials of an `authorization` header's value, `None` without one.
+    pub(crate) fn from_header(value: Option<&[u8]>) -> Result<Option<Self>, RequestError> {
+        let Some(value) = value else {
             return Ok(None);
         };
         let malformed = RequestError::MalformedAuthorization;
-        let value = value.to_str().map_err(|_| malformed("not ASCII"))?.trim();
+        let value = visible_ascii(value).ok_or(malformed("not ASCII"))?.trim();
         let (scheme, encoded) = value.split_once(' ').ok_or(malformed("expected Basic"))?;
         if !scheme.eq_ignore_ascii_case("basic") {
             return Err(malformed("only the Basic scheme is supported"));
@@ -154,14 +148,23 @@ pub(crate) struct Params {
     pub(crate) ttd: Option<i32>,
 }
 
+/// A header field's value as text: visible ASCII, spaces and tabs only.
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 /// A header's value, else the query parameter of the same name.
 fn header_or_query<'a>(
-    headers: &'a HeaderMap,
+    header: Option<&'a [u8]>,
     query: Option<&'a str>,
     name: &str,
 ) -> Option<&'a str> {
-    match headers.get(name) {
-        Some(value) => Some(value.to_str().unwrap_or("\u{0}")),
+    match header {
+        Some(value) => Some(visible_ascii(value).unwrap_or("\u{0}")),
         None => query?
             .split('&')
             .filter_map(|pair| pair.split_once('='))
@@ -174,30 +177,30 @@ impl Params {
     /// Reads `qos-level`, `content-type`, `hono-ttl` and `hono-ttd`.
     pub(crate) fn parse(
         endpoint: Endpoint,
-        headers: &HeaderMap,
+        fields: &Fields<'_>,
         query: Option<&str>,
     ) -> Result<Self, RequestError> {
         let qos = match endpoint {
             Endpoint::Event => Qos::AtLeastOnce,
-            Endpoint::Telemetry => match headers.get("qos-level").map(|v| v.as_bytes()) {
+            Endpoint::Telemetry => match fields.qos_level.map(trim) {
                 None | Some(b"0") => Qos::AtMostOnce,
                 Some(b"1") => Qos::AtLeastOnce,
                 Some(_) => return Err(RequestError::BadQos),
             },
         };
-        let content_type = headers
-            .get(CONTENT_TYPE)
-            .map(|v| v.to_str().map(str::to_owned))
-            .transpose()
-            .map_err(|_| RequestError::BadContentType)?;
+        let content_type = fields
+            .content_type
+            .map(|v| visible_ascii(v).map(str::to_owned))
+            .map(|v| v.ok_or(RequestError::BadContentType))
+            .transpose()?;
         let ttl = match endpoint {
             Endpoint::Telemetry => None,
-            Endpoint::Event => header_or_query(headers, query, "hono-ttl")
+            Endpoint::Event => header_or_query(fields.hono_ttl, query, "hono-ttl")
                 .map(|v| v.trim().parse::<u64>().map(Duration::from_secs))
                 .transpose()
                 .map_err(|_| RequestError::BadTtl)?,
         };
-        let ttd = header_or_query(headers, query, "hono-ttd")
+        let ttd = header_or_query(fields.hono_ttd, query, "hono-ttd")
             .map(|v| v.trim().parse::<i32>())
             .transpose()
             .map_err(|_| RequestError::BadTtd)?;

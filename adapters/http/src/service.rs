@@ -3,21 +3,19 @@
 //! Every refusal is answered with its status and a short plain-text reason, and logged once with
 //! the tenant and device as far as they are known. Payloads and passwords are never logged.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_adapter_core::memo::RegistryGeneration;
 use ferry_adapter_core::tls::TlsPeer;
-use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Upload};
+use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, Endpoint, Upload};
 use ferry_registry_client::{DeviceId, TenantId};
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Incoming};
+use http::StatusCode;
 
 use crate::error::RequestError;
+use crate::h1::head::Head;
+use crate::h1::response::Response;
 use crate::memo::ConnectionMemo;
 use crate::request::{BasicCredentials, Params, Route, Target};
 
@@ -83,59 +81,156 @@ impl Who {
     }
 }
 
-/// Answers one request of `connection`. Never fails: refusals are responses.
-pub(crate) async fn handle(
-    req: Request<Incoming>,
-    connection: Arc<PerConnection>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut who = Who::default();
-    let (parts, body) = req.into_parts();
-    match upload(&parts, body, &connection, &mut who).await {
-        Ok(()) => Ok(status_only(StatusCode::ACCEPTED)),
-        Err(e) => {
-            let status = e.status();
-            tracing::info!(
-                tenant = who.tenant(),
-                device = who.device(),
-                user = who.user(),
-                method = %parts.method,
-                path = parts.uri.path(),
-                status = status.as_u16(),
-                reason = %e,
-                "request refused"
-            );
-            Ok(refusal(&e, status))
+/// A request whose head was accepted: who sends what for which device. Its body comes next.
+pub(crate) struct Pending {
+    who: Who,
+    method: &'static str,
+    /// The request path, the message's `orig_address`.
+    path: String,
+    endpoint: Endpoint,
+    params: Params,
+    sender: Option<Arc<AuthenticatedDevice>>,
+    tenant: TenantId,
+    device: DeviceId,
+}
+
+/// A refused request: logged when made, answered with its status and reason.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    error: RequestError,
+    status: StatusCode,
+    /// The plain-text body.
+    body: String,
+}
+
+impl Refusal {
+    /// Logs the refusal of `method path` from `who`.
+    fn log(error: RequestError, who: &Who, method: &str, path: &str) -> Self {
+        let status = error.status();
+        tracing::info!(
+            tenant = who.tenant(),
+            device = who.device(),
+            user = who.user(),
+            method,
+            path,
+            status = status.as_u16(),
+            reason = %error,
+            "request refused"
+        );
+        let body = format!("{}\n", error.client_message());
+        Self {
+            error,
+            status,
+            body,
+        }
+    }
+
+    /// The response.
+    pub(crate) fn response(&self) -> Response<'_> {
+        const TEXT: (&str, &str) = ("content-type", "text/plain; charset=utf-8");
+        const REALM: (&str, &str) = ("www-authenticate", "Basic realm=\"Hono\"");
+        let headers: &'static [(&str, &str)] = match &self.error {
+            _ if self.status == StatusCode::UNAUTHORIZED => &[TEXT, REALM],
+            RequestError::MethodNotAllowed { allowed: "POST" } => &[TEXT, ("allow", "POST")],
+            RequestError::MethodNotAllowed { .. } => &[TEXT, ("allow", "PUT")],
+            _ => &[TEXT],
+        };
+        Response {
+            status: self.status,
+            headers,
+            body: self.body.as_bytes(),
         }
     }
 }
 
-fn status_only(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
+/// Routes, authenticates and reads the parameters of the request `head` on `connection`.
+pub(crate) async fn prepare(
+    head: &Head<'_>,
+    connection: &PerConnection,
+) -> Result<Pending, Refusal> {
+    let mut who = Who::default();
+    match accept_head(head, connection, &mut who).await {
+        Ok(pending) => Ok(pending),
+        Err(e) => Err(Refusal::log(e, &who, head.method, head.path)),
+    }
 }
 
-fn refusal(error: &RequestError, status: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(format!(
-        "{}\n",
-        error.client_message()
-    ))));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if status == StatusCode::UNAUTHORIZED {
-        headers.insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"Hono\""),
-        );
+async fn accept_head(
+    head: &Head<'_>,
+    connection: &PerConnection,
+    who: &mut Who,
+) -> Result<Pending, RequestError> {
+    let shared = &*connection.shared;
+    let route = Route::parse(head.method, head.path)?;
+    if let Target::Device { device, .. } = &route.target {
+        who.device = Some(device.clone());
     }
-    if let RequestError::MethodNotAllowed { allowed } = error {
-        headers.insert(ALLOW, HeaderValue::from_static(allowed));
+    let method = match route.target {
+        Target::Own => "POST",
+        Target::Device { .. } => "PUT",
+    };
+    let sender = sender(head.fields.authorization, connection, who).await?;
+    who.sender.clone_from(&sender);
+    let (sender, tenant, device) = identify(route.target, sender, shared, who)?;
+    let params = Params::parse(route.endpoint, &head.fields, head.query)?;
+    Ok(Pending {
+        who: std::mem::take(who),
+        method,
+        path: head.path.to_owned(),
+        endpoint: route.endpoint,
+        params,
+        sender,
+        tenant,
+        device,
+    })
+}
+
+impl Pending {
+    /// Refuses the request after all (its body could not be read).
+    pub(crate) fn refuse(&self, error: RequestError) -> Refusal {
+        Refusal::log(error, &self.who, self.method, &self.path)
     }
-    response
+
+    /// Forwards the request's message with `payload` northbound.
+    pub(crate) async fn forward(
+        self,
+        payload: Bytes,
+        connection: &PerConnection,
+    ) -> Result<(), Refusal> {
+        let Pending {
+            who,
+            method,
+            path,
+            endpoint,
+            params,
+            sender,
+            tenant,
+            device,
+        } = self;
+        let upload = Upload {
+            endpoint,
+            qos: params.qos,
+            content_type: params.content_type,
+            ttl: params.ttl,
+            ttd: params.ttd,
+            orig_address: path.clone(),
+            retain: false,
+            payload,
+        };
+        let forwarded = connection
+            .shared
+            .ctx
+            .forwarder
+            .forward_with(
+                &connection.memo.forward,
+                sender.as_deref(),
+                &tenant,
+                &device,
+                upload,
+            )
+            .await;
+        forwarded.map_err(|e| Refusal::log(e.into(), &who, method, &path))
+    }
 }
 
 async fn authenticate(
@@ -179,12 +274,11 @@ async fn authenticate_certificate(
 /// the credentials or the client certificate prove (remembered either way). Basic credentials
 /// win over a client certificate; without either the request is anonymous.
 async fn sender(
-    headers: &http::HeaderMap,
+    authorization: Option<&[u8]>,
     connection: &PerConnection,
     who: &mut Who,
 ) -> Result<Option<Arc<AuthenticatedDevice>>, RequestError> {
     let (shared, memo) = (&*connection.shared, &connection.memo.auth);
-    let authorization = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
     if let Some(authorization) = authorization
         && let Some(device) = memo.recall(|last| **last == *authorization)
     {
@@ -192,7 +286,7 @@ async fn sender(
     }
     let generation = memo.generation();
     let peer = connection.peer.as_ref().filter(|p| p.has_certificate());
-    let device = match (BasicCredentials::from_headers(headers)?, peer) {
+    let device = match (BasicCredentials::from_header(authorization)?, peer) {
         (Some(credentials), _) => {
             let device = Arc::new(authenticate(shared, credentials, who).await?);
             if let Some(authorization) = authorization {
@@ -242,61 +336,5 @@ fn identify(
             who.tenant = Some(tenant.clone());
             Ok((None, tenant, device))
         }
-    }
-}
-
-async fn upload(
-    parts: &http::request::Parts,
-    body: Incoming,
-    connection: &PerConnection,
-    who: &mut Who,
-) -> Result<(), RequestError> {
-    let shared = &*connection.shared;
-    let route = Route::parse(&parts.method, parts.uri.path())?;
-    if let Target::Device { device, .. } = &route.target {
-        who.device = Some(device.clone());
-    }
-    let sender = sender(&parts.headers, connection, who).await?;
-    who.sender.clone_from(&sender);
-    let (sender, tenant, device) = identify(route.target, sender, shared, who)?;
-    let params = Params::parse(route.endpoint, &parts.headers, parts.uri.query())?;
-    let payload = read_body(body, shared.max_payload_size, shared.body_timeout).await?;
-    let upload = Upload {
-        endpoint: route.endpoint,
-        qos: params.qos,
-        content_type: params.content_type,
-        ttl: params.ttl,
-        ttd: params.ttd,
-        orig_address: parts.uri.path().to_owned(),
-        retain: false,
-        payload,
-    };
-    shared
-        .ctx
-        .forwarder
-        .forward_with(
-            &connection.memo.forward,
-            sender.as_deref(),
-            &tenant,
-            &device,
-            upload,
-        )
-        .await?;
-    Ok(())
-}
-
-/// Reads at most `max` bytes of body (one more proves it is too large), within `timeout`.
-async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Bytes, RequestError> {
-    let too_large = RequestError::PayloadTooLarge { max };
-    if body.size_hint().lower() > max as u64 {
-        return Err(too_large);
-    }
-    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect())
-        .await
-        .map_err(|_| RequestError::Body("timed out".to_owned()))?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large),
-        Err(e) => Err(RequestError::Body(e.to_string())),
     }
 }
