@@ -11,6 +11,7 @@ pub mod auth;
 pub mod coalesce;
 pub mod config;
 pub mod context;
+pub mod deadline;
 pub mod error;
 pub mod forward;
 pub mod memo;

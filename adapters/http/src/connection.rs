@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::RequestError;
@@ -53,18 +55,24 @@ pub(crate) struct Connection {
 impl Connection {
     /// Serves the connection to its end, in its own tracing span.
     pub(crate) async fn run(self) {
-        let span = tracing::info_span!("connection", peer = %self.peer, tls = self.tls.is_some());
-        self.serve().instrument(span).await;
+        // A DEBUG span: at the default INFO level it costs nothing per poll and no memory per
+        // connection, so the INFO lines of a connection carry its peer themselves.
+        let span = tracing::debug_span!("connection", peer = %self.peer, tls = self.tls.is_some());
+        if span.is_disabled() {
+            self.serve().await;
+        } else {
+            self.serve().instrument(span).await;
+        }
     }
 
     async fn serve(self) {
         let Connection {
             stream,
+            peer,
             tls,
             shared,
             config,
             permit,
-            ..
         } = self;
         // Without it, a small response written while the peer has not yet acknowledged the
         // last TLS handshake flight waits for its delayed ACK (about 40 ms on Linux).
@@ -72,29 +80,13 @@ impl Connection {
         let shutdown = shared.ctx.shutdown.clone();
         tracing::debug!("accepted");
         match tls {
-            None => serve_http(stream, None, shared, &config).await,
+            None => serve_http(stream, peer, None, shared, &config).await,
             Some(acceptor) => {
-                let handshake =
-                    tokio::time::timeout(config.tls_handshake_timeout, acceptor.accept(stream));
-                let outcome = tokio::select! {
-                    outcome = handshake => outcome,
-                    () = shutdown.cancelled() => return,
-                };
-                match outcome {
-                    Ok(Ok(stream)) => {
-                        // The chain was accepted as is; the device pipeline validates it per
-                        // tenant when a request relies on it.
-                        let peer = TlsPeer::from_connection(stream.get_ref().1);
-                        tracing::debug!(
-                            client_certificate = peer.has_certificate(),
-                            sni = peer.sni.as_deref().unwrap_or("-"),
-                            "TLS established"
-                        );
-                        let peer = peer.has_certificate().then_some(peer);
-                        serve_http(stream, peer, shared, &config).await
-                    }
-                    Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!("TLS handshake timed out"),
+                // Boxed, like the TLS stream after it: the task keeps a pointer to the
+                // handshake's and the TLS session's state, not room for them.
+                let handshake = handshake(acceptor, stream, peer, &config, &shutdown);
+                if let Some((stream, certificate)) = Box::pin(handshake).await {
+                    serve_http(stream, peer, certificate, shared, &config).await;
                 }
             }
         }
@@ -103,15 +95,58 @@ impl Connection {
     }
 }
 
+/// The TLS handshake under its timeout (given up on shutdown): the session, and the client
+/// certificate chain if the client presented one.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    addr: SocketAddr,
+    config: &ConnectionConfig,
+    shutdown: &CancellationToken,
+) -> Option<(Box<TlsStream<TcpStream>>, Option<TlsPeer>)> {
+    let handshake = tokio::time::timeout(config.tls_handshake_timeout, acceptor.accept(stream));
+    let outcome = tokio::select! {
+        outcome = handshake => outcome,
+        () = shutdown.cancelled() => return None,
+    };
+    match outcome {
+        Ok(Ok(stream)) => {
+            // The chain was accepted as is; the device pipeline validates it per tenant when a
+            // request relies on it.
+            let peer = TlsPeer::from_connection(stream.get_ref().1);
+            tracing::debug!(
+                client_certificate = peer.has_certificate(),
+                sni = peer.sni.as_deref().unwrap_or("-"),
+                "TLS established"
+            );
+            Some((Box::new(stream), peer.has_certificate().then_some(peer)))
+        }
+        Ok(Err(e)) => {
+            tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(peer = %addr, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Serves requests on `io` one after the other until the client or the adapter ends the
 /// connection.
-async fn serve_http<I>(io: I, peer: Option<TlsPeer>, shared: Arc<Shared>, config: &ConnectionConfig)
-where
+async fn serve_http<I>(
+    io: I,
+    addr: SocketAddr,
+    peer: Option<TlsPeer>,
+    shared: Arc<Shared>,
+    config: &ConnectionConfig,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let state = PerConnection {
         memo: ConnectionMemo::new(&shared.generation),
         shared,
+        addr,
         peer,
     };
     let mut io = Io::new(io, &state.shared.ctx.shutdown, config.idle_timeout);
@@ -121,7 +156,12 @@ where
             Err(end) => {
                 match &end {
                     End::Refused(e) => {
-                        tracing::info!(status = e.status().as_u16(), reason = %e, "request refused");
+                        tracing::info!(
+                            peer = %state.addr,
+                            status = e.status().as_u16(),
+                            reason = %e,
+                            "request refused"
+                        );
                         let body = format!("{e}\n");
                         let response = Response {
                             status: e.status(),
@@ -159,6 +199,8 @@ struct Request {
     framing: Framing,
     keep_alive: bool,
     http10: bool,
+    /// A `HEAD` request: its answer has no body.
+    head_only: bool,
     expect_continue: bool,
     prepared: Result<Pending, Refusal>,
 }
@@ -169,22 +211,29 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        if let Some(head) = head::parse(io.buffered()).map_err(End::Refused)? {
+        let head = match io.buffered() {
+            [] => None,
+            buffered => head::parse(buffered).map_err(End::Refused)?,
+        };
+        if let Some(head) = head {
             let len = head.len;
             let request = Request {
                 framing: head.framing,
                 keep_alive: head.keep_alive,
                 http10: head.http10,
+                head_only: head.method == "HEAD",
                 expect_continue: head.expect_continue,
                 prepared: service::prepare(&head, state).await,
             };
             io.consume(len);
             return Ok(request);
         }
-        let idle = io.buffered().is_empty();
-        match io.fill(idle).await {
+        // Shutdown ends the wait for a head, even a partly received one: no request has
+        // started yet.
+        let partial = !io.buffered().is_empty();
+        match io.fill(true).await {
             Ok(()) => {}
-            Err(Interrupted::TimedOut) if !idle => {
+            Err(Interrupted::TimedOut) if partial => {
                 return Err(End::Refused(ProtocolError::HeadTimeout));
             }
             Err(e) => return Err(End::Quiet(e)),
@@ -203,20 +252,21 @@ where
         framing,
         mut keep_alive,
         http10,
+        head_only,
         expect_continue,
         prepared,
     } = request;
-    io.set_deadline(shared.body_timeout);
+    let (max, timeout) = (shared.max_payload_size, shared.body_timeout);
     let outcome = match prepared {
         Ok(pending) => {
             let continued = !expect_continue || framing == Framing::Empty || {
                 // A body over the limit is refused without asking for it.
-                let too_large =
-                    matches!(framing, Framing::Length(n) if n > shared.max_payload_size as u64);
+                let too_large = matches!(framing, Framing::Length(n) if n > max as u64);
+                io.set_deadline(timeout);
                 !too_large && io.send_continue().await.is_ok()
             };
             let body = if continued {
-                io.read_body(framing, shared.max_payload_size).await
+                io.read_body(framing, max, timeout).await
             } else {
                 Err(BodyError::TooLarge)
             };
@@ -225,15 +275,14 @@ where
                 Err(e) => {
                     // The rest of the stream cannot be framed: answer and close.
                     keep_alive = false;
-                    Err(pending.refuse(body_error(e, shared.max_payload_size)))
+                    Err(pending.refuse(body_error(e, max), state))
                 }
             }
         }
         // A refusal before the body: read it past (not when the client waits to be asked).
         Err(refusal) => {
             let passed = framing == Framing::Empty
-                || (!expect_continue
-                    && io.read_body(framing, shared.max_payload_size).await.is_ok());
+                || (!expect_continue && io.read_body(framing, max, timeout).await.is_ok());
             keep_alive &= passed;
             Err(refusal)
         }
@@ -246,7 +295,13 @@ where
     };
     match &outcome {
         Ok(()) => io.respond(&ACCEPTED, persistence),
-        Err(refusal) => io.respond(&refusal.response(), persistence),
+        Err(refusal) => {
+            let mut response = refusal.response();
+            if head_only {
+                response.body = b"";
+            }
+            io.respond(&response, persistence);
+        }
     }
     keep_alive
 }

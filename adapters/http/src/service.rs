@@ -3,6 +3,7 @@
 //! Every refusal is answered with its status and a short plain-text reason, and logged once with
 //! the tenant and device as far as they are known. Payloads and passwords are never logged.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
 pub(crate) struct PerConnection {
     /// The adapter's shared state.
     pub(crate) shared: Arc<Shared>,
+    /// The client's address.
+    pub(crate) addr: SocketAddr,
     /// The connection's TLS client certificate, if the client presented one.
     pub(crate) peer: Option<TlsPeer>,
     /// What the connection remembers between requests.
@@ -105,9 +108,10 @@ pub(crate) struct Refusal {
 
 impl Refusal {
     /// Logs the refusal of `method path` from `who`.
-    fn log(error: RequestError, who: &Who, method: &str, path: &str) -> Self {
+    fn log(error: RequestError, who: &Who, method: &str, path: &str, peer: SocketAddr) -> Self {
         let status = error.status();
         tracing::info!(
+            %peer,
             tenant = who.tenant(),
             device = who.device(),
             user = who.user(),
@@ -151,7 +155,13 @@ pub(crate) async fn prepare(
     let mut who = Who::default();
     match accept_head(head, connection, &mut who).await {
         Ok(pending) => Ok(pending),
-        Err(e) => Err(Refusal::log(e, &who, head.method, head.path)),
+        Err(e) => Err(Refusal::log(
+            e,
+            &who,
+            head.method,
+            head.path,
+            connection.addr,
+        )),
     }
 }
 
@@ -187,8 +197,8 @@ async fn accept_head(
 
 impl Pending {
     /// Refuses the request after all (its body could not be read).
-    pub(crate) fn refuse(&self, error: RequestError) -> Refusal {
-        Refusal::log(error, &self.who, self.method, &self.path)
+    pub(crate) fn refuse(&self, error: RequestError, connection: &PerConnection) -> Refusal {
+        Refusal::log(error, &self.who, self.method, &self.path, connection.addr)
     }
 
     /// Forwards the request's message with `payload` northbound.
@@ -229,7 +239,7 @@ impl Pending {
                 upload,
             )
             .await;
-        forwarded.map_err(|e| Refusal::log(e.into(), &who, method, &path))
+        forwarded.map_err(|e| Refusal::log(e.into(), &who, method, &path, connection.addr))
     }
 }
 
@@ -288,7 +298,8 @@ async fn sender(
     let peer = connection.peer.as_ref().filter(|p| p.has_certificate());
     let device = match (BasicCredentials::from_header(authorization)?, peer) {
         (Some(credentials), _) => {
-            let device = Arc::new(authenticate(shared, credentials, who).await?);
+            // Boxed: checks are rare (the memo answers), and their futures are large.
+            let device = Arc::new(Box::pin(authenticate(shared, credentials, who)).await?);
             if let Some(authorization) = authorization {
                 memo.remember(authorization.into(), Arc::clone(&device), generation);
             }
@@ -300,7 +311,7 @@ async fn sender(
                 return Ok(Some(device));
             }
             let generation = memo.generation();
-            let device = Arc::new(authenticate_certificate(shared, peer, who).await?);
+            let device = Arc::new(Box::pin(authenticate_certificate(shared, peer, who)).await?);
             memo.remember((), Arc::clone(&device), generation);
             device
         }

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn telemetry_request(body: &str) -> String {
@@ -48,14 +48,7 @@ async fn keep_alive_serves_several_requests_on_one_connection() -> TestResult {
 
 #[tokio::test]
 async fn idle_connections_are_closed() -> TestResult {
-    let h = start_with(
-        ferry_adapter_http::HttpConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..config()
-        },
-        None,
-    )
-    .await?;
+    let h = start_idle(Duration::from_millis(300)).await?;
     let mut stream = TcpStream::connect(h.addr.ok_or("no port")?).await?;
     let response = raw_exchange(&mut stream, telemetry_request("x").as_bytes()).await?;
     assert_eq!(response.status, 202);
@@ -105,16 +98,25 @@ async fn shutdown_lets_the_request_in_flight_finish() -> TestResult {
     h.northbound.set_delay(Some(Duration::from_millis(500)));
     let addr = h.addr.ok_or("no port")?;
     let mut idle = TcpStream::connect(addr).await?;
+    let mut partial = TcpStream::connect(addr).await?;
+    partial
+        .write_all(b"POST /telemetry HTTP/1.1\r\nhost: x")
+        .await?;
     let mut busy = TcpStream::connect(addr).await?;
     let in_flight = tokio::spawn(async move {
         let response = raw_exchange(&mut busy, telemetry_request("late").as_bytes()).await;
-        response.map(|r| r.status).map_err(|e| e.to_string())
+        response.map_err(|e| e.to_string()).map(|r| {
+            let connection = r.headers.iter().find(|(n, _)| n == "connection");
+            (r.status, connection.map(|(_, v)| v.clone()))
+        })
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
     h.shutdown.cancel();
-    // The idle connection is closed at once, the busy one gets its answer.
+    // The idle connection and the one that has not completed a request are closed at once, the
+    // busy one gets its answer, and is told the connection ends.
     assert!(closed_within(&mut idle, Duration::from_secs(2)).await?);
-    assert_eq!(in_flight.await??, 202);
+    assert!(closed_within(&mut partial, Duration::from_secs(2)).await?);
+    assert_eq!(in_flight.await??, (202, Some("close".to_owned())));
     assert_eq!(h.northbound.sent().len(), 1);
     tokio::time::timeout(Duration::from_secs(5), h.task).await??;
     assert!(

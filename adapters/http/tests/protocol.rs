@@ -218,14 +218,7 @@ async fn a_refused_request_body_is_read_past() -> TestResult {
 
 #[tokio::test]
 async fn slow_heads_and_bodies_time_out_with_408() -> TestResult {
-    let h = start_with(
-        ferry_adapter_http::HttpConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..config()
-        },
-        None,
-    )
-    .await?;
+    let h = start_idle(Duration::from_millis(300)).await?;
     let addr = h.addr.ok_or("no port")?;
     let request = telemetry("hello", "");
     let (head, body) = request.split_at(request.len() - 5);
@@ -265,5 +258,22 @@ async fn absolute_form_targets_are_routed_by_their_path() -> TestResult {
             .collect::<Vec<_>>(),
         ["/telemetry"]
     );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn head_requests_are_answered_without_a_body() -> TestResult {
+    let h = start().await?;
+    let mut stream = TcpStream::connect(h.addr.ok_or("no port")?).await?;
+    let head = "HEAD /telemetry HTTP/1.1\r\nhost: x\r\n\r\n";
+    let response = raw_exchange(&mut stream, head.as_bytes()).await?;
+    assert_eq!(
+        (response.status, header(&response, "allow")),
+        (405, Some("POST"))
+    );
+    assert!(response.body.is_empty());
+    // Had a body followed, it would be read as the next response's status line.
+    let response = raw_exchange(&mut stream, telemetry("after", "").as_bytes()).await?;
+    assert_eq!(response.status, 202);
     h.stop().await
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_adapter_core::deadline::LazyDeadline;
 use rustls_pki_types::ServerName;
 
 use super::link::{self, Link};
@@ -161,6 +162,7 @@ impl HttpTransport {
             queued: None,
             failed: Vec::new(),
             retry_at: Instant::now(),
+            deadline: LazyDeadline::new((Instant::now() + ACK_TIMEOUT).into()),
         };
         link::upload(&mut link, &mut load).await;
     }
@@ -217,6 +219,9 @@ struct HttpLink<'a> {
     failed: Vec<(Instant, String)>,
     /// No new connection before this (after a failed attempt).
     retry_at: Instant,
+    /// When the current write or the response in flight times out: one timer for the
+    /// device's lifetime, not one per request.
+    deadline: LazyDeadline,
 }
 
 impl HttpLink<'_> {
@@ -262,10 +267,11 @@ impl Link for HttpLink<'_> {
             self.reconnect().await;
         }
         if let Some(conn) = self.conn.as_mut().filter(|c| c.has_output()) {
-            let kind = match tokio::time::timeout(ACK_TIMEOUT, conn.write()).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(error)) => error.kind(),
-                Err(_) => "timeout",
+            self.deadline.set((Instant::now() + ACK_TIMEOUT).into());
+            let kind = match self.deadline.within(conn.write()).await {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(error)) => error.kind(),
+                None => "timeout",
             };
             self.broken(kind);
         }
@@ -285,17 +291,19 @@ impl Link for HttpLink<'_> {
         };
         let read = match conn.in_flight() {
             Some(sent) => {
-                let deadline = (sent + ACK_TIMEOUT).into();
-                tokio::time::timeout_at(deadline, conn.read()).await
+                self.deadline.set((sent + ACK_TIMEOUT).into());
+                self.deadline.within(conn.read()).await
             }
-            None => Ok(conn.read().await),
+            None => Some(conn.read().await),
         };
         match read {
-            Ok(Ok(())) => {}
+            Some(Ok(())) => {}
             // An idle connection the server closed is just replaced.
-            Ok(Err(error)) if error.is_closed() && conn.in_flight().is_none() => self.conn = None,
-            Ok(Err(error)) => self.broken(error.kind()),
-            Err(_) => self.broken("timeout"),
+            Some(Err(error)) if error.is_closed() && conn.in_flight().is_none() => {
+                self.conn = None;
+            }
+            Some(Err(error)) => self.broken(error.kind()),
+            None => self.broken("timeout"),
         }
         Ok(())
     }

@@ -97,43 +97,47 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Head<'_>>, ProtocolError> {
     let (mut close, mut keep_alive) = (false, false);
     for header in request.headers.iter() {
         let (name, value) = (header.name, header.value);
-        if name.eq_ignore_ascii_case("authorization") {
-            head.fields.authorization.get_or_insert(value);
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let n = parse_length(value)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError::Framing("differing content-length values"));
+        // The length first: most fields are none of these, and are passed over at once.
+        let is = |known: &str| name.len() == known.len() && name.eq_ignore_ascii_case(known);
+        let fields = &mut head.fields;
+        match name.len() {
+            13 if is("authorization") => _ = fields.authorization.get_or_insert(value),
+            14 if is("content-length") => {
+                let n = parse_length(value)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(ProtocolError::Framing("differing content-length values"));
+                }
+                length = Some(n);
             }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if http10 {
-                return Err(ProtocolError::Framing(
-                    "transfer-encoding in an HTTP/1.0 request",
-                ));
+            17 if is("transfer-encoding") => {
+                if http10 {
+                    return Err(ProtocolError::Framing(
+                        "transfer-encoding in an HTTP/1.0 request",
+                    ));
+                }
+                // Only `chunked`, once: any other coding would have to be decoded first.
+                if chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
+                    return Err(ProtocolError::UnsupportedEncoding);
+                }
+                chunked = true;
             }
-            // Only `chunked`, once: any other coding would have to be decoded first.
-            if chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
-                return Err(ProtocolError::UnsupportedEncoding);
+            12 if is("content-type") => _ = fields.content_type.get_or_insert(value),
+            9 if is("qos-level") => _ = fields.qos_level.get_or_insert(value),
+            8 if is("hono-ttl") => _ = fields.hono_ttl.get_or_insert(value),
+            8 if is("hono-ttd") => _ = fields.hono_ttd.get_or_insert(value),
+            10 if is("connection") => {
+                for option in value.split(|&b| b == b',').map(trim) {
+                    close |= option.eq_ignore_ascii_case(b"close");
+                    keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                }
             }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("content-type") {
-            head.fields.content_type.get_or_insert(value);
-        } else if name.eq_ignore_ascii_case("qos-level") {
-            head.fields.qos_level.get_or_insert(value);
-        } else if name.eq_ignore_ascii_case("hono-ttl") {
-            head.fields.hono_ttl.get_or_insert(value);
-        } else if name.eq_ignore_ascii_case("hono-ttd") {
-            head.fields.hono_ttd.get_or_insert(value);
-        } else if name.eq_ignore_ascii_case("connection") {
-            for option in value.split(|&b| b == b',').map(trim) {
-                close |= option.eq_ignore_ascii_case(b"close");
-                keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+            6 if is("expect") => {
+                if !trim(value).eq_ignore_ascii_case(b"100-continue") {
+                    return Err(ProtocolError::Expectation);
+                }
+                head.expect_continue = !http10;
             }
-        } else if name.eq_ignore_ascii_case("expect") {
-            if !trim(value).eq_ignore_ascii_case(b"100-continue") {
-                return Err(ProtocolError::Expectation);
-            }
-            head.expect_continue = !http10;
+            _ => {}
         }
     }
     // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes unless told to keep.

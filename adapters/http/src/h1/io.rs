@@ -2,9 +2,8 @@
 //! buffer responses are encoded into, and the deadline every wait for the client runs under.
 //!
 //! Responses are written when the connection is about to wait for the client, so the answers
-//! to pipelined requests leave in one write. The deadline is one timer per connection that is
-//! only re-armed when it fires early: moving the deadline (once per request) costs a clock
-//! read, not a timer-wheel update.
+//! to pipelined requests leave in one write. The deadline is a [`LazyDeadline`]: moving it
+//! (once per request) costs a clock read, not a timer-wheel update.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -12,8 +11,9 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use ferry_adapter_core::deadline::LazyDeadline;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::Framing;
@@ -40,7 +40,7 @@ pub(crate) enum Interrupted {
     /// The deadline passed.
     #[error("timed out")]
     TimedOut,
-    /// The adapter shuts down (only while the connection is idle).
+    /// The adapter shuts down (only while the connection waits for a request).
     #[error("the adapter shuts down")]
     Shutdown,
     /// The socket failed.
@@ -65,8 +65,7 @@ pub(crate) struct Io<I> {
     read: BytesMut,
     write: Vec<u8>,
     date: DateCache,
-    timer: Pin<Box<Sleep>>,
-    deadline: Instant,
+    deadline: LazyDeadline,
     shutdown: Shutdown,
 }
 
@@ -81,14 +80,12 @@ struct Shutdown {
 impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
     /// Buffers for `io`, with `idle_timeout` to the first request head.
     pub(crate) fn new(io: I, shutdown: &CancellationToken, idle_timeout: Duration) -> Self {
-        let deadline = Instant::now() + idle_timeout;
         Self {
             io,
             read: BytesMut::with_capacity(READ_CHUNK),
             write: Vec::new(),
             date: DateCache::new(),
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
-            deadline,
+            deadline: LazyDeadline::new(Instant::now() + idle_timeout),
             shutdown: Shutdown {
                 token: shutdown.clone(),
                 cancelled: Box::pin(shutdown.clone().cancelled_owned()),
@@ -114,14 +111,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
 
     /// The next wait for the client ends `timeout` from now.
     pub(crate) fn set_deadline(&mut self, timeout: Duration) {
-        self.deadline = Instant::now() + timeout;
-        if self.deadline < self.timer.deadline() {
-            self.timer.as_mut().reset(self.deadline);
-        }
+        self.deadline.set(Instant::now() + timeout);
     }
 
-    /// Writes what is buffered, then reads more; `idle` lets shutdown interrupt the wait.
-    pub(crate) async fn fill(&mut self, idle: bool) -> Result<(), Interrupted> {
+    /// Writes what is buffered, then reads more; `interruptible` lets shutdown end the wait.
+    pub(crate) async fn fill(&mut self, interruptible: bool) -> Result<(), Interrupted> {
         self.flush().await?;
         if self.read.is_empty() && self.read.capacity() > KEEP_READ_CAPACITY {
             self.read = BytesMut::with_capacity(READ_CHUNK);
@@ -130,16 +124,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
         let Io {
             io,
             read,
-            timer,
             deadline,
             shutdown,
             ..
         } = self;
         let n = wait(
             io.read_buf(read),
-            timer,
-            *deadline,
-            idle.then_some(shutdown),
+            deadline,
+            interruptible.then_some(shutdown),
         )
         .await?;
         match n {
@@ -157,7 +149,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
         let Io {
             io,
             write,
-            timer,
             deadline,
             ..
         } = self;
@@ -166,8 +157,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
                 io.write_all(write).await?;
                 io.flush().await
             },
-            timer,
-            *deadline,
+            deadline,
             None,
         )
         .await?;
@@ -186,12 +176,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
         self.flush().await
     }
 
-    /// Reads a body of at most `max` bytes.
+    /// Reads a body of at most `max` bytes; waiting for its bytes ends `timeout` after the first
+    /// wait begins (a body that arrived with its head needs no clock).
     pub(crate) async fn read_body(
         &mut self,
         framing: Framing,
         max: usize,
+        timeout: Duration,
     ) -> Result<Bytes, BodyError> {
+        let mut waiting = false;
         match framing {
             Framing::Empty => Ok(Bytes::new()),
             Framing::Length(n) if n > max as u64 => Err(BodyError::TooLarge),
@@ -199,7 +192,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
                 let n = usize::try_from(n).map_err(|_| BodyError::TooLarge)?;
                 while self.read.len() < n {
                     self.read.reserve(n - self.read.len());
-                    self.fill(false).await.map_err(BodyError::Interrupted)?;
+                    self.fill_body(&mut waiting, timeout).await?;
                 }
                 let body = Bytes::copy_from_slice(&self.read[..n]);
                 self.read.advance(n);
@@ -215,11 +208,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
                         ChunkedError::Malformed(why) => BodyError::Malformed(why),
                     })?
                 {
-                    self.fill(false).await.map_err(BodyError::Interrupted)?;
+                    self.fill_body(&mut waiting, timeout).await?;
                 }
                 Ok(body.freeze())
             }
         }
+    }
+
+    /// Reads more of a body, starting its deadline on the first wait.
+    async fn fill_body(&mut self, waiting: &mut bool, timeout: Duration) -> Result<(), BodyError> {
+        if !*waiting {
+            self.set_deadline(timeout);
+            *waiting = true;
+        }
+        self.fill(false).await.map_err(BodyError::Interrupted)
     }
 
     /// Writes what is buffered and closes. With `linger`, reads and drops what the client still
@@ -247,8 +249,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
 /// down.
 async fn wait<F: Future>(
     io: F,
-    timer: &mut Pin<Box<Sleep>>,
-    deadline: Instant,
+    deadline: &mut LazyDeadline,
     mut shutdown: Option<&mut Shutdown>,
 ) -> Result<F::Output, Interrupted> {
     let mut io = std::pin::pin!(io);
@@ -271,13 +272,9 @@ async fn wait<F: Future>(
                 shutdown.registered = Some(cx.waker().clone());
             }
         }
-        while timer.as_mut().poll(cx).is_ready() {
-            if timer.deadline() >= deadline {
-                return Poll::Ready(Err(Interrupted::TimedOut));
-            }
-            timer.as_mut().reset(deadline);
-        }
-        Poll::Pending
+        deadline
+            .poll_passed(cx)
+            .map(|()| Err(Interrupted::TimedOut))
     })
     .await
 }

@@ -1,6 +1,5 @@
 //! Responses, encoded straight into the connection's write buffer.
 
-use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
@@ -72,8 +71,9 @@ impl Response<'_> {
         );
         out.extend_from_slice(b"\r\ndate: ");
         out.extend_from_slice(date.now().as_bytes());
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "\r\ncontent-length: {}\r\n", self.body.len());
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        push_decimal(out, self.body.len());
+        out.extend_from_slice(b"\r\n");
         for (name, value) in self.headers {
             for part in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
                 out.extend_from_slice(part);
@@ -87,6 +87,21 @@ impl Response<'_> {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(self.body);
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 #[cfg(test)]
@@ -131,6 +146,15 @@ mod tests {
             text.contains("\r\nconnection: keep-alive\r\n\r\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 2048, usize::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -121,6 +121,18 @@ pub async fn start_with(
     })
 }
 
+/// Starts the adapter with the default test configuration and `idle_timeout`, without TLS.
+pub async fn start_idle(idle_timeout: std::time::Duration) -> Result<Harness, Error> {
+    start_with(
+        HttpConfig {
+            idle_timeout,
+            ..config()
+        },
+        None,
+    )
+    .await
+}
+
 /// Starts the adapter with the default test configuration, without TLS.
 pub async fn start() -> Result<Harness, Error> {
     start_with(config(), None).await
