@@ -292,19 +292,16 @@ impl ProvisioningNotifier for NorthboundNotifier {
             // Ferry's addition: the device waits for its owner's claim.
             properties.insert("ferry_unclaimed".to_owned(), true.into());
         }
-        let creation_time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let message = DownstreamMessage {
             tenant_id: notice.tenant_id.clone(),
             device_id: notice.device_id.clone(),
             endpoint: Endpoint::Event,
             qos: Qos::AtLeastOnce,
             content_type: PROVISIONING_NOTIFICATION.to_owned(),
-            creation_time,
+            creation_time: ferry_adapter_core::message::now_millis(),
             ttl_ms: None,
             ttd: None,
-            orig_adapter: REGISTRY_ADAPTER.to_owned(),
+            orig_adapter: REGISTRY_ADAPTER.into(),
             orig_address: String::new(),
             properties,
             retain: false,

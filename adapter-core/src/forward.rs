@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ferry_registry_client::{
     DeviceId, DeviceRegistry, RegistrationAssertion, RegistryError, TenantId, TenantObject,
@@ -26,7 +27,8 @@ use serde_json::{Map, Value};
 use crate::auth::AuthenticatedDevice;
 use crate::error::ForwardError;
 use crate::message::{
-    DEFAULT_CONTENT_TYPE, DownstreamMessage, EMPTY_NOTIFICATION, Endpoint, Qos, Upload,
+    self, AdapterType, DEFAULT_CONTENT_TYPE, DownstreamMessage, EMPTY_NOTIFICATION, Endpoint, Qos,
+    Upload,
 };
 use crate::northbound::Northbound;
 use crate::ttl;
@@ -59,7 +61,7 @@ pub struct Forwarder {
 struct Inner {
     registry: Arc<dyn DeviceRegistry>,
     northbound: Arc<dyn Northbound>,
-    adapter_type: String,
+    adapter_type: AdapterType,
     max_payload_size: usize,
 }
 
@@ -72,12 +74,18 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
-/// True if `content_type`'s media type (without parameters) is `expected`.
+/// True if `content_type`'s media type (without parameters) is `expected` (ASCII): it starts
+/// with `expected` (after white space, in any case), followed by nothing but white space up to
+/// the parameters. Checked for every upload, so a shorter type is refused without scanning it.
 fn is_media_type(content_type: &str, expected: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case(expected))
+    let t = content_type.trim_start();
+    match (t.get(..expected.len()), t.get(expected.len()..)) {
+        (Some(head), Some(rest)) => {
+            head.eq_ignore_ascii_case(expected)
+                && rest.split(';').next().is_some_and(|r| r.trim().is_empty())
+        }
+        _ => false,
+    }
 }
 
 fn check_content(upload: &Upload, max: usize) -> Result<(), ForwardError> {
@@ -111,7 +119,7 @@ impl Forwarder {
             inner: Arc::new(Inner {
                 registry,
                 northbound,
-                adapter_type: adapter_type.into(),
+                adapter_type: AdapterType::from(adapter_type.into()),
                 max_payload_size,
             }),
         }
@@ -124,7 +132,7 @@ impl Forwarder {
             inner: Arc::new(Inner {
                 registry: Arc::clone(&self.inner.registry),
                 northbound: Arc::clone(&self.inner.northbound),
-                adapter_type: adapter_type.into(),
+                adapter_type: AdapterType::from(adapter_type.into()),
                 max_payload_size: self.inner.max_payload_size,
             }),
         }
@@ -182,17 +190,21 @@ impl Forwarder {
                 tenant: tenant_id.clone(),
             });
         }
+        // One clock reading for both memos.
+        let memo = memo.map(|memo| (memo, Instant::now()));
         let tenant = self.tenant(tenant_id, sender.is_some(), memo).await?;
         let gateway = sender
             .map(|s| &s.device_id)
             .filter(|gateway| *gateway != device_id);
         let assertion = recall_or_fetch(
-            memo.map(|m| &m.registration),
+            memo.map(|(m, now)| (&m.registration, now)),
             |(t, d, g)| t == tenant_id && d == device_id && g.as_ref() == gateway,
             || (tenant_id.clone(), device_id.clone(), gateway.cloned()),
-            self.inner
-                .registry
-                .assert_registration(tenant_id, device_id, gateway),
+            || {
+                self.inner
+                    .registry
+                    .assert_registration(tenant_id, device_id, gateway)
+            },
         )
         .await
         .map_err(|e| match (e, gateway) {
@@ -252,13 +264,13 @@ impl Forwarder {
         &self,
         tenant_id: &TenantId,
         authenticated: bool,
-        memo: Option<&ForwardMemo>,
+        memo: Option<(&ForwardMemo, Instant)>,
     ) -> Result<Arc<TenantObject>, ForwardError> {
         let tenant = recall_or_fetch(
-            memo.map(|m| &m.tenant),
+            memo.map(|(m, now)| (&m.tenant, now)),
             |t| t == tenant_id,
             || tenant_id.clone(),
-            self.inner.registry.get_tenant(tenant_id),
+            || self.inner.registry.get_tenant(tenant_id),
         )
         .await
         .map_err(|e| tenant_lookup_error(e, tenant_id))?;
@@ -267,7 +279,7 @@ impl Forwarder {
         }
         match tenant.adapter_access(&self.inner.adapter_type) {
             AdapterAccess::Disabled => Err(ForwardError::AdapterDisabled {
-                adapter: self.inner.adapter_type.clone(),
+                adapter: self.inner.adapter_type.to_string(),
                 tenant: tenant_id.clone(),
             }),
             AdapterAccess::Enabled {
@@ -321,7 +333,7 @@ impl Forwarder {
             endpoint: upload.endpoint,
             qos,
             content_type,
-            creation_time: chrono::Utc::now().timestamp_millis(),
+            creation_time: message::now_millis(),
             ttl_ms,
             ttd: upload.ttd,
             orig_adapter: self.inner.adapter_type.clone(),

@@ -29,5 +29,5 @@ pub use config::CoreConfig;
 pub use context::AdapterContext;
 pub use error::{AuthError, ErrorKind, ForwardError};
 pub use forward::{ForwardMemo, Forwarder};
-pub use message::{DownstreamMessage, Endpoint, Qos, Upload};
-pub use northbound::{Northbound, NorthboundError};
+pub use message::{AdapterType, DownstreamMessage, Endpoint, Qos, Upload};
+pub use northbound::{Northbound, NorthboundError, Sending};

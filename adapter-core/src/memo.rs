@@ -48,7 +48,8 @@ struct Remembered<K, V> {
     key: K,
     value: Arc<V>,
     generation: u64,
-    at: Instant,
+    /// Fetched plus [`MEMO_LIFETIME`] (comparing instants is cheaper than subtracting them).
+    expires: Instant,
 }
 
 /// A connection's last answer to one kind of question (the connection's requests run one after
@@ -76,22 +77,26 @@ impl<K, V> Memo<K, V> {
 
     /// The remembered answer, if its key `matches` and it is still valid.
     pub fn recall(&self, matches: impl FnOnce(&K) -> bool) -> Option<Arc<V>> {
+        self.recall_at(Instant::now(), matches)
+    }
+
+    /// [`Self::recall`] at `now` (one clock reading serves several memos).
+    pub fn recall_at(&self, now: Instant, matches: impl FnOnce(&K) -> bool) -> Option<Arc<V>> {
         let last = self.last.lock().ok()?;
         let last = last.as_ref()?;
-        (last.generation == self.generation.current()
-            && last.at.elapsed() < MEMO_LIFETIME
-            && matches(&last.key))
-        .then(|| Arc::clone(&last.value))
+        (last.generation == self.generation.current() && now < last.expires && matches(&last.key))
+            .then(|| Arc::clone(&last.value))
     }
 
     /// Remembers `value` as the answer for `key`, fetched at `generation`.
     pub fn remember(&self, key: K, value: Arc<V>, generation: u64) {
+        let now = Instant::now();
         if let Ok(mut last) = self.last.lock() {
             *last = Some(Remembered {
                 key,
                 value,
                 generation,
-                at: Instant::now(),
+                expires: now.checked_add(MEMO_LIFETIME).unwrap_or(now),
             });
         }
     }

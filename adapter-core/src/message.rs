@@ -1,11 +1,14 @@
 //! Messages on their way from a device to the northbound.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_registry_client::{DeviceId, TenantId};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Content type of Hono's empty notification (a "time till disconnect" announcement).
 pub const EMPTY_NOTIFICATION: &str = "application/vnd.eclipse-hono-empty-notification";
@@ -93,7 +96,7 @@ pub struct DownstreamMessage {
     /// Time till disconnect in seconds (`ttd`).
     pub ttd: Option<i32>,
     /// Adapter type name, e.g. `hono-http` (`orig_adapter`).
-    pub orig_adapter: String,
+    pub orig_adapter: AdapterType,
     /// Address the device sent the message to (`orig_address`).
     pub orig_address: String,
     /// Further application properties (device and tenant defaults, `gateway_id`).
@@ -102,4 +105,72 @@ pub struct DownstreamMessage {
     pub retain: bool,
     /// The payload.
     pub payload: Bytes,
+}
+
+/// Milliseconds since the Unix epoch: a message's `creation_time` when it is made now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// An adapter type name such as `hono-http`, shared by every message of the adapter (cloning it
+/// allocates nothing). Compares with and reads as a `str`; serialised as a string.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AdapterType(Arc<str>);
+
+impl From<&str> for AdapterType {
+    fn from(name: &str) -> Self {
+        Self(Arc::from(name))
+    }
+}
+
+impl From<String> for AdapterType {
+    fn from(name: String) -> Self {
+        Self(Arc::from(name))
+    }
+}
+
+impl Deref for AdapterType {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for AdapterType {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for AdapterType {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl fmt::Display for AdapterType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for AdapterType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for AdapterType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AdapterType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
+    }
 }

@@ -1,6 +1,8 @@
 //! The interface between the device pipeline and whatever carries messages to applications.
 
-use async_trait::async_trait;
+use std::future::{Future, Ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use crate::message::DownstreamMessage;
 
@@ -26,8 +28,54 @@ pub enum NorthboundError {
 /// `send` returns once the message is handled as its QoS requires: QoS 0 telemetry once it was handed
 /// to a consumer, QoS 1 telemetry once a consumer accepted it, events once they are stored durably
 /// (delivery then follows, at least once).
-#[async_trait]
 pub trait Northbound: Send + Sync {
     /// Sends one message.
-    async fn send(&self, message: DownstreamMessage) -> Result<(), NorthboundError>;
+    fn send(&self, message: DownstreamMessage) -> Sending<'_>;
+}
+
+/// The future [`Northbound::send`] returns: either already decided (the northbound took or
+/// refused the message without waiting, as for QoS 0 telemetry queued for a consumer at once),
+/// which costs no allocation, or a boxed future that waits for the outcome.
+#[must_use = "the message is only sent as far as its QoS requires once this is awaited"]
+pub struct Sending<'a>(State<'a>);
+
+/// The result type of a send.
+type SendResult = Result<(), NorthboundError>;
+
+enum State<'a> {
+    Decided(Ready<SendResult>),
+    Waiting(Pin<Box<dyn Future<Output = SendResult> + Send + 'a>>),
+}
+
+impl<'a> Sending<'a> {
+    /// A send decided at once.
+    pub fn decided(result: SendResult) -> Self {
+        Self(State::Decided(std::future::ready(result)))
+    }
+
+    /// A send that completes when `future` does.
+    pub fn waiting(future: impl Future<Output = SendResult> + Send + 'a) -> Self {
+        Self(State::Waiting(Box::pin(future)))
+    }
+}
+
+impl Future for Sending<'_> {
+    type Output = SendResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SendResult> {
+        match &mut self.get_mut().0 {
+            State::Decided(ready) => Pin::new(ready).poll(cx),
+            State::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl std::fmt::Debug for Sending<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.0 {
+            State::Decided(_) => "decided",
+            State::Waiting(_) => "waiting",
+        };
+        f.debug_tuple("Sending").field(&state).finish()
+    }
 }

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::message::DownstreamMessage;
-use crate::northbound::{Northbound, NorthboundError};
+use crate::northbound::{Northbound, NorthboundError, Sending};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -303,24 +303,25 @@ impl FakeNorthbound {
     }
 }
 
-#[async_trait]
 impl Northbound for FakeNorthbound {
-    async fn send(&self, message: DownstreamMessage) -> Result<(), NorthboundError> {
-        let delay = *lock(&self.delay);
-        if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
-        }
-        let failure = *lock(&self.failure);
-        let why = "fake northbound told to fail".to_owned();
-        match failure {
-            None => {
-                lock(&self.sent).push(message);
-                Ok(())
+    fn send(&self, message: DownstreamMessage) -> Sending<'_> {
+        Sending::waiting(async move {
+            let delay = *lock(&self.delay);
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
             }
-            Some(Failure::NoConsumer) => Err(NorthboundError::NoConsumer(why)),
-            Some(Failure::Rejected) => Err(NorthboundError::Rejected(why)),
-            Some(Failure::Unavailable) => Err(NorthboundError::Unavailable(why)),
-            Some(Failure::Storage) => Err(NorthboundError::Storage(why)),
-        }
+            let failure = *lock(&self.failure);
+            let why = "fake northbound told to fail".to_owned();
+            match failure {
+                None => {
+                    lock(&self.sent).push(message);
+                    Ok(())
+                }
+                Some(Failure::NoConsumer) => Err(NorthboundError::NoConsumer(why)),
+                Some(Failure::Rejected) => Err(NorthboundError::Rejected(why)),
+                Some(Failure::Unavailable) => Err(NorthboundError::Unavailable(why)),
+                Some(Failure::Storage) => Err(NorthboundError::Storage(why)),
+            }
+        })
     }
 }

@@ -9,6 +9,10 @@
 //! which decides, per protocol, whether and how the connection ends. A gateway's connection is
 //! re-checked only for changes of its tenant or of the gateway itself, never of the devices it
 //! sends for.
+//!
+//! The watch also counts the changes ([`ConnectionWatch::forward_memo`]): a connection's
+//! [`ForwardMemo`] follows that count, so its uploads reuse the tenant and registration answers
+//! of the previous upload until the registry changes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use ferry_registry_client::{ChangeListener, DeviceId, RegistryChange, TenantId};
 
-use crate::{ForwardError, Forwarder};
+use crate::memo::RegistryGeneration;
+use crate::{ForwardError, ForwardMemo, Forwarder};
 
 /// How a protocol adapter ends one watched connection.
 pub trait Revoke: Clone + Send + Sync + 'static {
@@ -37,6 +42,8 @@ struct Entry<H> {
 #[derive(Debug)]
 pub struct ConnectionWatch<H> {
     forwarder: Forwarder,
+    /// Counts the registry changes, for the connections' forward memos.
+    generation: Arc<RegistryGeneration>,
     next_id: AtomicU64,
     connections: Mutex<HashMap<TenantId, Vec<Entry<H>>>>,
 }
@@ -67,6 +74,7 @@ impl<H: Revoke> ConnectionWatch<H> {
     pub fn new(forwarder: Forwarder) -> Self {
         Self {
             forwarder,
+            generation: Arc::default(),
             next_id: AtomicU64::new(0),
             connections: Mutex::new(HashMap::new()),
         }
@@ -88,6 +96,12 @@ impl<H: Revoke> ConnectionWatch<H> {
             tenant: tenant.clone(),
             watch: Arc::clone(self),
         }
+    }
+
+    /// An empty memo for one connection's uploads ([`Forwarder::forward_with`]), forgotten on
+    /// every registry change this watch is told about.
+    pub fn forward_memo(&self) -> ForwardMemo {
+        ForwardMemo::new(Arc::clone(&self.generation))
     }
 
     /// The connections `change` may affect, with their device.
@@ -135,6 +149,7 @@ async fn recheck<H: Revoke>(forwarder: Forwarder, tenant: TenantId, device: Devi
 
 impl<H: Revoke> ChangeListener for ConnectionWatch<H> {
     fn registry_changed(&self, change: &RegistryChange) {
+        self.generation.registry_changed(change);
         let (tenant, affected) = self.affected(change);
         if affected.is_empty() {
             return;

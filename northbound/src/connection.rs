@@ -122,7 +122,14 @@ enum Step {
 
 impl Connection {
     async fn serve(&mut self) -> End {
+        // The shutdown and wake-up futures live across iterations: registering a waiter anew
+        // for every message costs more than the message's transfer.
         let shutdown = self.shared.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let wake = Arc::clone(&self.wake);
+        let queued = wake.notified();
+        tokio::pin!(queued);
         let mut draining: Option<Instant> = None;
         let mut last_sent = Instant::now();
         // Reset only when it fires, not for every write.
@@ -140,16 +147,18 @@ impl Connection {
                     tracing::info!(%error, "cannot write to the application, dropping it");
                     return End::Gone;
                 }
-                last_sent = Instant::now();
+                if self.heartbeat.is_some() {
+                    last_sent = Instant::now();
+                }
             }
             if draining.is_some() && !self.engine.awaits_outcomes() {
                 return self.shut_down();
             }
             let step = tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if draining.is_none() => Step::Shutdown,
+                () = &mut cancelled, if draining.is_none() => Step::Shutdown,
                 read = read_chunk(&mut self.stream, &mut self.received) => Step::Read(read),
-                () = self.wake.notified() => Step::Queued,
+                () = &mut queued => Step::Queued,
                 () = &mut timer, if self.heartbeat.is_some() => Step::Heartbeat,
                 () = sleep_until(draining) => Step::Drained,
             };
@@ -169,7 +178,10 @@ impl Connection {
                 }
                 // Let the tasks that are ready now queue their messages too, so that they
                 // leave in one write rather than one write each.
-                Step::Queued => tokio::task::yield_now().await,
+                Step::Queued => {
+                    queued.set(wake.notified());
+                    tokio::task::yield_now().await;
+                }
                 Step::Heartbeat => {
                     let now = Instant::now();
                     if now >= last_sent + heartbeat {
@@ -229,11 +241,24 @@ impl Connection {
         }
     }
 
-    /// Writes the engine's output in one write; an application that does not read for
-    /// [`WRITE_TIMEOUT`] is given up.
+    /// Writes the engine's output; an application that does not read for [`WRITE_TIMEOUT`] is
+    /// given up. Usually the socket takes it all at once, without the timer.
     async fn write(&mut self) -> std::io::Result<()> {
         let out = self.engine.output();
-        let written = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(out)).await;
+        let sent = match self.stream.try_write(out) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                out.clear();
+                return Err(e);
+            }
+        };
+        if sent == out.len() {
+            out.clear();
+            return Ok(());
+        }
+        let rest = &out[sent..];
+        let written = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(rest)).await;
         out.clear();
         written.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
     }

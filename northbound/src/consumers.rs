@@ -1,9 +1,10 @@
 //! Registry of the consumer links attached to `telemetry/TENANT` and `event/TENANT`, and the
 //! bounded queue through which messages reach each link.
 //!
-//! A link's queue ([`LinkQueue`]) holds at most [`LINK_QUEUE`] messages; pushing one wakes the
-//! connection task that owns the link, which takes messages off the queue as the consumer grants
-//! credit and writes them as transfers. The registry offers a message to the links of a node in
+//! A link's queue ([`LinkQueue`]) holds at most [`LINK_QUEUE`] messages; pushing one into an
+//! empty queue wakes the connection task that owns the link, which takes messages off the queue
+//! as the consumer grants credit and writes them as transfers (a queue that is not empty already
+//! has a wake-up pending, or waits for credit, which arrives as a frame the task reads anyway). The registry offers a message to the links of a node in
 //! round-robin order ([`Registry::offer`]), so several consumers of one tenant share the load. A
 //! full queue means the consumer has no credit left: the message goes to the next consumer, and
 //! nothing is buffered beyond the queues' fixed size.
@@ -31,7 +32,8 @@ pub(crate) type Reply = Result<Outcome, String>;
 /// One message for a consumer link.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
-    /// The message (boxed: it moves through queues).
+    /// The message (boxed: it moves through the queues, which is cheaper for a pointer than
+    /// for the message itself, even counting the allocation).
     pub message: Box<DownstreamMessage>,
     /// The message id of a stored event; telemetry gets a fresh UUID when it is encoded.
     pub message_id: Option<String>,
@@ -108,6 +110,8 @@ impl std::fmt::Display for Node {
 struct QueueState {
     items: VecDeque<Outgoing>,
     closed: bool,
+    /// Senders waiting for room ([`LinkQueue::push`]); only then does a pop wake anyone.
+    waiting: usize,
 }
 
 /// The bounded queue between senders and the connection task of one consumer link.
@@ -137,14 +141,17 @@ impl LinkQueue {
 
     /// Queues `item` if there is room; gives it back otherwise (also when the link is gone).
     pub(crate) fn try_push(&self, item: Outgoing) -> Result<(), Outgoing> {
-        {
+        let was_empty = {
             let mut state = self.lock();
             if state.closed || state.items.len() >= LINK_QUEUE {
                 return Err(item);
             }
             state.items.push_back(item);
+            state.items.len() == 1
+        };
+        if was_empty {
+            self.wake.notify_one();
         }
-        self.wake.notify_one();
         Ok(())
     }
 
@@ -154,6 +161,9 @@ impl LinkQueue {
         mut item: Outgoing,
         deadline: Instant,
     ) -> Result<(), HandOverError> {
+        self.lock().waiting += 1;
+        // Counted out however the wait ends, also when the sender is dropped.
+        let _waiting = Waiting(self);
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -171,8 +181,11 @@ impl LinkQueue {
 
     /// Takes the next message.
     pub(crate) fn pop(&self) -> Option<Outgoing> {
-        let item = self.lock().items.pop_front();
-        if item.is_some() {
+        let (item, waiting) = {
+            let mut state = self.lock();
+            (state.items.pop_front(), state.waiting > 0)
+        };
+        if item.is_some() && waiting {
             self.room.notify_one();
         }
         item
@@ -206,6 +219,16 @@ impl LinkQueue {
     }
 }
 
+/// Counts a sender out of [`LinkQueue::push`] when it stops waiting.
+struct Waiting<'a>(&'a LinkQueue);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.waiting = state.waiting.saturating_sub(1);
+    }
+}
+
 #[derive(Debug)]
 struct LinkHandle {
     id: u64,
@@ -224,10 +247,43 @@ struct EventTask {
     running: bool,
 }
 
+/// The consumer links of one tenant: telemetry, event.
+#[derive(Debug, Default)]
+struct Groups([Group; 2]);
+
+impl Groups {
+    fn get_mut(&mut self, endpoint: Endpoint) -> &mut Group {
+        match endpoint {
+            Endpoint::Telemetry => &mut self.0[0],
+            Endpoint::Event => &mut self.0[1],
+        }
+    }
+
+    fn get(&self, endpoint: Endpoint) -> &Group {
+        match endpoint {
+            Endpoint::Telemetry => &self.0[0],
+            Endpoint::Event => &self.0[1],
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|g| g.links.is_empty())
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    groups: HashMap<Node, Group>,
+    /// Consumer links by tenant. Looked up for every message, so with a fast hasher (randomly
+    /// seeded; the keys are the tenants of attached consumers, which authenticated applications
+    /// choose, not devices).
+    groups: HashMap<TenantId, Groups, foldhash::fast::RandomState>,
     events: HashMap<TenantId, EventTask>,
+}
+
+impl State {
+    fn group(&self, node: &Node) -> Option<&Group> {
+        self.groups.get(&node.tenant).map(|g| g.get(node.endpoint))
+    }
 }
 
 /// All attached consumer links.
@@ -269,8 +325,9 @@ impl Registry {
         let mut state = self.lock();
         state
             .groups
-            .entry(node.clone())
+            .entry(node.tenant.clone())
             .or_default()
+            .get_mut(node.endpoint)
             .links
             .push(LinkHandle { id, queue });
         let mut start_delivery = None;
@@ -294,10 +351,11 @@ impl Registry {
     /// Removes a consumer link.
     pub(crate) fn remove(&self, node: &Node, id: u64) {
         let mut state = self.lock();
-        if let Some(group) = state.groups.get_mut(node) {
+        if let Some(groups) = state.groups.get_mut(&node.tenant) {
+            let group = groups.get_mut(node.endpoint);
             group.links.retain(|l| l.id != id);
-            if group.links.is_empty() {
-                state.groups.remove(node);
+            if groups.is_empty() {
+                state.groups.remove(&node.tenant);
             }
         }
         if node.endpoint == Endpoint::Event
@@ -309,14 +367,19 @@ impl Registry {
 
     /// Number of links attached to `node`.
     pub(crate) fn count(&self, node: &Node) -> usize {
-        self.lock().groups.get(node).map_or(0, |g| g.links.len())
+        self.lock().group(node).map_or(0, |g| g.links.len())
     }
 
-    /// Queues `item` on the first link of `node` with room, in round-robin order, without
-    /// waiting.
-    pub(crate) fn offer(&self, node: &Node, mut item: Outgoing) -> Offer {
+    /// Queues `item` on the first link of `ENDPOINT/TENANT` with room, in round-robin order,
+    /// without waiting.
+    pub(crate) fn offer(&self, endpoint: Endpoint, tenant: &TenantId, mut item: Outgoing) -> Offer {
         let mut state = self.lock();
-        let Some(group) = state.groups.get_mut(node).filter(|g| !g.links.is_empty()) else {
+        let Some(group) = state
+            .groups
+            .get_mut(tenant)
+            .map(|g| g.get_mut(endpoint))
+            .filter(|g| !g.links.is_empty())
+        else {
             return Offer::NoConsumer(item);
         };
         let n = group.links.len();
@@ -349,11 +412,11 @@ impl Registry {
     /// stopped) when the tenant has no event consumer left, `false` if the task must go on.
     pub(crate) fn finish_delivery(&self, tenant: &TenantId) -> bool {
         let mut state = self.lock();
-        let node = Node {
-            endpoint: Endpoint::Event,
-            tenant: tenant.clone(),
-        };
-        if state.groups.get(&node).is_some_and(|g| !g.links.is_empty()) {
+        if state
+            .groups
+            .get(tenant)
+            .is_some_and(|g| !g.get(Endpoint::Event).links.is_empty())
+        {
             return false;
         }
         state.events.remove(tenant);
@@ -370,20 +433,6 @@ pub(crate) enum HandOverError {
     /// Every consumer's queue stayed full (no credit) for the whole wait.
     #[error("no consumer has credit")]
     NoCredit,
-}
-
-/// Queues `item` on a link of `node`, waiting until `deadline` for room on the first link.
-pub(crate) async fn hand_over(
-    registry: &Registry,
-    node: &Node,
-    item: Outgoing,
-    deadline: Instant,
-) -> Result<(), HandOverError> {
-    match registry.offer(node, item) {
-        Offer::Queued => Ok(()),
-        Offer::NoConsumer(_) => Err(HandOverError::NoConsumer),
-        Offer::Full(item, queue) => queue.push(item, deadline).await,
-    }
 }
 
 #[cfg(test)]
@@ -446,7 +495,7 @@ mod tests {
         assert!(b.start_delivery.is_none());
         for payload in [b"1", b"2", b"3"] {
             assert!(matches!(
-                registry.offer(&node, item(payload)?),
+                registry.offer(node.endpoint, &node.tenant, item(payload)?),
                 Offer::Queued
             ));
         }
@@ -455,12 +504,43 @@ mod tests {
         registry.remove(&node, a.id);
         registry.remove(&node, b.id);
         assert!(matches!(
-            registry.offer(&node, item(b"4")?),
+            registry.offer(node.endpoint, &node.tenant, item(b"4")?),
             Offer::NoConsumer(_)
         ));
         assert!(registry.finish_delivery(&node.tenant));
         let qc = Arc::new(LinkQueue::new(Arc::new(Notify::new())));
         assert!(registry.add(&node, qc).start_delivery.is_some());
+        Ok(())
+    }
+
+    /// What the server does with telemetry: offer, then wait for room on the first link.
+    async fn hand_over(
+        registry: &Registry,
+        node: &Node,
+        item: Outgoing,
+        deadline: Instant,
+    ) -> Result<(), HandOverError> {
+        match registry.offer(node.endpoint, &node.tenant, item) {
+            Offer::Queued => Ok(()),
+            Offer::NoConsumer(_) => Err(HandOverError::NoConsumer),
+            Offer::Full(item, queue) => queue.push(item, deadline).await,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_push_into_an_empty_queue_wakes_the_connection() -> TestResult {
+        let wake = Arc::new(Notify::new());
+        let queue = LinkQueue::new(wake.clone());
+        queue.try_push(item(b"1")?).map_err(|_| "room")?;
+        // The first push left a wake-up for the connection task.
+        wake.notified().await;
+        queue.try_push(item(b"2")?).map_err(|_| "room")?;
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        assert!(futures_util::poll!(woken.as_mut()).is_pending());
+        assert!(queue.pop().is_some() && queue.pop().is_some());
+        queue.try_push(item(b"3")?).map_err(|_| "room")?;
+        assert!(futures_util::poll!(woken.as_mut()).is_ready());
         Ok(())
     }
 
@@ -480,7 +560,10 @@ mod tests {
         let second = registry.add(&node, open.clone());
         // Whichever link comes first in the rotation, the message lands on the open one.
         for _ in 0..2 {
-            assert!(matches!(registry.offer(&node, item(b"y")?), Offer::Queued));
+            assert!(matches!(
+                registry.offer(node.endpoint, &node.tenant, item(b"y")?),
+                Offer::Queued
+            ));
         }
         assert_eq!(open.len(), 2);
         registry.remove(&node, second.id);

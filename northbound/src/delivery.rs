@@ -190,7 +190,12 @@ impl Delivery {
                 message_id: Some(message_id),
                 reply: Some(reply),
             };
-            match self.shared.registry.offer(&self.node, item) {
+            let node = &self.node;
+            match self
+                .shared
+                .registry
+                .offer(node.endpoint, &node.tenant, item)
+            {
                 Offer::Queued => {}
                 Offer::Full(item, _) | Offer::NoConsumer(item) => {
                     self.buffer.push_front(StoredEvent {

@@ -119,13 +119,10 @@ fn properties(out: &mut BytesMut, message: &DownstreamMessage, message_id: &str)
     ];
     strings(out, &to);
     // subject, reply-to, correlation-id
-    null(out);
-    null(out);
-    null(out);
+    out.put_slice(&[NULL; 3]);
     symbol(out, &message.content_type);
     // content-encoding, absolute-expiry-time
-    null(out);
-    null(out);
+    out.put_slice(&[NULL; 2]);
     timestamp(out, message.creation_time);
     end(out, list, 10, Compound::List);
 }
@@ -140,13 +137,23 @@ const FIXED_KEYS: [&str; 6] = [
     "ttd",
 ];
 
+/// [`FIXED_KEYS`] encoded (str8: constructor, length, UTF-8), written as they are.
+const FIXED_KEYS_ENCODED: [&[u8]; 6] = [
+    b"\xa1\x09device_id",
+    b"\xa1\x09tenant_id",
+    b"\xa1\x0corig_adapter",
+    b"\xa1\x0corig_address",
+    b"\xa1\x03qos",
+    b"\xa1\x03ttd",
+];
+
 fn application_properties(out: &mut BytesMut, message: &DownstreamMessage) {
     descriptor(out, APPLICATION_PROPERTIES);
     let map = begin(out);
     let fixed = if message.ttd.is_some() { 6 } else { 5 };
     let mut entries = 0;
     for (index, key) in FIXED_KEYS[..fixed].iter().enumerate() {
-        string(out, key);
+        out.put_slice(FIXED_KEYS_ENCODED[index]);
         match message.properties.get(*key) {
             Some(value) => json(out, value),
             None => match index {
@@ -196,8 +203,11 @@ fn descriptor(out: &mut BytesMut, code: u8) {
     out.put_slice(&[0x00, 0x53, code]);
 }
 
+/// The null constructor.
+const NULL: u8 = 0x40;
+
 fn null(out: &mut BytesMut) {
-    out.put_u8(0x40);
+    out.put_u8(NULL);
 }
 
 fn boolean(out: &mut BytesMut, value: bool) {
@@ -258,6 +268,7 @@ fn timestamp(out: &mut BytesMut, millis: i64) {
 }
 
 /// A variable-width value: `small` with a one-byte length up to 255 bytes, `large` beyond.
+#[inline]
 fn variable(out: &mut BytesMut, small: u8, large: u8, len: usize) {
     match u8::try_from(len) {
         Ok(len) => out.put_slice(&[small, len]),
@@ -269,7 +280,8 @@ fn variable(out: &mut BytesMut, small: u8, large: u8, len: usize) {
 }
 
 fn string(out: &mut BytesMut, value: &str) {
-    strings(out, &[value]);
+    variable(out, 0xa1, 0xb1, value.len());
+    out.put_slice(value.as_bytes());
 }
 
 /// One string made of `parts`.
@@ -348,6 +360,15 @@ mod tests {
     use ferry_registry_client::{DeviceId, TenantId};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn the_fixed_keys_are_encoded_as_strings() {
+        for (key, encoded) in FIXED_KEYS.iter().zip(FIXED_KEYS_ENCODED) {
+            let mut out = BytesMut::new();
+            string(&mut out, key);
+            assert_eq!(&out[..], encoded, "{key}");
+        }
+    }
 
     fn sample() -> Result<DownstreamMessage, Box<dyn std::error::Error>> {
         let mut properties = BTreeMap::new();

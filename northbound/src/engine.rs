@@ -326,7 +326,7 @@ mod tests {
         qos: Qos,
     ) -> Result<Option<oneshot::Receiver<Reply>>, Box<dyn std::error::Error>> {
         let (item, outcome) = outgoing(qos, b"payload")?;
-        match registry.offer(node, item) {
+        match registry.offer(node.endpoint, &node.tenant, item) {
             Offer::Queued => Ok(outcome),
             other => Err(format!("not queued: {other:?}").into()),
         }

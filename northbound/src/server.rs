@@ -9,17 +9,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use fe2o3_amqp::types::messaging::Outcome;
-use ferry_adapter_core::{DownstreamMessage, Endpoint, Northbound, NorthboundError};
+use ferry_adapter_core::{DownstreamMessage, Endpoint, Northbound, NorthboundError, Sending};
 use ferry_registry_client::TenantId;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::NorthboundConfig;
-use crate::consumers::{HandOverError, Node, Outgoing, Registry, hand_over};
+use crate::consumers::{HandOverError, Node, Offer, Outgoing, Registry, Reply};
 use crate::error::SetupError;
 use crate::event_store::{EventStore, StoreError};
 use crate::sasl::Authenticator;
@@ -153,28 +153,65 @@ impl EmbeddedNorthbound {
         tracing::info!("AMQP 1.0 northbound stopped");
     }
 
-    async fn send_telemetry(&self, message: DownstreamMessage) -> Result<(), NorthboundError> {
-        let node = Node {
-            endpoint: Endpoint::Telemetry,
-            tenant: message.tenant_id.clone(),
-        };
-        let timeout = self.shared.config.send_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Hands telemetry to a consumer link of its tenant. Decided at once when a queue has room
+    /// and the QoS asks for no outcome (QoS 0); otherwise waits (for room, or for the outcome)
+    /// until the send timeout.
+    fn send_telemetry(&self, message: DownstreamMessage) -> Sending<'_> {
+        let tenant = message.tenant_id.clone();
         let (item, outcome) = Outgoing::telemetry(message);
-        hand_over(&self.shared.registry, &node, item, deadline)
-            .await
-            .map_err(|e| match e {
-                HandOverError::NoConsumer => NorthboundError::NoConsumer(node.to_string()),
-                HandOverError::NoCredit => {
-                    NorthboundError::Unavailable(format!("no consumer of {node} has credit"))
+        match self
+            .shared
+            .registry
+            .offer(Endpoint::Telemetry, &tenant, item)
+        {
+            Offer::Queued => match outcome {
+                None => Sending::decided(Ok(())),
+                Some(outcome) => Sending::waiting(self.await_outcome(tenant, outcome, None)),
+            },
+            Offer::NoConsumer(_) => {
+                Sending::decided(Err(NorthboundError::NoConsumer(telemetry_node(&tenant))))
+            }
+            Offer::Full(item, queue) => Sending::waiting(async move {
+                let deadline = self.deadline();
+                match queue.push(item, deadline).await {
+                    Ok(()) => {}
+                    Err(HandOverError::NoConsumer) => {
+                        return Err(NorthboundError::NoConsumer(telemetry_node(&tenant)));
+                    }
+                    Err(HandOverError::NoCredit) => {
+                        return Err(NorthboundError::Unavailable(format!(
+                            "no consumer of {} has credit",
+                            telemetry_node(&tenant)
+                        )));
+                    }
                 }
-            })?;
-        let Some(outcome) = outcome else {
-            return Ok(());
-        };
+                match outcome {
+                    None => Ok(()),
+                    Some(outcome) => self.await_outcome(tenant, outcome, Some(deadline)).await,
+                }
+            }),
+        }
+    }
+
+    /// When a send that starts now times out.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.shared.config.send_timeout
+    }
+
+    /// Waits until `deadline` (or the send timeout) for the consumer's outcome of telemetry of
+    /// `tenant`.
+    async fn await_outcome(
+        &self,
+        tenant: TenantId,
+        outcome: oneshot::Receiver<Reply>,
+        deadline: Option<Instant>,
+    ) -> Result<(), NorthboundError> {
+        let deadline = deadline.unwrap_or_else(|| self.deadline());
         match tokio::time::timeout_at(deadline, outcome).await {
             Err(_) => Err(NorthboundError::Unavailable(format!(
-                "no outcome from a consumer of {node} within {timeout:?}"
+                "no outcome from a consumer of {} within {:?}",
+                telemetry_node(&tenant),
+                self.shared.config.send_timeout
             ))),
             Ok(Err(_)) => Err(NorthboundError::Unavailable(
                 "the consumer link went away".to_owned(),
@@ -182,7 +219,8 @@ impl EmbeddedNorthbound {
             Ok(Ok(Err(reason))) => Err(NorthboundError::Unavailable(reason)),
             Ok(Ok(Ok(Outcome::Accepted(_)))) => Ok(()),
             Ok(Ok(Ok(other))) => Err(NorthboundError::Rejected(format!(
-                "consumer of {node} settled the message as {}",
+                "consumer of {} settled the message as {}",
+                telemetry_node(&tenant),
                 outcome_name(&other)
             ))),
         }
@@ -204,6 +242,15 @@ impl EmbeddedNorthbound {
     }
 }
 
+/// The consumer address of `tenant`'s telemetry, for errors.
+fn telemetry_node(tenant: &TenantId) -> String {
+    Node {
+        endpoint: Endpoint::Telemetry,
+        tenant: tenant.clone(),
+    }
+    .to_string()
+}
+
 /// The AMQP name of an outcome, for logs and errors.
 pub(crate) fn outcome_name(outcome: &Outcome) -> &'static str {
     match outcome {
@@ -216,12 +263,11 @@ pub(crate) fn outcome_name(outcome: &Outcome) -> &'static str {
     }
 }
 
-#[async_trait]
 impl Northbound for EmbeddedNorthbound {
-    async fn send(&self, message: DownstreamMessage) -> Result<(), NorthboundError> {
+    fn send(&self, message: DownstreamMessage) -> Sending<'_> {
         match message.endpoint {
-            Endpoint::Telemetry => self.send_telemetry(message).await,
-            Endpoint::Event => self.store_event(message).await,
+            Endpoint::Telemetry => self.send_telemetry(message),
+            Endpoint::Event => Sending::waiting(self.store_event(message)),
         }
     }
 }

@@ -426,7 +426,7 @@ impl Session {
                 }
             }
         }
-        if queue.len() == 0 {
+        if link.drain && queue.len() == 0 {
             link.finish_drain();
         }
         if std::mem::take(&mut link.flow_due) {

@@ -68,7 +68,7 @@ impl Forwarder {
             endpoint: Endpoint::Event,
             qos: Qos::AtLeastOnce,
             content_type: CONTENT_TYPE.to_owned(),
-            creation_time: chrono::Utc::now().timestamp_millis(),
+            creation_time: crate::message::now_millis(),
             ttl_ms: ttl::effective_ttl_ms(tenant.resource_limit(max_ttl), None, None),
             ttd: None,
             orig_adapter: self.inner.adapter_type.clone(),

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_registry_client::{
     CacheDirective, DeviceId, RegistrationAssertion, RegistryError, Response, TenantId,
@@ -46,19 +46,27 @@ fn reusable<T>(response: &Response<T>) -> bool {
         )
 }
 
-/// The answer `memo` (if any) remembers for a key that `matches`, else what `fetch` gets (then
-/// remembered under `key()` if reusable).
-pub(super) async fn recall_or_fetch<K, V>(
-    memo: Option<&Memo<K, V>>,
+/// The answer `memo` (if any) remembers at the given instant for a key that `matches`, else what
+/// `fetch()` gets (then remembered under `key()` if reusable). `fetch` is only called on a miss:
+/// the registry's futures are boxed, so even making one costs an allocation.
+pub(super) async fn recall_or_fetch<K, V, F>(
+    memo: Option<(&Memo<K, V>, Instant)>,
     matches: impl FnOnce(&K) -> bool,
     key: impl FnOnce() -> K,
-    fetch: impl Future<Output = Result<Response<V>, RegistryError>>,
-) -> Result<Arc<V>, RegistryError> {
-    if let Some(value) = memo.and_then(|m| m.recall(matches)) {
-        return Ok(value);
-    }
+    fetch: impl FnOnce() -> F,
+) -> Result<Arc<V>, RegistryError>
+where
+    F: Future<Output = Result<Response<V>, RegistryError>>,
+{
+    let memo = match memo {
+        Some((memo, now)) => match memo.recall_at(now, matches) {
+            Some(value) => return Ok(value),
+            None => Some(memo),
+        },
+        None => None,
+    };
     let generation = memo.map(Memo::generation);
-    let response = fetch.await?;
+    let response = fetch().await?;
     if let (Some(memo), Some(generation)) = (memo, generation)
         && reusable(&response)
     {

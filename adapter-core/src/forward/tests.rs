@@ -123,6 +123,31 @@ async fn content_rules_are_checked_first() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn media_types_ignore_case_white_space_and_parameters() {
+    let empty = EMPTY_NOTIFICATION;
+    for yes in [
+        empty,
+        "  Application/VND.Eclipse-Hono-Empty-Notification",
+        "application/vnd.eclipse-hono-empty-notification ; charset=utf-8",
+        "application/vnd.eclipse-hono-empty-notification;x=y",
+        "application/vnd.eclipse-hono-empty-notification  ",
+    ] {
+        assert!(is_media_type(yes, empty), "{yes:?}");
+    }
+    for no in [
+        "",
+        "text/plain",
+        "application/vnd.eclipse-hono-empty-notificationx",
+        "application/vnd.eclipse-hono-empty-notification x",
+        "application/vnd.eclipse-hono-empty-notificatio",
+        "x application/vnd.eclipse-hono-empty-notification",
+        "application/vnd.eclipse-hono-empty-notificatiön",
+    ] {
+        assert!(!is_media_type(no, empty), "{no:?}");
+    }
+}
+
 #[tokio::test]
 async fn tenant_checks() -> TestResult {
     let f = fixture()?;
@@ -586,5 +611,36 @@ async fn answers_the_registry_marks_no_cache_are_not_remembered() -> TestResult 
     let calls = f.registry.calls();
     f.send_with(&memo, &f.dev, &f.dev).await?;
     assert_eq!(f.registry.calls(), calls + 2);
+    Ok(())
+}
+
+/// A connection handle that ignores refusals (the memo is what is tested).
+#[derive(Clone)]
+struct Ignore;
+
+impl crate::watch::Revoke for Ignore {
+    fn refused(&self, _tenant: &TenantId, _device: &DeviceId, _error: ForwardError) {}
+}
+
+#[tokio::test]
+async fn a_connection_watchs_memo_forgets_on_the_changes_the_watch_is_told() -> TestResult {
+    let f = fixture()?;
+    f.registry.set_cache_directive(CacheDirective::Default);
+    let watch = crate::watch::ConnectionWatch::<Ignore>::new(f.forwarder.clone());
+    let memo = watch.forward_memo();
+    f.send_with(&memo, &f.dev, &f.dev).await?;
+    let calls = f.registry.calls();
+    f.send_with(&memo, &f.dev, &f.dev).await?;
+    assert_eq!(f.registry.calls(), calls, "tenant and assertion recalled");
+    f.registry.remove_device(&f.t1, &f.dev);
+    watch.registry_changed(&RegistryChange::Device {
+        tenant_id: f.t1.clone(),
+        device_id: f.dev.clone(),
+    });
+    let e = f.send_with(&memo, &f.dev, &f.dev).await.err();
+    assert_eq!(
+        e,
+        Some(ForwardError::DeviceUnknownOrDisabled(f.dev.clone()))
+    );
     Ok(())
 }

@@ -11,13 +11,13 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fe2o3_amqp::types::definitions::Error as ErrorBody;
 use ferry_adapter_core::forward::connection_event::Cause;
 use ferry_adapter_core::tls::{self, Established, TlsPeer};
-use ferry_adapter_core::{AdapterContext, AuthenticatedDevice};
+use ferry_adapter_core::{AdapterContext, AuthenticatedDevice, ForwardMemo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -62,6 +62,9 @@ pub(crate) struct ConnectionState {
     /// Fires when a terminal error ends the connection.
     pub(crate) terminal: CancellationToken,
     terminal_error: Mutex<Option<ErrorBody>>,
+    /// The tenant and registration answers of the last upload, reused by the next while the
+    /// registry is unchanged; made at the first delivery.
+    memo: OnceLock<Arc<ForwardMemo>>,
 }
 
 impl ConnectionState {
@@ -75,6 +78,11 @@ impl ConnectionState {
 
     pub(crate) fn take_error(&self) -> Option<ErrorBody> {
         self.terminal_error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// The connection's forward memo (made on first use, following `watch`'s changes).
+    pub(crate) fn memo(&self, watch: &ConnectionWatch) -> Arc<ForwardMemo> {
+        Arc::clone(self.memo.get_or_init(|| Arc::new(watch.forward_memo())))
     }
 }
 
@@ -212,6 +220,7 @@ where
         device,
         terminal: CancellationToken::new(),
         terminal_error: Mutex::new(None),
+        memo: OnceLock::new(),
     });
     let _watched = state.device.as_ref().map(|d| {
         let handle = crate::watch::Terminate(Arc::downgrade(&state));

@@ -235,6 +235,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Served<S> {
                     delivery,
                     state.device.clone(),
                     self.shared.ctx.forwarder.clone(),
+                    state.memo(&self.shared.watch),
                     self.shared.max_payload_size,
                 )),
                 Ok(Some(Event::Closed(error))) => {

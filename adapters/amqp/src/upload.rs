@@ -9,10 +9,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use fe2o3_amqp::types::definitions::Error as ErrorBody;
 use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, Rejected, Released};
-use ferry_adapter_core::{AuthenticatedDevice, Endpoint, Forwarder, Qos};
+use ferry_adapter_core::{AuthenticatedDevice, Endpoint, ForwardMemo, Forwarder, Qos};
 use ferry_amqp_wire::message;
 
 use crate::address::{self, Address};
@@ -32,12 +33,13 @@ pub(crate) struct Forwarded {
 /// A forward under way.
 pub(crate) type InFlight = Pin<Box<dyn Future<Output = Forwarded> + Send>>;
 
-/// Starts forwarding `delivery` of `sender` (`None`: an unauthenticated device); payloads over
-/// `max` bytes are refused.
+/// Starts forwarding `delivery` of `sender` (`None`: an unauthenticated device) with the
+/// connection's forwarder and memo; payloads over `max` bytes are refused.
 pub(crate) fn forward(
     delivery: Delivery,
     sender: Option<AuthenticatedDevice>,
     forwarder: Forwarder,
+    memo: Arc<ForwardMemo>,
     max: usize,
 ) -> InFlight {
     Box::pin(async move {
@@ -64,7 +66,7 @@ pub(crate) fn forward(
             Ok((tenant, device, upload)) => {
                 let for_itself = sender.as_ref().is_none_or(|s| s.device_id == device);
                 let outcome = forwarder
-                    .forward(sender.as_ref(), &tenant, &device, upload)
+                    .forward_with(&memo, sender.as_ref(), &tenant, &device, upload)
                     .await
                     .map_err(DeliveryError::from);
                 (outcome, for_itself)

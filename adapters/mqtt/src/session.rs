@@ -220,6 +220,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AwaitingConnect<S> {
             client_id,
             error_subscriptions: Box::default(),
             in_flight,
+            memo: None,
             _permit: Some(permit),
             _tenant: tenant,
             link,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use ferry_adapter_core::ForwardMemo;
 use futures_util::FutureExt;
 use rmqtt_codec::error::DecodeError;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -47,6 +48,9 @@ pub(crate) struct Connected<S> {
     /// rarely (a SUBSCRIBE or UNSUBSCRIBE rebuilds it).
     pub(super) error_subscriptions: Box<[ErrorSubscription]>,
     pub(super) in_flight: InFlight,
+    /// The tenant and registration answers of the last upload, reused by the next while the
+    /// registry is unchanged; made at the first PUBLISH (an idle connection pays 8 bytes).
+    pub(super) memo: Option<Arc<ForwardMemo>>,
     pub(super) _permit: Option<OwnedSemaphorePermit>,
     pub(super) _tenant: Option<TenantGuard>,
     /// Ends the connection from outside: keep-alive, shutdown, registry changes (`serving.rs`).
@@ -236,10 +240,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connected<S> {
         let (context, prepared) = publish::prepare(&publish, &self.identity);
         let sender = self.identity.device().cloned();
         let forwarder = self.shared.ctx.forwarder.clone();
+        let memo = Arc::clone(
+            self.memo
+                .get_or_insert_with(|| Arc::new(self.shared.watch.forward_memo())),
+        );
         self.in_flight.push_back(Box::pin(async move {
             let result = match prepared {
                 Ok(p) => forwarder
-                    .forward(sender.as_ref(), &p.tenant, &p.device, p.upload)
+                    .forward_with(&memo, sender.as_ref(), &p.tenant, &p.device, p.upload)
                     .await
                     .map_err(PublishError::from),
                 Err(e) => Err(e),
