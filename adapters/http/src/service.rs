@@ -1,7 +1,9 @@
-//! Handling one request: route, authenticate, read parameters and body, forward, answer.
+//! Handling one request: [`prepare`] routes, authenticates and reads the parameters from the
+//! head; once the connection has read the body, [`Pending::forward`] sends it northbound.
 //!
-//! Every refusal is answered with its status and a short plain-text reason, and logged once with
-//! the tenant and device as far as they are known. Payloads and passwords are never logged.
+//! Every refusal is a [`Refusal`]: logged once when made, with the client's address and the tenant
+//! and device as far as they are known, and answered with its status and a short plain-text
+//! reason. Payloads and passwords are never logged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
