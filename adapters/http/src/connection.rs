@@ -259,16 +259,18 @@ where
     let (max, timeout) = (shared.max_payload_size, shared.body_timeout);
     let outcome = match prepared {
         Ok(pending) => {
-            let continued = !expect_continue || framing == Framing::Empty || {
-                // A body over the limit is refused without asking for it.
-                let too_large = matches!(framing, Framing::Length(n) if n > max as u64);
-                io.set_deadline(timeout);
-                !too_large && io.send_continue().await.is_ok()
-            };
-            let body = if continued {
-                io.read_body(framing, max, timeout).await
+            // A client waiting to be asked is asked, unless its body is refused for its size.
+            let ask = expect_continue
+                && framing != Framing::Empty
+                && !matches!(framing, Framing::Length(n) if n > max as u64);
+            let asked = if ask {
+                io.send_continue(timeout).await
             } else {
-                Err(BodyError::TooLarge)
+                Ok(())
+            };
+            let body = match asked {
+                Ok(()) => io.read_body(framing, max, timeout).await,
+                Err(e) => Err(BodyError::Interrupted(e)),
             };
             match body {
                 Ok(payload) => pending.forward(payload, state).await,

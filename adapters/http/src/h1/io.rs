@@ -170,8 +170,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Io<I> {
         response.encode(&mut self.write, &mut self.date, persistence);
     }
 
-    /// Tells a client waiting on `expect: 100-continue` to send its body.
-    pub(crate) async fn send_continue(&mut self) -> Result<(), Interrupted> {
+    /// Tells a client waiting on `expect: 100-continue` to send its body (the write may take
+    /// `timeout`).
+    pub(crate) async fn send_continue(&mut self, timeout: Duration) -> Result<(), Interrupted> {
+        self.set_deadline(timeout);
         self.write.extend_from_slice(CONTINUE);
         self.flush().await
     }
