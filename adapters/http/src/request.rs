@@ -10,7 +10,7 @@ use ferry_adapter_core::{Endpoint, Qos};
 use ferry_registry_client::{DeviceId, TenantId};
 
 use crate::error::RequestError;
-use crate::h1::head::{Fields, trim};
+use crate::h1::head::Fields;
 
 /// Who a request sends for.
 #[derive(Debug, PartialEq, Eq)]
@@ -182,7 +182,7 @@ impl Params {
     ) -> Result<Self, RequestError> {
         let qos = match endpoint {
             Endpoint::Event => Qos::AtLeastOnce,
-            Endpoint::Telemetry => match fields.qos_level.map(trim) {
+            Endpoint::Telemetry => match fields.qos_level.map(<[u8]>::trim_ascii) {
                 None | Some(b"0") => Qos::AtMostOnce,
                 Some(b"1") => Qos::AtLeastOnce,
                 Some(_) => return Err(RequestError::BadQos),

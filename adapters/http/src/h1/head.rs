@@ -116,7 +116,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Head<'_>>, ProtocolError> {
                     ));
                 }
                 // Only `chunked`, once: any other coding would have to be decoded first.
-                if chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
+                if chunked || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                     return Err(ProtocolError::UnsupportedEncoding);
                 }
                 chunked = true;
@@ -126,13 +126,13 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Head<'_>>, ProtocolError> {
             8 if is("hono-ttl") => _ = fields.hono_ttl.get_or_insert(value),
             8 if is("hono-ttd") => _ = fields.hono_ttd.get_or_insert(value),
             10 if is("connection") => {
-                for option in value.split(|&b| b == b',').map(trim) {
+                for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     close |= option.eq_ignore_ascii_case(b"close");
                     keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
             6 if is("expect") => {
-                if !trim(value).eq_ignore_ascii_case(b"100-continue") {
+                if !value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                     return Err(ProtocolError::Expectation);
                 }
                 head.expect_continue = !http10;
@@ -186,7 +186,7 @@ fn split_target(target: &str) -> Result<(&str, Option<&str>), ProtocolError> {
 
 /// A `content-length` value: decimal digits only.
 fn parse_length(value: &[u8]) -> Result<u64, ProtocolError> {
-    let digits = trim(value);
+    let digits = value.trim_ascii();
     let invalid = ProtocolError::Framing("invalid content-length");
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(invalid);
@@ -195,16 +195,6 @@ fn parse_length(value: &[u8]) -> Result<u64, ProtocolError> {
         .ok()
         .and_then(|d| d.parse().ok())
         .ok_or(invalid)
-}
-
-/// `value` without surrounding spaces and tabs.
-pub(crate) fn trim(value: &[u8]) -> &[u8] {
-    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
-    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
-    match (start, end) {
-        (Some(start), Some(end)) => &value[start..=end],
-        _ => &[],
-    }
 }
 
 #[cfg(test)]

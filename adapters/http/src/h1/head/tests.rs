@@ -34,7 +34,7 @@ fn fields_target_and_length() -> TestResult {
     assert_eq!(f.content_type, Some(&b"a/b"[..]));
     assert_eq!(f.qos_level, Some(&b"1"[..]));
     assert_eq!(f.hono_ttl, Some(&b"30"[..]));
-    assert_eq!(f.hono_ttd.map(trim), Some(&b"7"[..]));
+    assert_eq!(f.hono_ttd.map(<[u8]>::trim_ascii), Some(&b"7"[..]));
     assert_eq!(
         complete("PUT /event HTTP/1.1\r\ncontent-length: 0\r\n\r\n")?.framing,
         Framing::Empty
