@@ -28,7 +28,7 @@ use crate::h1::Framing;
 use crate::h1::error::ProtocolError;
 use crate::h1::head;
 use crate::h1::io::{BodyError, Interrupted, Io};
-use crate::h1::response::{Persistence, Response};
+use crate::h1::response::{PLAIN_TEXT, Persistence, Response};
 use crate::memo::ConnectionMemo;
 use crate::service::{self, Pending, PerConnection, Refusal, Shared};
 
@@ -165,7 +165,7 @@ async fn serve_http<I>(
                         let body = format!("{e}\n");
                         let response = Response {
                             status: e.status(),
-                            headers: &[("content-type", "text/plain; charset=utf-8")],
+                            headers: &[PLAIN_TEXT],
                             body: body.as_bytes(),
                         };
                         io.respond(&response, Persistence::Close);

@@ -18,7 +18,7 @@ use http::StatusCode;
 
 use crate::error::RequestError;
 use crate::h1::head::Head;
-use crate::h1::response::Response;
+use crate::h1::response::{PLAIN_TEXT, Response};
 use crate::memo::ConnectionMemo;
 use crate::request::{BasicCredentials, Params, Route, Target};
 
@@ -133,13 +133,12 @@ impl Refusal {
 
     /// The response.
     pub(crate) fn response(&self) -> Response<'_> {
-        const TEXT: (&str, &str) = ("content-type", "text/plain; charset=utf-8");
         const REALM: (&str, &str) = ("www-authenticate", "Basic realm=\"Hono\"");
         let headers: &'static [(&str, &str)] = match &self.error {
-            _ if self.status == StatusCode::UNAUTHORIZED => &[TEXT, REALM],
-            RequestError::MethodNotAllowed { allowed: "POST" } => &[TEXT, ("allow", "POST")],
-            RequestError::MethodNotAllowed { .. } => &[TEXT, ("allow", "PUT")],
-            _ => &[TEXT],
+            _ if self.status == StatusCode::UNAUTHORIZED => &[PLAIN_TEXT, REALM],
+            RequestError::MethodNotAllowed { allowed: "POST" } => &[PLAIN_TEXT, ("allow", "POST")],
+            RequestError::MethodNotAllowed { .. } => &[PLAIN_TEXT, ("allow", "PUT")],
+            _ => &[PLAIN_TEXT],
         };
         Response {
             status: self.status,

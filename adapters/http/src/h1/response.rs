@@ -7,6 +7,9 @@ use http::StatusCode;
 /// The interim response that asks a client waiting on `expect: 100-continue` for the body.
 pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// The `content-type` of every refusal's plain-text reason.
+pub(crate) const PLAIN_TEXT: (&str, &str) = ("content-type", "text/plain; charset=utf-8");
+
 /// What to tell the client about the connection after a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Persistence {
